@@ -1,0 +1,85 @@
+/*
+ * h2o-db: pooled database sessions for H2O request handlers.
+ *
+ * Databases are bound by key in the config (db.bind); every worker thread keeps
+ * its own pool per bind; a request carries one session per attached key, which
+ * any handler fetches with h2o_db_session(). Statements run without blocking the
+ * event loop and answer through a callback. See docs/c-api.md.
+ */
+#ifndef h2o_db_h
+#define h2o_db_h
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+#include "h2o.h"
+
+#define H2O_DB_DEFAULT_KEY "sa_main"
+
+typedef struct st_h2o_db_session_t h2o_db_session_t;
+typedef struct st_h2o_db_result_t h2o_db_result_t;
+typedef void (*h2o_db_cb)(h2o_db_result_t *result, void *data);
+
+/* Adds the db.* directives to a globalconf (for embedders of libh2o; h2o-db calls it). */
+void h2o_db_register_configurator(h2o_globalconf_t *conf);
+
+/* For embedders, after h2o_configurator_apply() and before serving: runs each bind's
+ * `schema`, opens `connect-at-start` connections. Prints what failed; 0 on success. */
+int h2o_db_prepare(h2o_globalconf_t *conf);
+
+/* What `h2o-db -t` adds to the configurator's checks: with connect != 0, connects to
+ * every bound database once. Prints what failed; 0 on success. */
+int h2o_db_check(h2o_globalconf_t *conf, int connect);
+
+/* "postgresql, sqlite" and so on: the backends this build supports. */
+const char *h2o_db_backends(void);
+
+/* NULL key means sa_main. NULL when that key is not attached on this request's path. */
+h2o_db_session_t *h2o_db_session(h2o_req_t *req, const char *key);
+h2o_db_session_t *h2o_db_session_for(h2o_db_session_t *s, const char *table);
+
+/* One statement per call; placeholders are $1..$n on every backend; params[i] == NULL is SQL NULL.
+ * sql, params and the strings are copied before the call returns. Returns 0 when accepted; then the
+ * callback runs exactly once, later, never from inside an h2o_db_* call. Non-zero means invalid
+ * arguments (NULL session, several statements, ...): no callback runs. */
+int h2o_db_query(h2o_db_session_t *s, const char *sql, size_t nparams, const char *const *params, h2o_db_cb cb, void *data);
+int h2o_db_begin(h2o_db_session_t *s, h2o_db_cb cb, void *data);    /* error if already begun */
+int h2o_db_commit(h2o_db_session_t *s, h2o_db_cb cb, void *data);   /* error if not begun, and if the
+                                                                      transaction had failed */
+int h2o_db_rollback(h2o_db_session_t *s, h2o_db_cb cb, void *data);
+
+typedef enum {
+    H2O_DB_OK,
+    H2O_DB_SQL_ERROR,   /* the database refused the statement; sqlstate is the server's */
+    H2O_DB_BUSY,        /* queue full or acquire-timeout; sqlstate "53300" */
+    H2O_DB_UNAVAILABLE, /* connection refused or lost; sqlstate 08xxx / 57P01..57P03 */
+    H2O_DB_TIMEOUT,     /* statement-timeout or the request's bound on waiting; "57014" */
+    H2O_DB_CLIENT_GONE  /* HTTP/1 client disconnected while this was pending */
+} h2o_db_status_t;
+
+/* Valid during the callback only. */
+h2o_db_status_t h2o_db_result_status(const h2o_db_result_t *r);
+const char *h2o_db_result_error(const h2o_db_result_t *r);    /* NULL on success */
+const char *h2o_db_result_sqlstate(const h2o_db_result_t *r); /* "23505", ...; NULL on success */
+size_t h2o_db_result_rows(const h2o_db_result_t *r);
+size_t h2o_db_result_columns(const h2o_db_result_t *r);
+const char *h2o_db_result_column_name(const h2o_db_result_t *r, size_t col);
+/* The text form of the value (as PostgreSQL's text output); NULL = SQL NULL. */
+const char *h2o_db_result_value(const h2o_db_result_t *r, size_t row, size_t col, size_t *len);
+uint64_t h2o_db_result_affected(const h2o_db_result_t *r);
+h2o_iovec_t h2o_db_result_json(h2o_mem_pool_t *pool, const h2o_db_result_t *r); /* [{"col":value,...}] typed */
+
+/* Answers the request with the HTTP error that fits a failed result; the body never carries SQL,
+ * parameters or connection details:
+ *   BUSY -> 503 + Retry-After   UNAVAILABLE -> 503 + Retry-After   TIMEOUT -> 504
+ *   CLIENT_GONE -> 499 (nobody reads it; it lets the request end)   SQL_ERROR -> 500 */
+void h2o_db_send_error(h2o_req_t *req, const h2o_db_result_t *r);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,174 @@
+/*
+ * h2o-db: the standalone server.
+ *
+ *   h2o-db -c FILE               serve
+ *   h2o-db -t -c FILE [--connect] check the config (and, with --connect, each database) and exit
+ *   h2o-db --version | -h
+ *
+ * Exit status: 0 after a clean run or check, 1 for a config error (printed as
+ * FILE:LINE:COLUMN) or anything that stops the server from starting.
+ */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "h2o_db.h"
+#include "server/server.h"
+#include "server/yaml.h"
+
+static void usage(FILE *fp)
+{
+    fprintf(fp, "Usage: h2o-db [-t [--connect]] -c FILE\n"
+                "       h2o-db --version\n"
+                "\n"
+                "  -c, --conf FILE   the config file (h2o.conf-style YAML with db.* directives)\n"
+                "  -t, --test        check the config and exit: 0 when good, 1 with FILE:LINE:COLUMN errors\n"
+                "      --connect     with -t: also connect to every bound database once\n"
+                "  -v, --version     print the version and exit\n"
+                "  -h, --help        print this help and exit\n");
+}
+
+static void register_configurators(h2o_db_server_t *server)
+{
+    h2o_globalconf_t *conf = &server->globalconf;
+    h2o_db_server_register_configurator(server);
+    h2o_access_log_register_configurator(conf);
+    h2o_compress_register_configurator(conf);
+    h2o_errordoc_register_configurator(conf);
+    h2o_expires_register_configurator(conf);
+    h2o_fastcgi_register_configurator(conf);
+    h2o_file_register_configurator(conf);
+    h2o_headers_register_configurator(conf);
+    h2o_proxy_register_configurator(conf);
+    h2o_redirect_register_configurator(conf);
+    h2o_reproxy_register_configurator(conf);
+    h2o_status_register_configurator(conf);
+    h2o_http2_debug_state_register_configurator(conf);
+    h2o_throttle_resp_register_configurator(conf);
+    h2o_db_c_handler_register_configurator(conf);
+    h2o_db_register_configurator(conf);
+}
+
+static int write_pid_file(const char *path)
+{
+    FILE *fp = fopen(path, "w");
+    if (fp == NULL) {
+        perror(path);
+        return -1;
+    }
+    fprintf(fp, "%d\n", (int)getpid());
+    fclose(fp);
+    return 0;
+}
+
+static int redirect_error_log(const char *path)
+{
+    FILE *fp = fopen(path, "a");
+    if (fp == NULL) {
+        perror(path);
+        return -1;
+    }
+    setvbuf(fp, NULL, _IOLBF, 0);
+    dup2(fileno(fp), STDERR_FILENO);
+    fclose(fp);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {{"conf", required_argument, NULL, 'c'},
+                                             {"test", no_argument, NULL, 't'},
+                                             {"connect", no_argument, NULL, 'C'},
+                                             {"version", no_argument, NULL, 'v'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL}};
+    const char *config_path = NULL;
+    int test_mode = 0, connect = 0, ch;
+
+    while ((ch = getopt_long(argc, argv, "c:tvh", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 't':
+            test_mode = 1;
+            break;
+        case 'C':
+            connect = 1;
+            break;
+        case 'v':
+            printf("h2o-db %s (libh2o %s, %s)\n", H2O_DB_VERSION, H2O_VERSION, h2o_db_backends());
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 1;
+        }
+    }
+    if (config_path == NULL || optind != argc) {
+        usage(stderr);
+        return 1;
+    }
+    if (connect && !test_mode) {
+        fprintf(stderr, "h2o-db: --connect goes with -t\n");
+        return 1;
+    }
+
+    signal(SIGPIPE, SIG_IGN);
+    setvbuf(stderr, NULL, _IOLBF, 0);
+
+    char err[1024];
+    yoml_t *root = h2o_db_yaml_load_file(config_path, err, sizeof(err));
+    if (root == NULL) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+
+    static h2o_db_server_t server;
+    server.config_path = config_path;
+    server.shutdown_timeout_ms = H2O_DB_SHUTDOWN_TIMEOUT_MS;
+    h2o_config_init(&server.globalconf);
+    register_configurators(&server);
+
+    if (h2o_configurator_apply(&server.globalconf, root, test_mode) != 0) {
+        yoml_free(root, NULL);
+        return 1;
+    }
+    if (server.listens.size == 0 && !test_mode) {
+        fprintf(stderr, "%s:1:1: mandatory configuration directive `listen` is missing\n", config_path);
+        yoml_free(root, NULL);
+        return 1;
+    }
+    yoml_free(root, NULL);
+
+    if (test_mode) {
+        if (h2o_db_check(&server.globalconf, connect) != 0)
+            return 1;
+        printf("h2o-db: the configuration in %s is OK\n", config_path);
+        return 0;
+    }
+
+    if (server.num_threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        server.num_threads = n > 0 ? (unsigned)n : 1;
+    }
+    if (h2o_db_server_open_listeners(&server) != 0)
+        return 1;
+    if (h2o_db_prepare(&server.globalconf) != 0)
+        return 1;
+    if (server.pid_file != NULL && write_pid_file(server.pid_file) != 0)
+        return 1;
+    if (server.error_log != NULL && redirect_error_log(server.error_log) != 0)
+        return 1;
+
+    int status = h2o_db_server_run(&server);
+
+    if (server.pid_file != NULL)
+        unlink(server.pid_file);
+    fprintf(stderr, "h2o-db: stopped\n");
+    return status;
+}

@@ -1,0 +1,98 @@
+/*
+ * Test harness shared by the Check suites: starts the real h2o-db binary on a
+ * free loopback port with a config written by the test, talks HTTP/1.1 and
+ * HTTP/2 to it with libcurl, and reaches the PostgreSQL that scripts/test
+ * started (H2O_DB_TEST_PG) with libpq.
+ *
+ * Config templates may use these placeholders:
+ *   @PORT@   the port the server listens on
+ *   @DIR@    the test's own temporary folder (the config file lives there)
+ *   @BUILD@  the build folder (test handler objects live in @BUILD@/t/)
+ *   @PG@     the PostgreSQL URL of the test database (postgresql://...)
+ *   @PGDB2@  the URL of a second database on the same server
+ */
+#ifndef h2o_db_test_harness_h
+#define h2o_db_test_harness_h
+
+#include <check.h>
+#include <libpq-fe.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+typedef struct {
+    pid_t pid;
+    int port;
+    char dir[1024];
+    char conf_path[1100];
+    char log_path[1100];
+} th_server_t;
+
+typedef struct {
+    long status;
+    long http_version; /* 11 or 2 */
+    char *body;
+    size_t body_len;
+    char *headers; /* raw, lower-cased names */
+    double seconds;
+    int curl_error; /* 0 when a response arrived */
+} th_response_t;
+
+enum { TH_HTTP1 = 1, TH_HTTP2 = 2 /* h2c prior knowledge */, TH_HTTP2_UPGRADE = 3 };
+
+/* A fresh temporary folder for this test (kept under $H2O_DB_TEST_TMP or /tmp). */
+char *th_tmpdir(void);
+/* The build folder (where h2o-db and the test objects are). */
+const char *th_build_dir(void);
+/* Writes `text` with placeholders expanded to DIR/NAME; returns the path (malloc'd). */
+char *th_write_file(const char *dir, const char *name, const char *text, int port);
+/* Expands placeholders; malloc'd. */
+char *th_expand(const char *text, const char *dir, int port);
+/* A port nobody listens on right now. */
+int th_free_port(void);
+
+/* Starts h2o-db with the config template; waits until it accepts connections (or exits).
+ * Returns 0 when serving; otherwise -1 with the log readable through th_server_log. */
+int th_server_start(th_server_t *s, const char *conf_template);
+/* Same, in a given folder (so other files written there can be named relatively). */
+int th_server_start_in(th_server_t *s, const char *dir, const char *conf_template);
+/* SIGTERM and wait (up to `timeout_ms`); returns the exit status, or -1 if it had to be killed. */
+int th_server_stop(th_server_t *s, int timeout_ms);
+/* Everything the server wrote to stderr so far; malloc'd. */
+char *th_server_log(th_server_t *s);
+/* The URL http://127.0.0.1:PORT/PATH */
+char *th_url(th_server_t *s, const char *path);
+
+/* Runs `h2o-db ARGS -c FILE` where FILE holds the expanded template; returns the exit status and,
+ * if output != NULL, what it printed (stdout and stderr). */
+int th_run_h2o_db(const char *args, const char *conf_template, char **output);
+
+/* One request. method NULL = GET; body NULL = none. Returns 0 when a response arrived. */
+int th_http(th_response_t *res, int version, const char *method, const char *url, const char *body);
+/* n requests at once (libcurl multi); res[i] answers urls[i]. */
+void th_http_parallel(th_response_t *res, size_t n, int version, const char *const *urls);
+/* The value of a response header (lower-case name), malloc'd, or NULL. */
+char *th_header(const th_response_t *res, const char *name);
+void th_response_free(th_response_t *res);
+
+/* PostgreSQL URLs from scripts/test (H2O_DB_TEST_PG, H2O_DB_TEST_PG2); NULL when absent. */
+const char *th_pg_url(void);
+const char *th_pg_url2(void);
+PGconn *th_pg_connect(const char *url);
+/* Runs SQL on the test database (or fails the test); returns the first value of the first row, malloc'd, or NULL. */
+char *th_pg(const char *sql);
+char *th_pg_on(const char *url, const char *sql);
+/* Runs a query returning one number on the test database. */
+long th_pg_count(const char *sql);
+
+/* Milliseconds since some fixed point. */
+double th_now_ms(void);
+/* Polls `cond` every 20 ms until it returns non-zero or `timeout_ms` passes. */
+int th_wait_until(int (*cond)(void *), void *arg, int timeout_ms);
+
+/* Runs a suite the usual way; returns the process exit status. */
+int th_run_suite(Suite *s);
+
+/* Fails the test when scripts/test did not start a PostgreSQL: a database test never passes without one. */
+#define th_require_pg() ck_assert_msg(th_pg_url() != NULL, "no PostgreSQL: run the suite through scripts/test")
+
+#endif

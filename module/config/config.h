@@ -1,0 +1,89 @@
+/*
+ * What the db.* directives produce: plain structs, built at config time and
+ * read-only afterwards (every worker thread reads them without locks).
+ */
+#ifndef h2o_db_config_h
+#define h2o_db_config_h
+
+#include <stddef.h>
+#include <stdint.h>
+#include "h2o.h"
+#include "config/url.h"
+
+typedef struct st_h2o_db_driver_t h2o_db_driver_t;
+
+/* pool: {...} of a db.bind; times in milliseconds (the config says seconds) */
+typedef struct st_h2o_db_pool_config_t {
+    unsigned max;        /* connections per thread, >= 1 */
+    unsigned max_total;  /* over all threads; 0 = no cap */
+    unsigned min;        /* kept open per thread */
+    unsigned queue;      /* waiting statements per thread */
+    unsigned pipeline_depth;
+    unsigned statement_cache;
+    uint64_t acquire_timeout;
+    uint64_t idle_timeout;
+    uint64_t max_lifetime;
+    uint64_t statement_timeout; /* 0 = off */
+    uint64_t leak_threshold;    /* 0 = off */
+    int connect_at_start;
+} h2o_db_pool_config_t;
+
+typedef struct st_h2o_db_bind_t h2o_db_bind_t;
+
+/* binds: {TABLE: KEY} — TABLE's statements run on KEY's database */
+typedef struct st_h2o_db_partition_t {
+    char *table;
+    char *key;
+    h2o_db_bind_t *bind; /* resolved when the bind's level is left */
+    char *where;         /* "FILE:LINE:COL" of the KEY, for errors */
+} h2o_db_partition_t;
+
+struct st_h2o_db_bind_t {
+    size_t id; /* index into every thread's pool array */
+    char *key;
+    h2o_db_url_t url;
+    const h2o_db_driver_t *driver;
+    h2o_db_pool_config_t pool;
+    int middleware;
+    char *password;    /* from password-file (PostgreSQL), or NULL */
+    char *on_connect;  /* SQL run on every new connection, or NULL */
+    char *schema_path; /* run once at start-up, or NULL */
+    char *schema_sql;
+    H2O_VECTOR(h2o_db_partition_t) partitions;
+    int twophase;
+    char *scope; /* "global", "host example.com", "path /api" (for errors and the status page) */
+    char *filename;
+    size_t line, column;
+    /* connections open over all threads (for max-total) */
+    unsigned total_conns;
+    /* backend-wide state, e.g. SQLite's keeper connection of an in-memory database */
+    void *driver_data;
+};
+
+/* Every bind of the process, in declaration order (bind->id is the index). */
+typedef struct st_h2o_db_config_t {
+    H2O_VECTOR(h2o_db_bind_t *) binds;
+} h2o_db_config_t;
+
+extern h2o_db_config_t h2o_db_config;
+
+void h2o_db_bind_free(h2o_db_bind_t *bind);
+
+/* The keys attached at one path: our handler on that pathconf carries them (h2o_db_session
+ * finds it by walking req->pathconf->handlers). */
+typedef struct st_h2o_db_path_t {
+    h2o_handler_t super;
+    size_t num_binds;
+    h2o_db_bind_t **binds;
+} h2o_db_path_t;
+
+/* Adds the handler that records the keys attached at a path (config time). */
+void h2o_db_path_register(h2o_pathconf_t *pathconf, h2o_db_bind_t **binds, size_t num_binds);
+
+/* The attachment of a path, or NULL when no db key is attached there. */
+h2o_db_path_t *h2o_db_path_of(h2o_pathconf_t *pathconf);
+
+/* Finds a key among the binds attached at a path. */
+h2o_db_bind_t *h2o_db_path_find(h2o_db_path_t *path, const char *key);
+
+#endif

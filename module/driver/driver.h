@@ -1,0 +1,47 @@
+/*
+ * The driver interface: one per backend (driver/postgres.c, driver/sqlite.c).
+ *
+ * A connection is an ordered pipe. The pool (pool.c) decides which statement
+ * goes to which connection; the driver moves statements to the database and
+ * results back, in the order they were sent, without ever blocking the loop.
+ *
+ *   open     allocates a connection (h2o_db_conn_t first) and starts connecting;
+ *            it reports with h2o_db_conn_connected / h2o_db_conn_failed, later
+ *   send     writes one statement; its result comes back, in order, through
+ *            h2o_db_conn_result (each call consumes the oldest statement sent)
+ *   close    drops the connection; statements still in flight are failed by the
+ *            pool before close is called; the driver frees the memory when its
+ *            handles are closed
+ *
+ * Start-up helpers run on the main thread before any loop (blocking is fine there).
+ */
+#ifndef h2o_db_driver_h
+#define h2o_db_driver_h
+
+#include <stddef.h>
+#include "config/config.h"
+
+typedef struct st_h2o_db_pool_t h2o_db_pool_t;
+typedef struct st_h2o_db_conn_t h2o_db_conn_t;
+typedef struct st_h2o_db_op_t h2o_db_op_t;
+
+struct st_h2o_db_driver_t {
+    const char *name;
+    h2o_db_conn_t *(*open)(h2o_db_pool_t *pool);
+    void (*send)(h2o_db_conn_t *conn, h2o_db_op_t *op);
+    void (*close)(h2o_db_conn_t *conn);
+    /* start-up: connects once, runs `sql` (several statements allowed), disconnects */
+    int (*run_script)(h2o_db_bind_t *bind, const char *sql, char *err, size_t errsz);
+    /* start-up: whatever the backend keeps per bind (SQLite: the in-memory database's keeper) */
+    int (*prepare_bind)(h2o_db_bind_t *bind, char *err, size_t errsz);
+    void (*dispose_bind)(h2o_db_bind_t *bind);
+    /* "PostgreSQL 15.8", for --version and the status page */
+    const char *(*version)(void);
+};
+
+extern const h2o_db_driver_t h2o_db_driver_postgres;
+extern const h2o_db_driver_t h2o_db_driver_sqlite;
+
+const h2o_db_driver_t *h2o_db_driver_for(h2o_db_backend_t backend);
+
+#endif

@@ -1,0 +1,710 @@
+/*
+ * PostgreSQL: libpq's non-blocking API on the thread's libuv loop.
+ *
+ * One connection's life, top to bottom:
+ *   resolve   host names go through uv_getaddrinfo (libpq would resolve them
+ *             synchronously) and reach libpq as hostaddr=
+ *   connect   PQconnectStartParams + PQconnectPoll driven by a uv_poll on PQsocket
+ *             (re-created whenever libpq switches sockets, e.g. between hosts)
+ *   setup     statement_timeout and on-connect, with the simple protocol
+ *   ready     pipeline mode: each statement is PQsendQueryParams + PQpipelineSync,
+ *             so that one failing statement never affects the next; results are
+ *             read in order and handed to the pool one statement at a time
+ *
+ * A connection whose socket breaks, or whose results stop making sense, is
+ * failed and closed; it is never reused.
+ */
+#include <arpa/inet.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "driver/driver.h"
+#include "pool.h"
+#include "session.h"
+
+#define CONNECT_TIMEOUT_MS 10000
+
+enum { PHASE_RESOLVE, PHASE_CONNECT, PHASE_SETUP, PHASE_READY, PHASE_BROKEN };
+
+struct pg_conn {
+    h2o_db_conn_t super;
+    PGconn *pg;
+    int phase;
+    uv_poll_t *poll; /* on PQsocket(); heap-allocated, closed asynchronously */
+    int poll_fd;
+    int poll_events;
+    uv_timer_t connect_timer;
+    /* resolving host names */
+    uv_getaddrinfo_t gai;
+    char **hosts;       /* the host= list, split */
+    char **hostaddrs;   /* what they resolved to ("" for unix sockets) */
+    size_t num_hosts, resolving;
+    /* results */
+    size_t inflight;    /* statements sent whose result has not been handed over */
+    PGresult *held;     /* the current statement's result, until its terminating NULL */
+    int want_sync;      /* the statement is handed over; its PGRES_PIPELINE_SYNC comes next */
+    h2o_db_flusher_t flusher;
+    h2o_db_later_t fail_later; /* a failure noticed inside send(): reported on the next iteration */
+    char fail_message[256];
+    int handles_open;
+};
+
+static void on_poll(uv_poll_t *poll, int status, int events);
+static void process_results(struct pg_conn *c);
+static void on_flush(h2o_db_flusher_t *flusher);
+
+/* ---- results ---- */
+
+static const char *pg_column_name(const h2o_db_result_t *r, size_t col)
+{
+    return PQfname((PGresult *)r->impl, (int)col);
+}
+
+static const char *pg_value(const h2o_db_result_t *r, size_t row, size_t col, size_t *len)
+{
+    PGresult *res = (PGresult *)r->impl;
+    if (PQgetisnull(res, (int)row, (int)col))
+        return NULL;
+    *len = (size_t)PQgetlength(res, (int)row, (int)col);
+    return PQgetvalue(res, (int)row, (int)col);
+}
+
+static h2o_db_type_t pg_type(const h2o_db_result_t *r, size_t row, size_t col)
+{
+    PGresult *res = (PGresult *)r->impl;
+    if (PQgetisnull(res, (int)row, (int)col))
+        return H2O_DB_TYPE_NULL;
+    switch (PQftype(res, (int)col)) {
+    case 16: /* bool */
+        return H2O_DB_TYPE_BOOL;
+    case 20: /* int8 */
+    case 21: /* int2 */
+    case 23: /* int4 */
+    case 26: /* oid */
+    case 28: /* xid */
+        return H2O_DB_TYPE_INT;
+    case 700: /* float4 */
+    case 701: /* float8 */
+        return H2O_DB_TYPE_FLOAT;
+    case 1700: /* numeric */
+        return H2O_DB_TYPE_NUMERIC;
+    case 114:  /* json */
+    case 3802: /* jsonb */
+        return H2O_DB_TYPE_JSON;
+    case 17: /* bytea */
+        return H2O_DB_TYPE_BYTES;
+    default:
+        return H2O_DB_TYPE_TEXT;
+    }
+}
+
+static const h2o_db_result_class_t pg_result_class = {pg_column_name, pg_value, pg_type};
+
+/* Fills r from a PGresult (r borrows it). */
+static void result_from_pg(h2o_db_result_t *r, PGresult *res)
+{
+    switch (PQresultStatus(res)) {
+    case PGRES_TUPLES_OK:
+    case PGRES_SINGLE_TUPLE:
+        h2o_db_result_init_ok(r, 0);
+        r->rows = (size_t)PQntuples(res);
+        r->columns = (size_t)PQnfields(res);
+        r->cls = &pg_result_class;
+        r->impl = res;
+        r->affected = strtoull(PQcmdTuples(res), NULL, 10);
+        break;
+    case PGRES_COMMAND_OK:
+    case PGRES_EMPTY_QUERY:
+        h2o_db_result_init_ok(r, strtoull(PQcmdTuples(res), NULL, 10));
+        break;
+    default: {
+        const char *sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        const char *message = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+        if (sqlstate == NULL)
+            sqlstate = "08006"; /* produced by libpq itself: the connection failed */
+        if (message == NULL)
+            message = "the database connection failed";
+        h2o_db_result_init_error(r, h2o_db_status_for_sqlstate(sqlstate), sqlstate, message);
+        break;
+    }
+    }
+}
+
+/* ---- failure ---- */
+
+/* The first line of libpq's error message (it never holds a password). */
+static void copy_error(char *dst, size_t size, const char *msg)
+{
+    snprintf(dst, size, "%s", msg != NULL && *msg ? msg : "connection failure");
+    dst[strcspn(dst, "\n")] = '\0';
+}
+
+static void fail(struct pg_conn *c, const char *sqlstate, const char *message)
+{
+    if (c->phase == PHASE_BROKEN)
+        return;
+    int connecting = c->phase != PHASE_READY;
+    c->phase = PHASE_BROKEN;
+    if (c->poll != NULL)
+        uv_poll_stop(c->poll);
+    uv_timer_stop(&c->connect_timer);
+    h2o_db_pool_t *pool = c->super.pool;
+    if (connecting && !pool->down && !pool->closing)
+        fprintf(stderr, "h2o-db: [%s] cannot connect to %s: %s\n", pool->bind->key, pool->bind->url.display, message);
+    else if (!connecting && !pool->closing)
+        fprintf(stderr, "h2o-db: [%s] connection to %s lost: %s\n", pool->bind->key, pool->bind->url.display, message);
+    h2o_db_conn_failed(&c->super, sqlstate, message);
+}
+
+static void fail_from_libpq(struct pg_conn *c, const char *sqlstate)
+{
+    char msg[256];
+    copy_error(msg, sizeof(msg), PQerrorMessage(c->pg));
+    fail(c, sqlstate, msg);
+}
+
+static void on_fail_later(h2o_db_later_t *later)
+{
+    struct pg_conn *c = H2O_STRUCT_FROM_MEMBER(struct pg_conn, fail_later, later);
+    fail(c, "08006", c->fail_message);
+}
+
+/* ---- polling ---- */
+
+static void watch(struct pg_conn *c, int events)
+{
+    int fd = PQsocket(c->pg);
+    if (fd < 0) {
+        fail_from_libpq(c, "08006");
+        return;
+    }
+    if (c->poll != NULL && c->poll_fd != fd) {
+        /* libpq moved to another socket (next host, or a retry without SSL) */
+        uv_close((uv_handle_t *)c->poll, (uv_close_cb)free);
+        c->poll = NULL;
+    }
+    if (c->poll == NULL) {
+        c->poll = malloc(sizeof(*c->poll));
+        if (uv_poll_init(c->super.pool->thread->loop, c->poll, fd) != 0) {
+            free(c->poll);
+            c->poll = NULL;
+            fail(c, "08006", "cannot watch the database socket");
+            return;
+        }
+        c->poll->data = c;
+        c->poll_fd = fd;
+        c->poll_events = 0;
+    }
+    if (events != c->poll_events) {
+        uv_poll_start(c->poll, events, on_poll);
+        c->poll_events = events;
+    }
+}
+
+/* ---- connect ---- */
+
+static void on_connect_timeout(uv_timer_t *timer)
+{
+    struct pg_conn *c = timer->data;
+    fail(c, "08001", "timed out while connecting to the database");
+}
+
+static void enter_ready(struct pg_conn *c)
+{
+    if (!PQenterPipelineMode(c->pg)) {
+        fail_from_libpq(c, "08006");
+        return;
+    }
+    c->phase = PHASE_READY;
+    uv_timer_stop(&c->connect_timer);
+    watch(c, UV_READABLE);
+    h2o_db_conn_connected(&c->super);
+}
+
+/* NOTICE and WARNING messages (e.g. "there is no transaction in progress") are not errors:
+ * they would only flood the error log */
+static void ignore_notice(void *arg, const char *message)
+{
+}
+
+static void start_setup(struct pg_conn *c)
+{
+    h2o_db_bind_t *bind = c->super.pool->bind;
+    PQsetnonblocking(c->pg, 1);
+    PQsetNoticeProcessor(c->pg, ignore_notice, NULL);
+    char timeout_sql[64] = "";
+    if (bind->pool.statement_timeout != 0)
+        snprintf(timeout_sql, sizeof(timeout_sql), "SET statement_timeout = %llu;",
+                 (unsigned long long)bind->pool.statement_timeout);
+    if (timeout_sql[0] == '\0' && bind->on_connect == NULL) {
+        enter_ready(c);
+        return;
+    }
+    size_t len = strlen(timeout_sql) + (bind->on_connect != NULL ? strlen(bind->on_connect) : 0) + 1;
+    char *sql = malloc(len);
+    snprintf(sql, len, "%s%s", timeout_sql, bind->on_connect != NULL ? bind->on_connect : "");
+    int ok = PQsendQuery(c->pg, sql);
+    free(sql);
+    if (!ok) {
+        fail_from_libpq(c, "08006");
+        return;
+    }
+    c->phase = PHASE_SETUP;
+    watch(c, PQflush(c->pg) == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
+}
+
+static void continue_setup(struct pg_conn *c, int events)
+{
+    if ((events & UV_WRITABLE) != 0 && PQflush(c->pg) == 0)
+        watch(c, UV_READABLE);
+    if ((events & UV_READABLE) == 0)
+        return;
+    if (!PQconsumeInput(c->pg)) {
+        fail_from_libpq(c, "08006");
+        return;
+    }
+    while (!PQisBusy(c->pg)) {
+        PGresult *res = PQgetResult(c->pg);
+        if (res == NULL) {
+            enter_ready(c);
+            return;
+        }
+        ExecStatusType st = PQresultStatus(res);
+        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) {
+            char msg[300];
+            const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY), *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+            snprintf(msg, sizeof(msg), "on-connect failed: %s", primary != NULL ? primary : "error");
+            PQclear(res);
+            /* a broken setup statement is a configuration problem: report it as the database refusing */
+            fail(c, state != NULL ? state : "08006", msg);
+            return;
+        }
+        PQclear(res);
+    }
+}
+
+static void poll_connect(struct pg_conn *c)
+{
+    switch (PQconnectPoll(c->pg)) {
+    case PGRES_POLLING_READING:
+        watch(c, UV_READABLE);
+        break;
+    case PGRES_POLLING_WRITING:
+        watch(c, UV_WRITABLE);
+        break;
+    case PGRES_POLLING_OK:
+        start_setup(c);
+        break;
+    default:
+        fail_from_libpq(c, "08001");
+        break;
+    }
+}
+
+static char *join(char **items, size_t n)
+{
+    size_t len = 1;
+    for (size_t i = 0; i < n; ++i)
+        len += strlen(items[i]) + 1;
+    char *out = malloc(len), *p = out;
+    for (size_t i = 0; i < n; ++i)
+        p += sprintf(p, "%s%s", i != 0 ? "," : "", items[i]);
+    *p = '\0';
+    return out;
+}
+
+static void start_connect(struct pg_conn *c)
+{
+    h2o_db_bind_t *bind = c->super.pool->bind;
+    const char *keys[6], *values[6];
+    size_t n = 0;
+    char *hostaddr = NULL;
+    keys[n] = "dbname", values[n++] = bind->url.conninfo;
+    keys[n] = "fallback_application_name", values[n++] = "h2o-db";
+    if (c->hostaddrs != NULL) {
+        hostaddr = join(c->hostaddrs, c->num_hosts);
+        keys[n] = "hostaddr", values[n++] = hostaddr;
+    }
+    if (bind->password != NULL)
+        keys[n] = "password", values[n++] = bind->password;
+    keys[n] = NULL, values[n] = NULL;
+    c->pg = PQconnectStartParams(keys, values, 1);
+    free(hostaddr);
+    c->phase = PHASE_CONNECT;
+    if (c->pg == NULL) {
+        fail(c, "08001", "out of memory");
+        return;
+    }
+    if (PQstatus(c->pg) == CONNECTION_BAD) {
+        fail_from_libpq(c, "08001");
+        return;
+    }
+    /* "as if PQconnectPoll had last returned PGRES_POLLING_WRITING" */
+    watch(c, UV_WRITABLE);
+}
+
+static void resolve_next(struct pg_conn *c);
+
+static void free_conn(struct pg_conn *c);
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct pg_conn *c = req->data;
+    if (--c->handles_open == 0) {
+        /* closed while resolving */
+        uv_freeaddrinfo(res);
+        free_conn(c);
+        return;
+    }
+    if (c->phase == PHASE_BROKEN) {
+        uv_freeaddrinfo(res);
+        return;
+    }
+    if (status != 0 || res == NULL) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "could not resolve host \"%s\": %s", c->hosts[c->resolving], uv_strerror(status));
+        uv_freeaddrinfo(res);
+        fail(c, "08001", msg);
+        return;
+    }
+    char buf[INET6_ADDRSTRLEN] = "";
+    if (res->ai_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, buf, sizeof(buf));
+    else
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr, buf, sizeof(buf));
+    uv_freeaddrinfo(res);
+    free(c->hostaddrs[c->resolving]);
+    c->hostaddrs[c->resolving] = strdup(buf);
+    ++c->resolving;
+    resolve_next(c);
+}
+
+static int is_numeric_host(const char *h)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, h, buf) == 1 || inet_pton(AF_INET6, h, buf) == 1;
+}
+
+static void resolve_next(struct pg_conn *c)
+{
+    for (; c->resolving < c->num_hosts; ++c->resolving) {
+        const char *h = c->hosts[c->resolving];
+        if (h[0] == '\0' || h[0] == '/' || h[0] == '@' || is_numeric_host(h))
+            continue;
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+        c->gai.data = c;
+        ++c->handles_open;
+        if (uv_getaddrinfo(c->super.pool->thread->loop, &c->gai, on_resolved, h, NULL, &hints) != 0) {
+            --c->handles_open;
+            fail(c, "08001", "cannot start resolving the database host");
+        }
+        return;
+    }
+    start_connect(c);
+}
+
+/* Splits host= of the URL; returns 1 when some host name needs resolving. */
+static int plan_resolve(struct pg_conn *c)
+{
+    PQconninfoOption *opts = PQconninfoParse(c->super.pool->bind->url.conninfo, NULL);
+    const char *host = NULL, *hostaddr = NULL;
+    int need = 0;
+    for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; ++o) {
+        if (strcmp(o->keyword, "host") == 0)
+            host = o->val;
+        else if (strcmp(o->keyword, "hostaddr") == 0)
+            hostaddr = o->val;
+    }
+    if (host != NULL && *host != '\0' && (hostaddr == NULL || *hostaddr == '\0')) {
+        for (const char *p = host;;) {
+            size_t len = strcspn(p, ",");
+            c->hosts = realloc(c->hosts, sizeof(char *) * (c->num_hosts + 1));
+            c->hostaddrs = realloc(c->hostaddrs, sizeof(char *) * (c->num_hosts + 1));
+            c->hosts[c->num_hosts] = strndup(p, len);
+            c->hostaddrs[c->num_hosts] = strdup(is_numeric_host(c->hosts[c->num_hosts]) ? c->hosts[c->num_hosts] : "");
+            const char *h = c->hosts[c->num_hosts];
+            if (!(h[0] == '\0' || h[0] == '/' || h[0] == '@' || is_numeric_host(h)))
+                need = 1;
+            ++c->num_hosts;
+            if (p[len] == '\0')
+                break;
+            p += len + 1;
+        }
+    }
+    PQconninfoFree(opts);
+    if (!need) {
+        /* nothing to resolve: let libpq take host= as it is */
+        for (size_t i = 0; i < c->num_hosts; ++i) {
+            free(c->hosts[i]);
+            free(c->hostaddrs[i]);
+        }
+        free(c->hosts);
+        free(c->hostaddrs);
+        c->hosts = c->hostaddrs = NULL;
+        c->num_hosts = 0;
+    }
+    return need;
+}
+
+static h2o_db_conn_t *pg_open(h2o_db_pool_t *pool)
+{
+    struct pg_conn *c = calloc(1, sizeof(*c));
+    h2o_db_conn_init(&c->super, pool);
+    uv_timer_init(pool->thread->loop, &c->connect_timer);
+    c->connect_timer.data = c;
+    c->handles_open = 1;
+    c->fail_later.cb = on_fail_later;
+    c->flusher.cb = on_flush;
+    uv_timer_start(&c->connect_timer, on_connect_timeout, CONNECT_TIMEOUT_MS, 0);
+    c->phase = PHASE_RESOLVE;
+    if (plan_resolve(c))
+        resolve_next(c);
+    else
+        start_connect(c);
+    return &c->super;
+}
+
+/* ---- statements ---- */
+
+static void flush(struct pg_conn *c)
+{
+    if (c->phase != PHASE_READY)
+        return;
+    switch (PQflush(c->pg)) {
+    case 0:
+        watch(c, UV_READABLE);
+        break;
+    case 1:
+        watch(c, UV_READABLE | UV_WRITABLE);
+        break;
+    default:
+        fail_from_libpq(c, "08006");
+        break;
+    }
+}
+
+static void on_flush(h2o_db_flusher_t *flusher)
+{
+    flush(H2O_STRUCT_FROM_MEMBER(struct pg_conn, flusher, flusher));
+}
+
+static void pg_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
+{
+    struct pg_conn *c = (struct pg_conn *)conn;
+    const char *sql;
+    switch (op->kind) {
+    case H2O_DB_OP_BEGIN:
+        sql = "BEGIN";
+        break;
+    case H2O_DB_OP_COMMIT:
+        sql = op->failed_commit ? "ROLLBACK" : "COMMIT";
+        break;
+    case H2O_DB_OP_ROLLBACK:
+        sql = "ROLLBACK";
+        break;
+    default:
+        sql = op->sql;
+        break;
+    }
+    ++c->inflight;
+    if (c->phase != PHASE_READY)
+        return; /* failing already: the pool answers everything in flight */
+    if (!PQsendQueryParams(c->pg, sql, (int)op->nparams, NULL, op->params, NULL, NULL, 0) || !PQpipelineSync(c->pg)) {
+        /* reported on the next iteration: no callback may run inside h2o_db_query() */
+        copy_error(c->fail_message, sizeof(c->fail_message), PQerrorMessage(c->pg));
+        h2o_db_later(conn->pool->thread, &c->fail_later);
+        return;
+    }
+    h2o_db_flush_later(conn->pool->thread, &c->flusher);
+}
+
+/* Reads every result that has arrived and hands each statement's over, in order. */
+static void process_results(struct pg_conn *c)
+{
+    while (c->phase == PHASE_READY && c->super.state == H2O_DB_CONN_READY && (c->inflight != 0 || c->want_sync || c->held != NULL) &&
+           !PQisBusy(c->pg)) {
+        PGresult *res = PQgetResult(c->pg);
+        if (res == NULL) {
+            if (c->held == NULL)
+                break; /* between a statement and its Sync: nothing more has arrived */
+            /* the statement's results are complete */
+            PGresult *held = c->held;
+            h2o_db_result_t r;
+            c->held = NULL;
+            c->want_sync = 1;
+            --c->inflight;
+            result_from_pg(&r, held);
+            h2o_db_conn_result(&c->super, &r);
+            PQclear(held);
+            continue;
+        }
+        switch (PQresultStatus(res)) {
+        case PGRES_PIPELINE_SYNC:
+            PQclear(res);
+            if (!c->want_sync) {
+                fail(c, "08P01", "the database answered out of order");
+                return;
+            }
+            c->want_sync = 0;
+            break;
+        case PGRES_PIPELINE_ABORTED:
+        default:
+            if (c->held != NULL)
+                PQclear(c->held); /* a statement yields one result; keep the last */
+            c->held = res;
+            break;
+        }
+    }
+    if (c->phase == PHASE_READY && PQstatus(c->pg) == CONNECTION_BAD)
+        fail_from_libpq(c, "08006");
+}
+
+static void on_poll(uv_poll_t *poll, int status, int events)
+{
+    struct pg_conn *c = poll->data;
+    if (c == NULL || c->phase == PHASE_BROKEN)
+        return;
+    if (status < 0) {
+        fail(c, "08006", uv_strerror(status));
+        return;
+    }
+    switch (c->phase) {
+    case PHASE_CONNECT:
+        poll_connect(c);
+        return;
+    case PHASE_SETUP:
+        continue_setup(c, events);
+        return;
+    case PHASE_READY:
+        if ((events & UV_WRITABLE) != 0)
+            flush(c);
+        if ((events & UV_READABLE) != 0) {
+            if (!PQconsumeInput(c->pg)) {
+                fail_from_libpq(c, "08006");
+                return;
+            }
+            if (c->inflight == 0 && !c->want_sync && c->held == NULL) {
+                /* an idle connection has something to say: the server is closing it */
+                PGresult *res;
+                while (!PQisBusy(c->pg) && (res = PQgetResult(c->pg)) != NULL)
+                    PQclear(res);
+                if (PQstatus(c->pg) == CONNECTION_BAD)
+                    fail_from_libpq(c, "57P01");
+                return;
+            }
+            process_results(c);
+        }
+        return;
+    default:
+        return;
+    }
+}
+
+/* ---- close ---- */
+
+static void free_conn(struct pg_conn *c)
+{
+    if (c->pg != NULL)
+        PQfinish(c->pg);
+    for (size_t i = 0; i < c->num_hosts; ++i) {
+        free(c->hosts[i]);
+        free(c->hostaddrs[i]);
+    }
+    free(c->hosts);
+    free(c->hostaddrs);
+    h2o_db_conn_dispose(&c->super);
+    free(c);
+}
+
+static void on_closed(uv_handle_t *handle)
+{
+    struct pg_conn *c = handle->data;
+    if (--c->handles_open == 0)
+        free_conn(c);
+}
+
+static void on_poll_closed(uv_handle_t *handle)
+{
+    free(handle);
+}
+
+static void pg_close(h2o_db_conn_t *conn)
+{
+    struct pg_conn *c = (struct pg_conn *)conn;
+    c->phase = PHASE_BROKEN;
+    h2o_db_later_cancel(&c->fail_later);
+    if (h2o_linklist_is_linked(&c->flusher.link))
+        h2o_linklist_unlink(&c->flusher.link);
+    if (c->held != NULL) {
+        PQclear(c->held);
+        c->held = NULL;
+    }
+    if (c->poll != NULL) {
+        /* the socket stays open until the watcher is gone (PQfinish in free_conn) */
+        c->poll->data = NULL;
+        uv_close((uv_handle_t *)c->poll, on_poll_closed);
+        c->poll = NULL;
+    }
+    if (c->handles_open > 1)
+        uv_cancel((uv_req_t *)&c->gai); /* on_resolved frees when it runs */
+    uv_close((uv_handle_t *)&c->connect_timer, on_closed);
+}
+
+/* ---- start-up ---- */
+
+static PGconn *connect_blocking(h2o_db_bind_t *bind, char *err, size_t errsz)
+{
+    const char *keys[] = {"dbname", "fallback_application_name", bind->password != NULL ? "password" : NULL, NULL};
+    const char *values[] = {bind->url.conninfo, "h2o-db", bind->password, NULL};
+    PGconn *pg = PQconnectdbParams(keys, values, 1);
+    if (PQstatus(pg) != CONNECTION_OK) {
+        char msg[256];
+        copy_error(msg, sizeof(msg), PQerrorMessage(pg));
+        snprintf(err, errsz, "cannot connect to %s: %s", bind->url.display, msg);
+        PQfinish(pg);
+        return NULL;
+    }
+    return pg;
+}
+
+static int pg_run_script(h2o_db_bind_t *bind, const char *sql, char *err, size_t errsz)
+{
+    PGconn *pg = connect_blocking(bind, err, errsz);
+    if (pg == NULL)
+        return -1;
+    int ret = 0;
+    if (sql != NULL) {
+        PGresult *res = PQexec(pg, sql);
+        ExecStatusType st = PQresultStatus(res);
+        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) {
+            const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY), *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+            snprintf(err, errsz, "%s (SQLSTATE %s)", primary != NULL ? primary : "error", state != NULL ? state : "XX000");
+            ret = -1;
+        }
+        PQclear(res);
+    }
+    PQfinish(pg);
+    return ret;
+}
+
+static int pg_prepare_bind(h2o_db_bind_t *bind, char *err, size_t errsz)
+{
+    return 0;
+}
+
+static void pg_dispose_bind(h2o_db_bind_t *bind)
+{
+}
+
+static const char *pg_version(void)
+{
+    static char buf[32];
+    int v = PQlibVersion();
+    snprintf(buf, sizeof(buf), "libpq %d.%d", v / 10000, v % 100);
+    return buf;
+}
+
+const h2o_db_driver_t h2o_db_driver_postgres = {
+    "postgresql", pg_open, pg_send, pg_close, pg_run_script, pg_prepare_bind, pg_dispose_bind, pg_version,
+};

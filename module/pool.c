@@ -1,0 +1,774 @@
+/*
+ * Pools: placement of statements on connections, the wait queue, and healing.
+ *
+ * Placement of a session's next statement (DESIGN §2):
+ *   - inside a transaction: on the connection the transaction pinned;
+ *   - BEGIN: pins a connection with nothing in flight (after the session's own
+ *     earlier statements are answered);
+ *   - autocommit, while the session has statements in flight: on the same
+ *     connection, so that one session's statements run and answer in order;
+ *   - otherwise on an idle connection; else on a new one if the pool is below
+ *     `max`; else on the shared connection with the fewest statements in flight,
+ *     if it is below `pipeline-depth` and its oldest statement is young (no
+ *     head-of-line blocking behind a slow statement); else the session waits in
+ *     the pool's FIFO (at most `queue` waiting, each at most `acquire-timeout`).
+ *
+ * Healing: a connection that breaks fails its statements in flight (UNAVAILABLE)
+ * and is replaced when needed. When a connect fails and no connection is up, the
+ * database is "down": waiting statements fail at once, new ones fail fast until
+ * the back-off (50 ms doubling to 250 ms) allows the next attempt.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "pool.h"
+#include "session.h"
+
+/* a shared connection takes more statements only while its oldest one is this young */
+#define YOUNG_MS 10
+#define BACKOFF_MIN_MS 50
+#define BACKOFF_MAX_MS 250
+#define HOUSEKEEPING_MS 1000
+
+/* The cleanup ROLLBACK of a transaction whose request ended: its ring entry points here. */
+static h2o_db_op_t cleanup_op = {.kind = H2O_DB_OP_ROLLBACK, .sql = "ROLLBACK", .sql_len = 8};
+
+static void pool_service(h2o_db_pool_t *pool);
+static void conn_close(h2o_db_conn_t *conn);
+
+/* ---- connections ---- */
+
+void h2o_db_conn_init(h2o_db_conn_t *conn, h2o_db_pool_t *pool)
+{
+    h2o_db_pool_config_t *cfg = &pool->bind->pool;
+    uint64_t now = h2o_db_now(pool->thread);
+    conn->pool = pool;
+    conn->state = H2O_DB_CONN_CONNECTING;
+    h2o_linklist_init_anchor(&conn->waiters);
+    conn->ring.capacity = cfg->pipeline_depth + 1; /* + the cleanup ROLLBACK */
+    conn->ring.ops = calloc(conn->ring.capacity, sizeof(*conn->ring.ops));
+    conn->ring.sent_at = calloc(conn->ring.capacity, sizeof(*conn->ring.sent_at));
+    conn->created_at = now;
+    conn->idle_since = now;
+    if (cfg->max_lifetime != 0) {
+        /* ±10% jitter, so that connections opened together do not all retire together */
+        uint64_t jitter = cfg->max_lifetime / 5;
+        conn->retire_at = now + cfg->max_lifetime - jitter / 2 + (jitter != 0 ? (uint64_t)rand() % jitter : 0);
+    }
+}
+
+void h2o_db_conn_dispose(h2o_db_conn_t *conn)
+{
+    free(conn->ring.ops);
+    free(conn->ring.sent_at);
+}
+
+uint64_t h2o_db_conn_oldest_age(h2o_db_conn_t *conn, uint64_t now)
+{
+    if (conn->ring.count == 0)
+        return 0;
+    uint64_t at = conn->ring.sent_at[conn->ring.head];
+    return now > at ? now - at : 0;
+}
+
+static int conn_is_idle(h2o_db_conn_t *conn)
+{
+    return conn->state == H2O_DB_CONN_READY && conn->ring.count == 0 && conn->pinned == NULL && !conn->cleaning;
+}
+
+static int can_open(h2o_db_pool_t *pool)
+{
+    h2o_db_bind_t *bind = pool->bind;
+    if (pool->closing || pool->num_conns >= bind->pool.max)
+        return 0;
+    if (bind->pool.max_total != 0 && __atomic_load_n(&bind->total_conns, __ATOMIC_RELAXED) >= bind->pool.max_total)
+        return 0;
+    return 1;
+}
+
+static h2o_db_conn_t *conn_open(h2o_db_pool_t *pool)
+{
+    h2o_db_bind_t *bind = pool->bind;
+    if (bind->pool.max_total != 0) {
+        unsigned n = __atomic_add_fetch(&bind->total_conns, 1, __ATOMIC_RELAXED);
+        if (n > bind->pool.max_total) {
+            __atomic_sub_fetch(&bind->total_conns, 1, __ATOMIC_RELAXED);
+            return NULL;
+        }
+    } else {
+        __atomic_add_fetch(&bind->total_conns, 1, __ATOMIC_RELAXED);
+    }
+    ++pool->num_conns;
+    ++pool->num_connecting;
+    ++pool->stats.connects;
+    h2o_db_conn_t *conn = bind->driver->open(pool);
+    h2o_linklist_insert(&pool->conns, &conn->link);
+    return conn;
+}
+
+/* Sends op on conn and records it in the ring. */
+static void conn_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
+{
+    h2o_db_pool_t *pool = conn->pool;
+    size_t idx = (conn->ring.head + conn->ring.count) % conn->ring.capacity;
+    uint64_t now = h2o_db_now(pool->thread);
+    if (conn->ring.count != 0)
+        ++pool->stats.pipelined;
+    conn->ring.ops[idx] = op;
+    conn->ring.sent_at[idx] = now;
+    ++conn->ring.count;
+    ++conn->statements;
+    ++pool->stats.statements;
+    if (op != &cleanup_op) {
+        h2o_db_session_t *s = op->session;
+        h2o_linklist_unlink(&op->link);
+        --s->num_pending;
+        op->conn = conn;
+        op->ring_index = idx;
+        ++s->outstanding;
+        s->conn = conn;
+        ++pool->stats.acquires;
+        if (pool->bind->pool.statement_timeout != 0)
+            h2o_timeout_link(pool->thread->loop, &pool->statement_timeout, &op->timeout);
+    }
+    pool->bind->driver->send(conn, op);
+}
+
+static int conn_has_room(h2o_db_conn_t *conn)
+{
+    return conn->state == H2O_DB_CONN_READY && conn->ring.count < conn->pool->bind->pool.pipeline_depth;
+}
+
+/* ---- waiting ---- */
+
+static void stop_waiting(h2o_db_session_t *s)
+{
+    if (!h2o_linklist_is_linked(&s->wait_link))
+        return;
+    h2o_linklist_unlink(&s->wait_link);
+    --s->pool->num_waiting;
+    if (h2o_timeout_is_linked(&s->wait_timeout))
+        h2o_timeout_unlink(&s->wait_timeout);
+}
+
+static h2o_db_op_t *head_op(h2o_db_session_t *s)
+{
+    return h2o_linklist_is_empty(&s->pending) ? NULL : H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, link, s->pending.next);
+}
+
+static void fail_head(h2o_db_session_t *s, h2o_db_status_t status, const char *sqlstate, const char *message)
+{
+    h2o_db_op_t *op = head_op(s);
+    if (op == NULL)
+        return;
+    ++s->pool->stats.errors;
+    h2o_db_op_answer_later(op, status, sqlstate, message);
+}
+
+/* Makes s wait (in `list`: the pool's FIFO or a connection's waiters) unless limits say no. */
+static int start_waiting(h2o_db_session_t *s, h2o_linklist_t *list)
+{
+    h2o_db_pool_t *pool = s->pool;
+    if (h2o_linklist_is_linked(&s->wait_link))
+        return 0;
+    if (pool->bind->pool.acquire_timeout == 0) {
+        ++pool->stats.acquire_timeouts;
+        fail_head(s, H2O_DB_BUSY, "53300", "no database connection is free (acquire-timeout is 0)");
+        return -1;
+    }
+    if (pool->num_waiting >= pool->bind->pool.queue) {
+        ++pool->stats.queue_full;
+        fail_head(s, H2O_DB_BUSY, "53300", "too many statements are waiting for a database connection (pool queue is full)");
+        return -1;
+    }
+    h2o_linklist_insert(list, &s->wait_link);
+    ++pool->num_waiting;
+    ++pool->stats.waits;
+    h2o_timeout_link(pool->thread->loop, &pool->acquire_timeout, &s->wait_timeout);
+    return 0;
+}
+
+static void on_wait_timeout(h2o_timeout_entry_t *entry)
+{
+    h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, wait_timeout, entry);
+    h2o_db_pool_t *pool = s->pool;
+    stop_waiting(s);
+    ++pool->stats.acquire_timeouts;
+    fail_head(s, H2O_DB_BUSY, "53300", "timed out waiting for a database connection (acquire-timeout)");
+}
+
+/* Fails every statement waiting for a connection of this pool (the database is down). */
+static void fail_waiting(h2o_db_pool_t *pool, h2o_db_status_t status, const char *sqlstate, const char *message)
+{
+    while (!h2o_linklist_is_empty(&pool->waiting)) {
+        h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, wait_link, pool->waiting.next);
+        stop_waiting(s);
+        fail_head(s, status, sqlstate, message);
+    }
+}
+
+/* ---- placement ---- */
+
+static h2o_db_conn_t *find_idle(h2o_db_pool_t *pool)
+{
+    for (h2o_linklist_t *n = pool->conns.next; n != &pool->conns; n = n->next) {
+        h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, n);
+        if (conn_is_idle(conn))
+            return conn;
+    }
+    return NULL;
+}
+
+static h2o_db_conn_t *find_shared(h2o_db_pool_t *pool)
+{
+    uint64_t now = h2o_db_now(pool->thread);
+    h2o_db_conn_t *best = NULL;
+    for (h2o_linklist_t *n = pool->conns.next; n != &pool->conns; n = n->next) {
+        h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, n);
+        if (conn->pinned != NULL || conn->cleaning || !conn_has_room(conn) || h2o_db_conn_oldest_age(conn, now) > YOUNG_MS)
+            continue;
+        if (best == NULL || conn->ring.count < best->ring.count)
+            best = conn;
+    }
+    return best;
+}
+
+/* Starts a connect for a waiting statement, honouring the back-off while the database is down.
+ * Returns -1 when the statement should fail fast instead. */
+static int maybe_connect(h2o_db_pool_t *pool)
+{
+    if (pool->num_connecting > pool->num_waiting)
+        return 0; /* enough connects under way for everybody waiting */
+    if (!can_open(pool))
+        return 0;
+    if (pool->down) {
+        if (pool->num_connecting != 0)
+            return 0; /* an attempt is under way: wait for its outcome */
+        if (h2o_db_now(pool->thread) - pool->last_failure_at < pool->backoff_ms)
+            return -1;
+    }
+    conn_open(pool);
+    return 0;
+}
+
+static void fail_down(h2o_db_session_t *s)
+{
+    h2o_db_pool_t *pool = s->pool;
+    fail_head(s, H2O_DB_UNAVAILABLE, pool->last_sqlstate[0] != '\0' ? pool->last_sqlstate : "08001",
+              pool->last_error[0] != '\0' ? pool->last_error : "the database is unavailable");
+}
+
+/* Places one autocommit statement; returns 1 when sent, 0 when the session now waits (or the
+ * statement was answered without the database). */
+static int place_autocommit(h2o_db_session_t *s, h2o_db_op_t *op)
+{
+    h2o_db_pool_t *pool = s->pool;
+    h2o_db_conn_t *conn;
+
+    if (s->outstanding != 0) {
+        conn = s->conn;
+        if (conn_has_room(conn)) {
+            conn_send(conn, op);
+            return 1;
+        }
+        start_waiting(s, &conn->waiters);
+        return 0;
+    }
+    if ((conn = find_idle(pool)) != NULL || (!can_open(pool) && (conn = find_shared(pool)) != NULL)) {
+        conn_send(conn, op);
+        return 1;
+    }
+    if (pool->down && pool->num_connecting == 0 && find_shared(pool) == NULL &&
+        h2o_db_now(pool->thread) - pool->last_failure_at < pool->backoff_ms) {
+        fail_down(s);
+        return 0;
+    }
+    if (start_waiting(s, &pool->waiting) != 0)
+        return 0;
+    if (maybe_connect(pool) != 0) {
+        stop_waiting(s);
+        fail_down(s);
+    }
+    return 0;
+}
+
+/* BEGIN: pin a connection with nothing in flight. */
+static int place_begin(h2o_db_session_t *s, h2o_db_op_t *op)
+{
+    h2o_db_pool_t *pool = s->pool;
+    h2o_db_conn_t *conn = find_idle(pool);
+    if (conn == NULL) {
+        if (pool->down && pool->num_connecting == 0 && h2o_db_now(pool->thread) - pool->last_failure_at < pool->backoff_ms) {
+            fail_down(s);
+            return 0;
+        }
+        if (start_waiting(s, &pool->waiting) == 0 && maybe_connect(pool) != 0) {
+            stop_waiting(s);
+            fail_down(s);
+        }
+        return 0;
+    }
+    conn->pinned = s;
+    s->pinned = conn;
+    s->pinned_at = h2o_db_now(pool->thread);
+    s->txn_lost = 0;
+    ++pool->num_pinned;
+    conn_send(conn, op);
+    return 1;
+}
+
+void h2o_db_pool_pump(h2o_db_session_t *s)
+{
+    h2o_db_op_t *op;
+
+    /* answers made without the database go first, in order, once nothing is in flight */
+    while (h2o_linklist_is_empty(&s->done) && (op = head_op(s)) != NULL) {
+        if (s->pool->closing) {
+            fail_head(s, H2O_DB_UNAVAILABLE, "57P01", "the server is shutting down");
+            continue;
+        }
+        if (op->in_txn && op->kind != H2O_DB_OP_BEGIN) {
+            if (s->pinned == NULL) {
+                /* the BEGIN failed, or the transaction's connection broke */
+                if (s->outstanding != 0)
+                    return;
+                if (op->kind == H2O_DB_OP_ROLLBACK) {
+                    h2o_db_op_answer_later(op, H2O_DB_OK, NULL, NULL);
+                } else if (s->txn_lost) {
+                    fail_head(s, H2O_DB_UNAVAILABLE, "08006", "the transaction's database connection was lost");
+                } else {
+                    fail_head(s, H2O_DB_SQL_ERROR, "25P02",
+                              "current transaction is aborted, commands ignored until end of transaction block");
+                }
+                continue;
+            }
+            if (!conn_has_room(s->pinned)) {
+                if (s->pinned->state == H2O_DB_CONN_READY)
+                    start_waiting(s, &s->pinned->waiters);
+                return;
+            }
+            if (op->kind == H2O_DB_OP_COMMIT && s->txn_failed)
+                op->failed_commit = 1; /* sent as ROLLBACK by the driver, answered as an error */
+            stop_waiting(s);
+            conn_send(s->pinned, op);
+            continue;
+        }
+        if (op->kind == H2O_DB_OP_BEGIN) {
+            if (s->outstanding != 0 || s->pinned != NULL)
+                return; /* earlier statements first; then a connection of its own */
+            if (!place_begin(s, op))
+                return;
+            stop_waiting(s);
+            continue;
+        }
+        /* autocommit */
+        if (s->pinned != NULL) {
+            /* the COMMIT/ROLLBACK is still in flight there: keep the order */
+            if (!conn_has_room(s->pinned))
+                return;
+            conn_send(s->pinned, op);
+            continue;
+        }
+        if (!place_autocommit(s, op))
+            return;
+        stop_waiting(s);
+    }
+}
+
+/* Serves sessions waiting for any connection, oldest first. */
+static void pool_service(h2o_db_pool_t *pool)
+{
+    size_t budget = pool->num_waiting + 1;
+    h2o_linklist_t *n = pool->waiting.next;
+    while (n != &pool->waiting && budget-- > 0) {
+        h2o_linklist_t *next = n->next;
+        h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, wait_link, n);
+        h2o_db_pool_pump(s);
+        if (find_idle(pool) == NULL && find_shared(pool) == NULL)
+            break;
+        n = next;
+    }
+    if (!h2o_linklist_is_empty(&pool->waiting))
+        maybe_connect(pool);
+}
+
+/* A connection made progress: give its room to who waits for it. */
+static void conn_progress(h2o_db_conn_t *conn)
+{
+    h2o_db_pool_t *pool = conn->pool;
+    if (conn->state != H2O_DB_CONN_READY)
+        return;
+    while (!h2o_linklist_is_empty(&conn->waiters) && conn_has_room(conn)) {
+        h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, wait_link, conn->waiters.next);
+        stop_waiting(s);
+        h2o_db_pool_pump(s);
+        if (h2o_linklist_is_linked(&s->wait_link) && s->wait_link.next == &conn->waiters)
+            break; /* it waits here again (no room after all) */
+    }
+    if (conn->pinned != NULL) {
+        if (h2o_linklist_is_empty(&conn->pinned->done))
+            h2o_db_pool_pump(conn->pinned);
+        return;
+    }
+    if (conn->ring.count == 0 && !conn->cleaning)
+        conn->idle_since = h2o_db_now(pool->thread);
+    pool_service(pool);
+}
+
+/* ---- driver callbacks ---- */
+
+void h2o_db_conn_connected(h2o_db_conn_t *conn)
+{
+    h2o_db_pool_t *pool = conn->pool;
+    conn->state = H2O_DB_CONN_READY;
+    --pool->num_connecting;
+    if (pool->down)
+        ++pool->stats.reconnects;
+    pool->down = 0;
+    pool->backoff_ms = 0;
+    conn->idle_since = h2o_db_now(pool->thread);
+    pool_service(pool);
+}
+
+static int any_ready(h2o_db_pool_t *pool)
+{
+    for (h2o_linklist_t *n = pool->conns.next; n != &pool->conns; n = n->next)
+        if (H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, n)->state == H2O_DB_CONN_READY)
+            return 1;
+    return 0;
+}
+
+static void on_retry(uv_timer_t *timer);
+
+void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *message)
+{
+    h2o_db_pool_t *pool = conn->pool;
+    int was_connecting = conn->state == H2O_DB_CONN_CONNECTING;
+    if (conn->state == H2O_DB_CONN_CLOSED)
+        return;
+    if (sqlstate == NULL || strlen(sqlstate) != 5)
+        sqlstate = was_connecting ? "08001" : "08006";
+    snprintf(pool->last_error, sizeof(pool->last_error), "%s", message != NULL ? message : "connection failure");
+    snprintf(pool->last_sqlstate, sizeof(pool->last_sqlstate), "%s", sqlstate);
+    conn->state = H2O_DB_CONN_CLOSED;
+
+    if (was_connecting) {
+        --pool->num_connecting;
+        ++pool->stats.connect_failures;
+    } else {
+        ++pool->stats.closed_broken;
+    }
+
+    /* statements in flight: answered as lost (their requests may end inside the callbacks) */
+    h2o_db_result_t err;
+    h2o_db_result_init_error(&err, H2O_DB_UNAVAILABLE, sqlstate, pool->last_error);
+    while (conn->ring.count != 0) {
+        h2o_db_op_t *op = conn->ring.ops[conn->ring.head];
+        conn->ring.head = (conn->ring.head + 1) % conn->ring.capacity;
+        --conn->ring.count;
+        if (op == NULL || op == &cleanup_op)
+            continue;
+        h2o_db_session_t *s = op->session;
+        op->conn = NULL;
+        if (h2o_timeout_is_linked(&op->timeout))
+            h2o_timeout_unlink(&op->timeout);
+        --s->outstanding;
+        if (s->outstanding == 0 && s->conn == conn)
+            s->conn = NULL;
+        if (s->pinned == conn) {
+            s->pinned = NULL;
+            s->txn_lost = 1;
+            s->txn_failed = 1;
+            conn->pinned = NULL;
+            --pool->num_pinned;
+        }
+        ++pool->stats.errors;
+        h2o_db_op_complete(op, &err);
+    }
+    if (conn->pinned != NULL) {
+        h2o_db_session_t *s = conn->pinned;
+        s->pinned = NULL;
+        s->txn_lost = 1;
+        s->txn_failed = 1;
+        conn->pinned = NULL;
+        --pool->num_pinned;
+        if (!h2o_linklist_is_empty(&s->pending))
+            h2o_db_pool_pump(s);
+    }
+    /* sessions waiting for room on this connection now wait for any */
+    while (!h2o_linklist_is_empty(&conn->waiters)) {
+        h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, wait_link, conn->waiters.next);
+        stop_waiting(s);
+        h2o_db_pool_pump(s);
+    }
+    conn_close(conn);
+
+    if (was_connecting && !any_ready(pool)) {
+        pool->down = 1;
+        pool->last_failure_at = h2o_db_now(pool->thread);
+        pool->backoff_ms = pool->backoff_ms == 0 ? BACKOFF_MIN_MS : pool->backoff_ms * 2;
+        if (pool->backoff_ms > BACKOFF_MAX_MS)
+            pool->backoff_ms = BACKOFF_MAX_MS;
+        if (pool->num_connecting == 0)
+            fail_waiting(pool, H2O_DB_UNAVAILABLE, sqlstate, pool->last_error);
+    }
+    if (!pool->closing && (pool->num_conns < pool->bind->pool.min || !h2o_linklist_is_empty(&pool->waiting)) &&
+        !uv_is_active((uv_handle_t *)&pool->retry_timer))
+        uv_timer_start(&pool->retry_timer, on_retry, pool->down ? pool->backoff_ms : 0, 0);
+}
+
+void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
+{
+    h2o_db_pool_t *pool = conn->pool;
+    if (conn->ring.count == 0)
+        return; /* a result nobody asked for: the driver resynchronizes by closing */
+    h2o_db_op_t *op = conn->ring.ops[conn->ring.head];
+    conn->ring.ops[conn->ring.head] = NULL;
+    conn->ring.head = (conn->ring.head + 1) % conn->ring.capacity;
+    --conn->ring.count;
+
+    if (op == &cleanup_op) {
+        /* the ROLLBACK after a request ended inside a transaction */
+        conn->cleaning = 0;
+        if (result->status == H2O_DB_UNAVAILABLE || result->status == H2O_DB_TIMEOUT) {
+            h2o_db_conn_failed(conn, result->sqlstate, result->error);
+            return;
+        }
+    } else if (op != NULL) {
+        h2o_db_session_t *s = op->session;
+        op->conn = NULL;
+        if (h2o_timeout_is_linked(&op->timeout))
+            h2o_timeout_unlink(&op->timeout);
+        --s->outstanding;
+        if (s->outstanding == 0 && s->conn == conn && s->pinned != conn)
+            s->conn = NULL;
+        if ((op->kind == H2O_DB_OP_COMMIT || op->kind == H2O_DB_OP_ROLLBACK) && s->pinned == conn) {
+            s->pinned = NULL;
+            conn->pinned = NULL;
+            --pool->num_pinned;
+            if (s->outstanding == 0)
+                s->conn = NULL;
+        }
+        if (result->status != H2O_DB_OK || op->failed_commit)
+            ++pool->stats.errors;
+        int alive = h2o_db_op_complete(op, result) == 0;
+        if (alive && !h2o_linklist_is_empty(&s->pending) && s->pinned == NULL && s->outstanding == 0)
+            h2o_db_pool_pump(s);
+    } else if (conn->cleaning && conn->ring.count == 0 && conn->pinned == NULL) {
+        /* the request ended after its COMMIT/ROLLBACK was sent: that was the last of it */
+        conn->cleaning = 0;
+    }
+    if (conn->state == H2O_DB_CONN_READY && conn->cleaning && conn->ring.count == 0 && conn->pinned == NULL)
+        conn->cleaning = 0;
+    conn_progress(conn);
+}
+
+/* ---- closing ---- */
+
+static void close_later_cb(h2o_db_later_t *later);
+
+struct close_later {
+    h2o_db_later_t later;
+    h2o_db_conn_t *conn;
+};
+
+static void close_later_cb(h2o_db_later_t *later)
+{
+    struct close_later *cl = (struct close_later *)later;
+    h2o_db_conn_t *conn = cl->conn;
+    free(cl);
+    conn->pool->bind->driver->close(conn);
+}
+
+/* Takes conn out of the pool now; the driver closes it on the next iteration (the driver's
+ * callbacks may still be on the stack). Statements in flight must have been answered. */
+static void conn_close(h2o_db_conn_t *conn)
+{
+    h2o_db_pool_t *pool = conn->pool;
+    if (h2o_linklist_is_linked(&conn->link)) {
+        h2o_linklist_unlink(&conn->link);
+        --pool->num_conns;
+        __atomic_sub_fetch(&pool->bind->total_conns, 1, __ATOMIC_RELAXED);
+    }
+    conn->state = H2O_DB_CONN_CLOSED;
+    struct close_later *cl = calloc(1, sizeof(*cl));
+    cl->later.cb = close_later_cb;
+    cl->conn = conn;
+    h2o_db_later(pool->thread, &cl->later);
+}
+
+/* Closes a connection that nobody uses (idle, or its statements were all abandoned). */
+static void conn_retire(h2o_db_conn_t *conn, uint64_t *counter)
+{
+    ++*counter;
+    conn_close(conn);
+}
+
+/* statement-timeout ran out: answer TIMEOUT now and drop the late result (a shared connection is
+ * never cancelled: the cancel could hit another request's statement; the server's own
+ * statement_timeout, set when the connection opened, stops the statement there) */
+void h2o_db_pool_on_statement_timeout(h2o_timeout_entry_t *entry)
+{
+    h2o_db_op_t *op = H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, timeout, entry);
+    h2o_db_conn_t *conn = op->conn;
+    h2o_db_session_t *s = op->session;
+    h2o_db_pool_t *pool = s->pool;
+    if (conn == NULL)
+        return;
+    conn->ring.ops[op->ring_index] = NULL;
+    op->conn = NULL;
+    --s->outstanding;
+    if (s->outstanding == 0 && s->conn == conn && s->pinned != conn)
+        s->conn = NULL;
+    ++pool->stats.timeouts;
+    ++pool->stats.errors;
+    h2o_db_result_t r;
+    h2o_db_result_init_error(&r, H2O_DB_TIMEOUT, "57014", "canceling statement due to statement timeout (pool.statement-timeout)");
+    if (h2o_db_op_complete(op, &r) == 0 && s->outstanding == 0 && !h2o_linklist_is_empty(&s->pending))
+        h2o_db_pool_pump(s);
+}
+
+/* ---- the session ended ---- */
+
+void h2o_db_pool_release(h2o_db_session_t *s)
+{
+    h2o_db_pool_t *pool = s->pool;
+    stop_waiting(s);
+    /* statements in flight: their results will be dropped */
+    for (h2o_linklist_t *n = pool->conns.next; n != &pool->conns && s->outstanding != 0; n = n->next) {
+        h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, n);
+        for (size_t i = 0; i < conn->ring.count; ++i) {
+            size_t idx = (conn->ring.head + i) % conn->ring.capacity;
+            h2o_db_op_t *op = conn->ring.ops[idx];
+            if (op != NULL && op != &cleanup_op && op->session == s) {
+                conn->ring.ops[idx] = NULL;
+                if (h2o_timeout_is_linked(&op->timeout))
+                    h2o_timeout_unlink(&op->timeout);
+                op->conn = NULL;
+                --s->outstanding;
+            }
+        }
+    }
+    s->outstanding = 0;
+    s->conn = NULL;
+    if (s->pinned != NULL) {
+        h2o_db_conn_t *conn = s->pinned;
+        s->pinned = NULL;
+        conn->pinned = NULL;
+        --pool->num_pinned;
+        if (conn->state == H2O_DB_CONN_READY) {
+            /* roll back whatever the transaction did, then the connection is clean again */
+            conn->cleaning = 1;
+            conn_send(conn, &cleanup_op);
+        }
+    }
+}
+
+/* ---- housekeeping ---- */
+
+static void ensure_min(h2o_db_pool_t *pool)
+{
+    while (!pool->closing && pool->num_conns < pool->bind->pool.min && can_open(pool)) {
+        if (pool->down && (pool->num_connecting != 0 || h2o_db_now(pool->thread) - pool->last_failure_at < pool->backoff_ms))
+            break;
+        conn_open(pool);
+    }
+}
+
+static void on_retry(uv_timer_t *timer)
+{
+    h2o_db_pool_t *pool = timer->data;
+    ensure_min(pool);
+    if (!h2o_linklist_is_empty(&pool->waiting)) {
+        if (pool->num_connecting == 0 && can_open(pool))
+            conn_open(pool);
+        pool_service(pool);
+    }
+}
+
+void h2o_db_pool_publish(h2o_db_pool_t *pool)
+{
+    size_t idle = 0, busy = 0;
+    for (h2o_linklist_t *n = pool->conns.next; n != &pool->conns; n = n->next) {
+        h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, n);
+        if (conn->state != H2O_DB_CONN_READY)
+            continue;
+        if (conn_is_idle(conn))
+            ++idle;
+        else
+            ++busy;
+    }
+    __atomic_store_n(&pool->gauges.idle, idle, __ATOMIC_RELAXED);
+    __atomic_store_n(&pool->gauges.busy, busy, __ATOMIC_RELAXED);
+}
+
+static void on_housekeeping(uv_timer_t *timer)
+{
+    h2o_db_pool_t *pool = timer->data;
+    h2o_db_pool_config_t *cfg = &pool->bind->pool;
+    uint64_t now = h2o_db_now(pool->thread);
+    for (h2o_linklist_t *n = pool->conns.next; n != &pool->conns;) {
+        h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, n);
+        n = n->next;
+        if (!conn_is_idle(conn))
+            continue;
+        if (conn->retire_at != 0 && now >= conn->retire_at) {
+            conn_retire(conn, &pool->stats.closed_lifetime);
+        } else if (cfg->idle_timeout != 0 && now - conn->idle_since >= cfg->idle_timeout && pool->num_conns > cfg->min) {
+            conn_retire(conn, &pool->stats.closed_idle);
+        }
+    }
+    ensure_min(pool);
+    h2o_db_pool_publish(pool);
+}
+
+/* ---- life of a pool ---- */
+
+h2o_db_pool_t *h2o_db_pool_create(h2o_db_thread_t *thread, h2o_db_bind_t *bind)
+{
+    h2o_db_pool_t *pool = calloc(1, sizeof(*pool));
+    pool->bind = bind;
+    pool->thread = thread;
+    h2o_linklist_init_anchor(&pool->conns);
+    h2o_linklist_init_anchor(&pool->waiting);
+    h2o_timeout_init(thread->loop, &pool->acquire_timeout, bind->pool.acquire_timeout);
+    h2o_timeout_init(thread->loop, &pool->statement_timeout, bind->pool.statement_timeout);
+    uv_timer_init(thread->loop, &pool->retry_timer);
+    pool->retry_timer.data = pool;
+    uv_timer_init(thread->loop, &pool->housekeeping);
+    pool->housekeeping.data = pool;
+    uv_timer_start(&pool->housekeeping, on_housekeeping, HOUSEKEEPING_MS, HOUSEKEEPING_MS);
+    uv_unref((uv_handle_t *)&pool->housekeeping);
+    ensure_min(pool);
+    return pool;
+}
+
+void h2o_db_session_wait_timeout_init(h2o_db_session_t *s)
+{
+    s->wait_timeout.cb = on_wait_timeout;
+}
+
+static void on_pool_handle_closed(uv_handle_t *handle)
+{
+    h2o_db_pool_t *pool = handle->data;
+    if (--pool->closing == 1)
+        free(pool);
+}
+
+void h2o_db_pool_destroy(h2o_db_pool_t *pool)
+{
+    pool->closing = 1;
+    fail_waiting(pool, H2O_DB_UNAVAILABLE, "57P01", "the server is shutting down");
+    while (!h2o_linklist_is_empty(&pool->conns)) {
+        h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, pool->conns.next);
+        if (conn->state == H2O_DB_CONN_CONNECTING)
+            --pool->num_connecting;
+        conn->state = H2O_DB_CONN_READY; /* so that h2o_db_conn_failed answers what is in flight */
+        h2o_db_conn_failed(conn, "57P01", "the server is shutting down");
+    }
+    h2o_timeout_dispose(pool->thread->loop, &pool->acquire_timeout);
+    h2o_timeout_dispose(pool->thread->loop, &pool->statement_timeout);
+    pool->closing = 3; /* 1 + two timer handles */
+    uv_close((uv_handle_t *)&pool->retry_timer, on_pool_handle_closed);
+    uv_close((uv_handle_t *)&pool->housekeeping, on_pool_handle_closed);
+}

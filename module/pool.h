@@ -1,0 +1,111 @@
+/*
+ * Pools: one per bind per worker thread. A pool owns its connections, places
+ * statements on them (DESIGN §2), keeps the FIFO of sessions waiting for a
+ * connection, and heals: broken connections are replaced, connects back off
+ * while the database is down, idle and old connections are retired.
+ */
+#ifndef h2o_db_pool_h
+#define h2o_db_pool_h
+
+#include <stdint.h>
+#include "config/config.h"
+#include "driver/driver.h"
+#include "result.h"
+#include "thread.h"
+
+typedef struct st_h2o_db_session_t h2o_db_session_t;
+
+enum { H2O_DB_CONN_CONNECTING, H2O_DB_CONN_READY, H2O_DB_CONN_CLOSED };
+
+/* The generic part of a connection; drivers put it first in theirs. */
+struct st_h2o_db_conn_t {
+    h2o_db_pool_t *pool;
+    h2o_linklist_t link; /* pool->conns */
+    int state;
+    /* the session whose transaction holds this connection, or NULL */
+    h2o_db_session_t *pinned;
+    /* after its request ended inside a transaction: rolling back, then back to the pool */
+    int cleaning;
+    /* statements sent, oldest first; an entry is NULL once nobody waits for its result
+     * (its request ended, or it timed out locally): the result is then dropped */
+    struct {
+        h2o_db_op_t **ops;
+        uint64_t *sent_at;
+        size_t head, count, capacity;
+    } ring;
+    h2o_linklist_t waiters; /* sessions waiting for room on this connection */
+    uint64_t created_at, idle_since, retire_at;
+    uint64_t statements; /* sent on this connection */
+};
+
+/* Counters behind the status page; written by the owning thread only. */
+typedef struct st_h2o_db_pool_stats_t {
+    uint64_t acquires;         /* statements placed on a connection */
+    uint64_t waits;            /* statements that had to wait for one */
+    uint64_t acquire_timeouts; /* ... and gave up (BUSY) */
+    uint64_t queue_full;       /* refused at once: the queue was full */
+    uint64_t errors;           /* statements that failed (any status but OK) */
+    uint64_t connects, connect_failures, reconnects, closed_broken, closed_idle, closed_lifetime;
+    uint64_t statements, pipelined; /* sent; sent while others were in flight on the connection */
+    uint64_t cache_hits, cache_misses;
+    uint64_t timeouts; /* statement-timeout answered locally */
+    uint64_t leaks;    /* sessions reported by leak-threshold */
+} h2o_db_pool_stats_t;
+
+/* Gauges the owner thread publishes (at every housekeeping tick) for the status page,
+ * which other threads read. */
+typedef struct st_h2o_db_pool_gauges_t {
+    size_t idle, busy;
+} h2o_db_pool_gauges_t;
+
+struct st_h2o_db_pool_t {
+    h2o_db_bind_t *bind;
+    h2o_db_thread_t *thread;
+    h2o_linklist_t conns;
+    size_t num_conns, num_connecting, num_pinned;
+    h2o_linklist_t waiting; /* sessions waiting for any connection, FIFO */
+    size_t num_waiting;
+    h2o_timeout_t acquire_timeout;
+    h2o_timeout_t statement_timeout;
+    uv_timer_t retry_timer;
+    uv_timer_t housekeeping;
+    /* the database looks down: the last connect failed and no connection is up */
+    int down;
+    uint64_t last_failure_at;
+    unsigned backoff_ms;
+    char last_error[256];
+    char last_sqlstate[6];
+    h2o_db_pool_stats_t stats;
+    h2o_db_pool_gauges_t gauges;
+    int closing;
+};
+
+/* Recounts idle and busy connections into pool->gauges (owner thread). */
+void h2o_db_pool_publish(h2o_db_pool_t *pool);
+
+h2o_db_pool_t *h2o_db_pool_create(h2o_db_thread_t *thread, h2o_db_bind_t *bind);
+/* Closes every connection (statements in flight fail UNAVAILABLE); frees when handles are closed. */
+void h2o_db_pool_destroy(h2o_db_pool_t *pool);
+
+/* Sends what it can of the session's pending statements, or makes the session wait. */
+void h2o_db_pool_pump(h2o_db_session_t *s);
+/* The session ended: forget it wherever it waits, drop its results, roll back its transaction. */
+void h2o_db_pool_release(h2o_db_session_t *s);
+
+/* Timeout callbacks the session code installs on its ops and sessions. */
+void h2o_db_pool_on_statement_timeout(h2o_timeout_entry_t *entry);
+void h2o_db_session_wait_timeout_init(h2o_db_session_t *s);
+
+/* Called by drivers. */
+void h2o_db_conn_connected(h2o_db_conn_t *conn);
+void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *message);
+void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result);
+/* Fills the generic part of a new connection. */
+void h2o_db_conn_init(h2o_db_conn_t *conn, h2o_db_pool_t *pool);
+/* Frees the generic part (the driver frees its memory afterwards). */
+void h2o_db_conn_dispose(h2o_db_conn_t *conn);
+
+/* Milliseconds a connection's oldest statement has been in flight (0 when none). */
+uint64_t h2o_db_conn_oldest_age(h2o_db_conn_t *conn, uint64_t now);
+
+#endif

@@ -1,0 +1,395 @@
+/*
+ * Sessions: the public statement API, transactions as the handler sees them,
+ * and the end of a request.
+ *
+ * One statement's life: h2o_db_query() copies it into an op in the request's
+ * memory pool and appends it to the session's pending list; the pool places it
+ * (pool.c) and the driver sends it; the driver's result comes back through
+ * h2o_db_conn_result() to h2o_db_op_complete() below, which runs the callback.
+ * Statements answered without the database (BUSY, UNAVAILABLE, a transaction
+ * already failed) go through the session's `done` list and are answered on the
+ * next loop iteration, in issue order.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "config/config.h"
+#include "result.h"
+#include "session.h"
+
+/* ---- which keys are attached at a path ---- */
+
+static int path_on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    return -1; /* attaches nothing by itself: handlers ask with h2o_db_session() */
+}
+
+static void path_on_context_init(h2o_handler_t *self, h2o_context_t *ctx)
+{
+    h2o_db_thread_init(ctx);
+}
+
+void h2o_db_path_register(h2o_pathconf_t *pathconf, h2o_db_bind_t **binds, size_t num_binds)
+{
+    h2o_db_path_t *path = (void *)h2o_create_handler(pathconf, sizeof(*path));
+    path->super.on_req = path_on_req;
+    path->super.on_context_init = path_on_context_init;
+    path->binds = binds;
+    path->num_binds = num_binds;
+}
+
+h2o_db_path_t *h2o_db_path_of(h2o_pathconf_t *pathconf)
+{
+    if (pathconf == NULL)
+        return NULL;
+    for (size_t i = 0; i < pathconf->handlers.size; ++i)
+        if (pathconf->handlers.entries[i]->on_req == path_on_req)
+            return (h2o_db_path_t *)pathconf->handlers.entries[i];
+    return NULL;
+}
+
+h2o_db_bind_t *h2o_db_path_find(h2o_db_path_t *path, const char *key)
+{
+    for (size_t i = 0; i < path->num_binds; ++i)
+        if (strcmp(path->binds[i]->key, key) == 0)
+            return path->binds[i];
+    return NULL;
+}
+
+/* ---- sessions ---- */
+
+static void deliver_done(h2o_db_later_t *later);
+
+static void session_init(h2o_db_session_t *s, h2o_db_bind_t *bind, h2o_db_pool_t *pool, h2o_db_reqstate_t *owner,
+                         h2o_mem_pool_t *mem)
+{
+    memset(s, 0, sizeof(*s));
+    s->bind = bind;
+    s->pool = pool;
+    s->owner = owner;
+    s->mem = mem;
+    h2o_linklist_init_anchor(&s->pending);
+    h2o_linklist_init_anchor(&s->done);
+    s->deliver_later.cb = deliver_done;
+    h2o_db_session_wait_timeout_init(s);
+}
+
+/* The request ended (response sent, stream reset, connection closed). */
+static void session_release(h2o_db_session_t *s)
+{
+    h2o_db_thread_t *thread = s->pool->thread;
+    if (s->released)
+        return;
+    s->released = 1;
+    if (thread->delivering == s)
+        thread->delivering_gone = 1;
+    h2o_db_later_cancel(&s->deliver_later);
+    while (!h2o_linklist_is_empty(&s->pending))
+        h2o_linklist_unlink(s->pending.next);
+    while (!h2o_linklist_is_empty(&s->done))
+        h2o_linklist_unlink(s->done.next);
+    s->num_pending = 0;
+    h2o_db_pool_release(s);
+}
+
+static void on_request_dispose(void *data)
+{
+    h2o_db_reqstate_t *rs = data;
+    for (h2o_db_session_t *s = rs->sessions; s != NULL; s = s->next)
+        session_release(s);
+    h2o_db_thread_remove_req(rs->thread, rs->req);
+}
+
+static h2o_db_session_t *request_session(h2o_req_t *req, h2o_db_thread_t *thread, h2o_db_bind_t *bind)
+{
+    h2o_db_reqstate_t *rs = h2o_db_thread_find_req(thread, req);
+    if (rs == NULL) {
+        rs = h2o_mem_alloc_shared(&req->pool, sizeof(*rs), on_request_dispose);
+        rs->req = req;
+        rs->thread = thread;
+        rs->sessions = NULL;
+        h2o_db_thread_add_req(thread, req, rs);
+    }
+    for (h2o_db_session_t *s = rs->sessions; s != NULL; s = s->next)
+        if (s->bind == bind)
+            return s;
+    h2o_db_pool_t *pool = h2o_db_thread_pool(thread, bind->id);
+    if (pool == NULL)
+        return NULL;
+    h2o_db_session_t *s = h2o_mem_alloc_pool(&req->pool, sizeof(*s));
+    session_init(s, bind, pool, rs, &req->pool);
+    s->next = rs->sessions;
+    rs->sessions = s;
+    return s;
+}
+
+h2o_db_session_t *h2o_db_session(h2o_req_t *req, const char *key)
+{
+    if (req == NULL)
+        return NULL;
+    h2o_db_path_t *path = h2o_db_path_of(req->pathconf);
+    if (path == NULL)
+        return NULL;
+    h2o_db_bind_t *bind = h2o_db_path_find(path, key != NULL ? key : H2O_DB_DEFAULT_KEY);
+    if (bind == NULL)
+        return NULL;
+    h2o_db_thread_t *thread = h2o_db_thread != NULL ? h2o_db_thread : h2o_db_thread_init(req->conn->ctx);
+    return request_session(req, thread, bind);
+}
+
+h2o_db_session_t *h2o_db_session_for(h2o_db_session_t *s, const char *table)
+{
+    if (s == NULL || table == NULL)
+        return NULL;
+    h2o_db_bind_t *bind = s->bind;
+    for (size_t i = 0; i < bind->partitions.size; ++i) {
+        h2o_db_partition_t *p = bind->partitions.entries + i;
+        if (strcmp(p->table, table) != 0)
+            continue;
+        if (s->owner != NULL)
+            return request_session(s->owner->req, s->owner->thread, p->bind);
+        return NULL;
+    }
+    return s;
+}
+
+/* ---- statements ---- */
+
+/* Whether sql holds more than one statement: a `;` outside quotes, dollar quotes and
+ * comments that is followed by anything but blanks and comments. */
+static int several_statements(const char *sql)
+{
+    const char *p = sql;
+    int seen_semicolon = 0;
+    while (*p != '\0') {
+        char c = *p;
+        if (c == '\'' || c == '"') {
+            char q = c;
+            int backslashes = c == '\'' && p > sql && (p[-1] == 'E' || p[-1] == 'e');
+            for (++p; *p != '\0'; ++p) {
+                if (backslashes && *p == '\\' && p[1] != '\0') {
+                    ++p;
+                } else if (*p == q) {
+                    if (p[1] == q)
+                        ++p; /* doubled quote */
+                    else
+                        break;
+                }
+            }
+            if (*p == '\0')
+                return 0; /* unterminated: the database will say so */
+            if (seen_semicolon)
+                return 1;
+            ++p;
+        } else if (c == '-' && p[1] == '-') {
+            p += strcspn(p, "\n");
+        } else if (c == '/' && p[1] == '*') {
+            int depth = 1;
+            for (p += 2; *p != '\0' && depth > 0; ++p) {
+                if (*p == '/' && p[1] == '*')
+                    ++depth, ++p;
+                else if (*p == '*' && p[1] == '/')
+                    --depth, ++p;
+            }
+        } else if (c == '$' && (p == sql || !(p[-1] == '_' || (p[-1] >= 'a' && p[-1] <= 'z') || (p[-1] >= 'A' && p[-1] <= 'Z') ||
+                                              (p[-1] >= '0' && p[-1] <= '9')))) {
+            /* $tag$ ... $tag$ (but not $1) */
+            size_t taglen = 1;
+            while (p[taglen] == '_' || (p[taglen] >= 'a' && p[taglen] <= 'z') || (p[taglen] >= 'A' && p[taglen] <= 'Z') ||
+                   (taglen > 1 && p[taglen] >= '0' && p[taglen] <= '9'))
+                ++taglen;
+            if (p[taglen] != '$') {
+                ++p;
+                continue;
+            }
+            ++taglen;
+            if (seen_semicolon)
+                return 1;
+            const char *end = p + taglen;
+            for (;;) {
+                end = strchr(end, '$');
+                if (end == NULL)
+                    return 0;
+                if (strncmp(end, p, taglen) == 0)
+                    break;
+                ++end;
+            }
+            p = end + taglen;
+        } else if (c == ';') {
+            seen_semicolon = 1;
+            ++p;
+        } else {
+            if (seen_semicolon && !(c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'))
+                return 1;
+            ++p;
+        }
+    }
+    return 0;
+}
+
+static int is_blank(const char *sql)
+{
+    return sql[strspn(sql, " \t\r\n\f\v;")] == '\0';
+}
+
+static h2o_db_op_t *new_op(h2o_db_session_t *s, h2o_db_op_kind_t kind, const char *sql, size_t nparams,
+                           const char *const *params, h2o_db_cb cb, void *data)
+{
+    size_t sql_len = sql != NULL ? strlen(sql) : 0, size = sizeof(h2o_db_op_t) + nparams * sizeof(char *) + sql_len + 1;
+    for (size_t i = 0; i < nparams; ++i)
+        if (params[i] != NULL)
+            size += strlen(params[i]) + 1;
+    h2o_db_op_t *op = h2o_mem_alloc_pool(s->mem, size);
+    char *dst = (char *)(op + 1) + nparams * sizeof(char *);
+    memset(op, 0, sizeof(*op));
+    op->session = s;
+    op->kind = kind;
+    op->cb = cb;
+    op->data = data;
+    op->timeout.cb = h2o_db_pool_on_statement_timeout;
+    op->nparams = nparams;
+    op->params = (const char **)(op + 1);
+    for (size_t i = 0; i < nparams; ++i) {
+        if (params[i] == NULL) {
+            op->params[i] = NULL;
+        } else {
+            size_t n = strlen(params[i]) + 1;
+            memcpy(dst, params[i], n);
+            op->params[i] = dst;
+            dst += n;
+        }
+    }
+    if (sql != NULL)
+        memcpy(dst, sql, sql_len + 1);
+    op->sql = sql != NULL ? dst : NULL;
+    op->sql_len = sql_len;
+    op->in_txn = s->txn_open;
+    return op;
+}
+
+static void enqueue(h2o_db_session_t *s, h2o_db_op_t *op)
+{
+    h2o_linklist_insert(&s->pending, &op->link);
+    ++s->num_pending;
+    unsigned limit = s->bind->pool.queue > s->bind->pool.pipeline_depth ? s->bind->pool.queue : s->bind->pool.pipeline_depth;
+    if (s->num_pending > limit) {
+        ++s->pool->stats.queue_full;
+        ++s->pool->stats.errors;
+        h2o_db_op_answer_later(op, H2O_DB_BUSY, "53300", "too many statements queued on one session (pool queue)");
+        return;
+    }
+    h2o_db_pool_pump(s);
+}
+
+static int usable(h2o_db_session_t *s)
+{
+    return s != NULL && !s->released;
+}
+
+int h2o_db_query(h2o_db_session_t *s, const char *sql, size_t nparams, const char *const *params, h2o_db_cb cb, void *data)
+{
+    if (!usable(s) || sql == NULL || cb == NULL || (nparams != 0 && params == NULL) || nparams > 65535)
+        return -1;
+    if (is_blank(sql) || several_statements(sql))
+        return -1;
+    enqueue(s, new_op(s, H2O_DB_OP_QUERY, sql, nparams, params, cb, data));
+    return 0;
+}
+
+int h2o_db_begin(h2o_db_session_t *s, h2o_db_cb cb, void *data)
+{
+    if (!usable(s) || cb == NULL || s->txn_open)
+        return -1;
+    s->txn_open = 1;
+    enqueue(s, new_op(s, H2O_DB_OP_BEGIN, NULL, 0, NULL, cb, data));
+    return 0;
+}
+
+int h2o_db_commit(h2o_db_session_t *s, h2o_db_cb cb, void *data)
+{
+    if (!usable(s) || cb == NULL || !s->txn_open || s->txn_failed)
+        return -1;
+    h2o_db_op_t *op = new_op(s, H2O_DB_OP_COMMIT, NULL, 0, NULL, cb, data);
+    s->txn_open = 0;
+    enqueue(s, op);
+    return 0;
+}
+
+int h2o_db_rollback(h2o_db_session_t *s, h2o_db_cb cb, void *data)
+{
+    if (!usable(s) || cb == NULL || !s->txn_open)
+        return -1;
+    h2o_db_op_t *op = new_op(s, H2O_DB_OP_ROLLBACK, NULL, 0, NULL, cb, data);
+    s->txn_open = 0;
+    enqueue(s, op);
+    return 0;
+}
+
+/* ---- answers ---- */
+
+int h2o_db_op_complete(h2o_db_op_t *op, h2o_db_result_t *result)
+{
+    h2o_db_session_t *s = op->session;
+    h2o_db_thread_t *thread = s->pool->thread;
+    h2o_db_result_t rewritten;
+
+    if (result->status != H2O_DB_OK && (op->in_txn || op->kind == H2O_DB_OP_BEGIN))
+        s->txn_failed = 1;
+    if (op->kind == H2O_DB_OP_COMMIT || op->kind == H2O_DB_OP_ROLLBACK) {
+        s->txn_failed = 0;
+        s->txn_lost = 0;
+        if (op->failed_commit && result->status == H2O_DB_OK) {
+            h2o_db_result_init_error(&rewritten, H2O_DB_SQL_ERROR, "25P02",
+                                     "the transaction had failed, so it was rolled back instead of committed");
+            result = &rewritten;
+        }
+    }
+    if (s->released)
+        return -1;
+
+    void *saved = thread->delivering;
+    int saved_gone = thread->delivering_gone;
+    thread->delivering = s;
+    thread->delivering_gone = 0;
+    op->cb(result, op->data);
+    int gone = thread->delivering_gone;
+    thread->delivering = saved;
+    thread->delivering_gone = saved_gone;
+    if (gone)
+        return -1;
+    if (s->outstanding == 0 && !h2o_linklist_is_empty(&s->done))
+        h2o_db_later(thread, &s->deliver_later);
+    return 0;
+}
+
+void h2o_db_op_answer_later(h2o_db_op_t *op, h2o_db_status_t status, const char *sqlstate, const char *message)
+{
+    h2o_db_session_t *s = op->session;
+    h2o_linklist_unlink(&op->link);
+    --s->num_pending;
+    op->status = status;
+    op->sqlstate = sqlstate;
+    op->message = message;
+    op->answered = 1;
+    h2o_linklist_insert(&s->done, &op->link);
+    if (s->outstanding == 0)
+        h2o_db_later(s->pool->thread, &s->deliver_later);
+}
+
+static void deliver_done(h2o_db_later_t *later)
+{
+    h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, deliver_later, later);
+    while (!h2o_linklist_is_empty(&s->done) && s->outstanding == 0) {
+        h2o_db_op_t *op = H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, link, s->done.next);
+        h2o_linklist_unlink(&op->link);
+        h2o_db_result_t r;
+        if (op->status == H2O_DB_OK)
+            h2o_db_result_init_ok(&r, 0);
+        else
+            h2o_db_result_init_error(&r, op->status, op->sqlstate, op->message);
+        if (h2o_db_op_complete(op, &r) != 0)
+            return;
+    }
+    if (h2o_linklist_is_empty(&s->done) && !h2o_linklist_is_empty(&s->pending))
+        h2o_db_pool_pump(s);
+}

@@ -1,0 +1,79 @@
+/*
+ * Sessions and statements. A session belongs to one request (or, for work
+ * outside requests, to its opener) and one bind; it holds no connection until
+ * its first statement. Statements are "ops": queued on the session, placed on a
+ * connection by the pool, answered through their callback.
+ */
+#ifndef h2o_db_session_h
+#define h2o_db_session_h
+
+#include "h2o_db.h"
+#include "pool.h"
+#include "thread.h"
+
+typedef enum { H2O_DB_OP_QUERY, H2O_DB_OP_BEGIN, H2O_DB_OP_COMMIT, H2O_DB_OP_ROLLBACK } h2o_db_op_kind_t;
+
+struct st_h2o_db_op_t {
+    h2o_linklist_t link; /* session->pending, then (if answered without a connection) session->done */
+    h2o_db_session_t *session;
+    h2o_db_conn_t *conn; /* while in flight */
+    size_t ring_index;   /* its place in conn->ring while in flight */
+    h2o_db_op_kind_t kind;
+    unsigned in_txn : 1;       /* issued between begin and commit/rollback */
+    unsigned failed_commit : 1; /* a COMMIT of a failed transaction: sent as ROLLBACK, answered as an error */
+    unsigned answered : 1;     /* for `done` ops: the result below is final */
+    const char *sql;
+    size_t sql_len;
+    size_t nparams;
+    const char **params; /* NUL-terminated; NULL = SQL NULL */
+    h2o_db_cb cb;
+    void *data;
+    h2o_timeout_entry_t timeout; /* statement-timeout while in flight */
+    /* an answer made without the database (BUSY, UNAVAILABLE, ...) */
+    h2o_db_status_t status;
+    const char *sqlstate;
+    const char *message;
+};
+
+struct st_h2o_db_session_t {
+    h2o_db_bind_t *bind;
+    h2o_db_pool_t *pool;
+    h2o_db_reqstate_t *owner; /* NULL for a session outside a request */
+    h2o_mem_pool_t *mem;      /* where its ops live */
+    h2o_db_session_t *next;   /* the owner's other sessions */
+    h2o_linklist_t pending;   /* not sent yet, in issue order */
+    h2o_linklist_t done;      /* answered without the database; delivered later, in order */
+    h2o_db_later_t deliver_later;
+    size_t num_pending;
+    size_t outstanding;      /* sent, not answered */
+    h2o_db_conn_t *conn;     /* where the outstanding statements are */
+    h2o_db_conn_t *pinned;   /* the connection of its transaction */
+    unsigned txn_open : 1;   /* between h2o_db_begin and h2o_db_commit/rollback, at issue time */
+    unsigned txn_failed : 1; /* a statement of the current transaction failed */
+    unsigned txn_lost : 1;   /* the transaction's connection broke */
+    unsigned released : 1;
+    /* waiting for a connection: in pool->waiting or in a conn's waiters */
+    h2o_linklist_t wait_link;
+    h2o_timeout_entry_t wait_timeout;
+    uint64_t pinned_at;
+    /* the partitions this session has touched (h2o_db_session_for), by partition index */
+    h2o_db_session_t **partitions;
+    h2o_db_session_t *parent;
+};
+
+/* A request's sessions: allocated in the request's pool, found through the thread's table. */
+struct st_h2o_db_reqstate_t {
+    h2o_req_t *req;
+    h2o_db_thread_t *thread;
+    h2o_db_session_t *sessions;
+};
+
+/* Called by the pool: the statement is answered; runs the callback (unless its request is gone)
+ * and keeps the transaction state. Returns 0 if the session may be used afterwards, -1 if the
+ * callback ended its request (the session is gone). */
+int h2o_db_op_complete(h2o_db_op_t *op, h2o_db_result_t *result);
+
+/* Answers an op without the database, later (in issue order with the session's other answers). */
+void h2o_db_op_answer_later(h2o_db_op_t *op, h2o_db_status_t status, const char *sqlstate, const char *message);
+
+#endif

@@ -1,0 +1,73 @@
+/*
+ * Start-up, on the main thread before any worker loop runs (blocking is fine
+ * here): each bind's backend state, `schema` (aiohttp-sqlalchemy's init_db),
+ * connect-at-start, and what `h2o-db -t --connect` checks.
+ */
+#include <stdio.h>
+#include <string.h>
+#include "config/config.h"
+#include "driver/driver.h"
+#include "h2o_db.h"
+
+const h2o_db_driver_t *h2o_db_driver_for(h2o_db_backend_t backend)
+{
+    switch (backend) {
+    case H2O_DB_BACKEND_POSTGRES:
+        return &h2o_db_driver_postgres;
+    case H2O_DB_BACKEND_SQLITE:
+        return &h2o_db_driver_sqlite;
+    default:
+        return NULL;
+    }
+}
+
+const char *h2o_db_backends(void)
+{
+    static char buf[128];
+    snprintf(buf, sizeof(buf), "postgresql via %s, sqlite via %s", h2o_db_driver_postgres.version(),
+             h2o_db_driver_sqlite.version());
+    return buf;
+}
+
+int h2o_db_prepare(h2o_globalconf_t *conf)
+{
+    char err[1024];
+    for (size_t i = 0; i < h2o_db_config.binds.size; ++i) {
+        h2o_db_bind_t *bind = h2o_db_config.binds.entries[i];
+        if (bind->driver->prepare_bind(bind, err, sizeof(err)) != 0) {
+            fprintf(stderr, "%s:%zu:%zu: db.bind `%s`: %s\n", bind->filename, bind->line + 1, bind->column + 1, bind->key, err);
+            return -1;
+        }
+        if (bind->schema_sql != NULL && bind->driver->run_script(bind, bind->schema_sql, err, sizeof(err)) != 0) {
+            fprintf(stderr, "%s:%zu:%zu: db.bind `%s`: schema %s failed: %s\n", bind->filename, bind->line + 1, bind->column + 1,
+                    bind->key, bind->schema_path, err);
+            return -1;
+        }
+        if (bind->pool.connect_at_start && bind->driver->run_script(bind, NULL, err, sizeof(err)) != 0) {
+            fprintf(stderr, "%s:%zu:%zu: db.bind `%s` (connect-at-start: ON): %s\n", bind->filename, bind->line + 1,
+                    bind->column + 1, bind->key, err);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int h2o_db_check(h2o_globalconf_t *conf, int connect)
+{
+    int ret = 0;
+    char err[1024];
+    for (size_t i = 0; i < h2o_db_config.binds.size; ++i) {
+        h2o_db_bind_t *bind = h2o_db_config.binds.entries[i];
+        if (!connect) {
+            printf("h2o-db: bind `%s` (%s): %s\n", bind->key, bind->scope, bind->url.display);
+            continue;
+        }
+        if (bind->driver->run_script(bind, NULL, err, sizeof(err)) != 0) {
+            fprintf(stderr, "%s:%zu:%zu: db.bind `%s`: %s\n", bind->filename, bind->line + 1, bind->column + 1, bind->key, err);
+            ret = -1;
+        } else {
+            printf("h2o-db: bind `%s` (%s): %s: connected\n", bind->key, bind->scope, bind->url.display);
+        }
+    }
+    return ret;
+}

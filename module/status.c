@@ -1,0 +1,303 @@
+/*
+ * db.status: the pools of every thread, per bind.
+ *
+ *   GET /path                     JSON (docs/status.md describes every field)
+ *   GET /path?format=prometheus   Prometheus text exposition format
+ *
+ * Pools belong to their threads; this handler reads other threads' counters
+ * without locks (single writer, relaxed loads). Connection counts are exact;
+ * idle/busy are what each thread published at its last housekeeping tick (at
+ * most a second old), or exact for the thread serving the request.
+ * URLs are shown with their passwords masked.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "config/config.h"
+#include "pool.h"
+#include "status.h"
+#include "thread.h"
+
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+
+struct out {
+    char *buf;
+    size_t len, cap;
+};
+
+static void outf(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void outf(struct out *o, const char *fmt, ...)
+{
+    for (;;) {
+        va_list args;
+        va_start(args, fmt);
+        int n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, args);
+        va_end(args);
+        if (n >= 0 && (size_t)n < o->cap - o->len) {
+            o->len += n;
+            return;
+        }
+        o->cap = o->cap * 2 + (n > 0 ? (size_t)n : 0) + 1024;
+        o->buf = realloc(o->buf, o->cap);
+    }
+}
+
+/* JSON-escaped copy of s (keys, scopes and URLs are plain ASCII in practice; be safe anyway) */
+static void out_json_string(struct out *o, const char *s)
+{
+    outf(o, "\"");
+    for (; *s; ++s) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            outf(o, "\\%c", c);
+        else if (c < 0x20)
+            outf(o, "\\u%04x", c);
+        else
+            outf(o, "%c", c);
+    }
+    outf(o, "\"");
+}
+
+struct snapshot {
+    size_t total, connecting, idle, busy, pinned, waiting;
+    int down;
+    h2o_db_pool_stats_t stats;
+};
+
+static void take(h2o_db_pool_t *pool, struct snapshot *s)
+{
+    if (h2o_db_thread != NULL && pool->thread == h2o_db_thread)
+        h2o_db_pool_publish(pool);
+    s->total = LOAD(pool->num_conns);
+    s->connecting = LOAD(pool->num_connecting);
+    s->pinned = LOAD(pool->num_pinned);
+    s->waiting = LOAD(pool->num_waiting);
+    s->idle = LOAD(pool->gauges.idle);
+    s->busy = LOAD(pool->gauges.busy);
+    if (s->idle + s->busy + s->connecting > s->total) {
+        /* the published gauges are older than the counts */
+        s->busy = s->total > s->connecting + s->idle ? s->total - s->connecting - s->idle : 0;
+        if (s->idle + s->busy + s->connecting > s->total)
+            s->idle = s->total - s->connecting - s->busy;
+    }
+    s->down = LOAD(pool->down);
+    h2o_db_pool_stats_t *st = &pool->stats;
+#define COPY(f) s->stats.f = LOAD(st->f)
+    COPY(acquires);
+    COPY(waits);
+    COPY(acquire_timeouts);
+    COPY(queue_full);
+    COPY(errors);
+    COPY(connects);
+    COPY(connect_failures);
+    COPY(reconnects);
+    COPY(closed_broken);
+    COPY(closed_idle);
+    COPY(closed_lifetime);
+    COPY(statements);
+    COPY(pipelined);
+    COPY(cache_hits);
+    COPY(cache_misses);
+    COPY(timeouts);
+    COPY(leaks);
+#undef COPY
+}
+
+/* name, offset: the counters, in the order both formats print them */
+static const struct {
+    const char *name, *help;
+    size_t offset;
+} counters[] = {
+#define C(f, h) {#f, h, offsetof(h2o_db_pool_stats_t, f)}
+    C(acquires, "statements placed on a connection"),
+    C(waits, "statements that waited for a connection"),
+    C(acquire_timeouts, "statements that gave up waiting (acquire-timeout)"),
+    C(queue_full, "statements refused because the queue was full"),
+    C(errors, "statements answered with an error"),
+    C(connects, "connection attempts"),
+    C(connect_failures, "connection attempts that failed"),
+    C(reconnects, "recoveries after the database was down"),
+    C(closed_broken, "connections closed because they broke"),
+    C(closed_idle, "connections closed after idle-timeout"),
+    C(closed_lifetime, "connections closed after max-lifetime"),
+    C(statements, "statements sent"),
+    C(pipelined, "statements sent while others were in flight on the connection"),
+    C(cache_hits, "statements found in the prepared-statement cache"),
+    C(cache_misses, "statements prepared anew"),
+    C(timeouts, "statements answered by statement-timeout"),
+    C(leaks, "sessions that held a connection past leak-threshold"),
+#undef C
+};
+
+static uint64_t counter_value(const struct snapshot *s, size_t i)
+{
+    return *(const uint64_t *)((const char *)&s->stats + counters[i].offset);
+}
+
+static void render_json(struct out *o, h2o_db_thread_t **threads, size_t num_threads)
+{
+    outf(o, "{\"threads\":%zu,\"binds\":[", num_threads);
+    for (size_t b = 0; b < h2o_db_config.binds.size; ++b) {
+        h2o_db_bind_t *bind = h2o_db_config.binds.entries[b];
+        h2o_db_pool_config_t *cfg = &bind->pool;
+        outf(o, "%s{\"key\":", b != 0 ? "," : "");
+        out_json_string(o, bind->key);
+        outf(o, ",\"scope\":");
+        out_json_string(o, bind->scope);
+        outf(o, ",\"url\":");
+        out_json_string(o, bind->url.display);
+        outf(o, ",\"backend\":\"%s\",\"middleware\":%s", bind->driver->name, bind->middleware ? "true" : "false");
+        outf(o,
+             ",\"pool\":{\"max\":%u,\"min\":%u,\"max_total\":%u,\"queue\":%u,\"pipeline_depth\":%u,\"statement_cache\":%u,"
+             "\"acquire_timeout\":%g,\"idle_timeout\":%g,\"max_lifetime\":%g,\"statement_timeout\":%g}",
+             cfg->max, cfg->min, cfg->max_total, cfg->queue, cfg->pipeline_depth, cfg->statement_cache, cfg->acquire_timeout / 1000.0,
+             cfg->idle_timeout / 1000.0, cfg->max_lifetime / 1000.0, cfg->statement_timeout / 1000.0);
+        outf(o, ",\"connections_all_threads\":%u,\"threads\":[", LOAD(bind->total_conns));
+        for (size_t t = 0; t < num_threads; ++t) {
+            h2o_db_pool_t *pool = h2o_db_thread_pool(threads[t], bind->id);
+            if (pool == NULL)
+                continue;
+            struct snapshot s;
+            take(pool, &s);
+            outf(o,
+                 "%s{\"thread\":%u,\"connections\":{\"total\":%zu,\"idle\":%zu,\"busy\":%zu,\"connecting\":%zu,\"pinned\":%zu},"
+                 "\"waiting\":%zu,\"down\":%s",
+                 t != 0 ? "," : "", threads[t]->index, s.total, s.idle, s.busy, s.connecting, s.pinned, s.waiting,
+                 s.down ? "true" : "false");
+            for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); ++i)
+                outf(o, ",\"%s\":%llu", counters[i].name, (unsigned long long)counter_value(&s, i));
+            outf(o, "}");
+        }
+        outf(o, "]}");
+    }
+    outf(o, "]}\n");
+}
+
+static void prom_labels(struct out *o, h2o_db_bind_t *bind, unsigned thread)
+{
+    /* label values escape \ " and newline */
+    outf(o, "{key=\"");
+    for (const char *p = bind->key; *p; ++p)
+        outf(o, *p == '"' || *p == '\\' ? "\\%c" : "%c", *p);
+    outf(o, "\",scope=\"");
+    for (const char *p = bind->scope; *p; ++p)
+        outf(o, *p == '"' || *p == '\\' ? "\\%c" : *p == '\n' ? "\\n" : "%c", *p);
+    outf(o, "\",thread=\"%u\"", thread);
+}
+
+static void render_prometheus(struct out *o, h2o_db_thread_t **threads, size_t num_threads)
+{
+    static const char *states[] = {"idle", "busy", "connecting", "pinned"};
+    outf(o, "# HELP h2o_db_connections Open connections by state (pinned ones are also busy).\n"
+            "# TYPE h2o_db_connections gauge\n");
+    for (size_t b = 0; b < h2o_db_config.binds.size; ++b) {
+        h2o_db_bind_t *bind = h2o_db_config.binds.entries[b];
+        for (size_t t = 0; t < num_threads; ++t) {
+            h2o_db_pool_t *pool = h2o_db_thread_pool(threads[t], bind->id);
+            if (pool == NULL)
+                continue;
+            struct snapshot s;
+            take(pool, &s);
+            size_t values[] = {s.idle, s.busy, s.connecting, s.pinned};
+            for (size_t i = 0; i < 4; ++i) {
+                outf(o, "h2o_db_connections");
+                prom_labels(o, bind, threads[t]->index);
+                outf(o, ",state=\"%s\"} %zu\n", states[i], values[i]);
+            }
+        }
+    }
+    outf(o, "# HELP h2o_db_waiting Statements waiting for a connection.\n# TYPE h2o_db_waiting gauge\n");
+    for (size_t b = 0; b < h2o_db_config.binds.size; ++b) {
+        h2o_db_bind_t *bind = h2o_db_config.binds.entries[b];
+        for (size_t t = 0; t < num_threads; ++t) {
+            h2o_db_pool_t *pool = h2o_db_thread_pool(threads[t], bind->id);
+            if (pool == NULL)
+                continue;
+            outf(o, "h2o_db_waiting");
+            prom_labels(o, bind, threads[t]->index);
+            outf(o, "} %zu\n", (size_t)LOAD(pool->num_waiting));
+        }
+    }
+    outf(o, "# HELP h2o_db_up 1 unless the database is known to be down.\n# TYPE h2o_db_up gauge\n");
+    for (size_t b = 0; b < h2o_db_config.binds.size; ++b) {
+        h2o_db_bind_t *bind = h2o_db_config.binds.entries[b];
+        for (size_t t = 0; t < num_threads; ++t) {
+            h2o_db_pool_t *pool = h2o_db_thread_pool(threads[t], bind->id);
+            if (pool == NULL)
+                continue;
+            outf(o, "h2o_db_up");
+            prom_labels(o, bind, threads[t]->index);
+            outf(o, "} %d\n", LOAD(pool->down) ? 0 : 1);
+        }
+    }
+    for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); ++i) {
+        outf(o, "# HELP h2o_db_%s_total %s.\n# TYPE h2o_db_%s_total counter\n", counters[i].name, counters[i].help, counters[i].name);
+        for (size_t b = 0; b < h2o_db_config.binds.size; ++b) {
+            h2o_db_bind_t *bind = h2o_db_config.binds.entries[b];
+            for (size_t t = 0; t < num_threads; ++t) {
+                h2o_db_pool_t *pool = h2o_db_thread_pool(threads[t], bind->id);
+                if (pool == NULL)
+                    continue;
+                struct snapshot s;
+                take(pool, &s);
+                outf(o, "h2o_db_%s_total", counters[i].name);
+                prom_labels(o, bind, threads[t]->index);
+                outf(o, "} %llu\n", (unsigned long long)counter_value(&s, i));
+            }
+        }
+    }
+}
+
+static int wants_prometheus(h2o_req_t *req)
+{
+    if (req->query_at == SIZE_MAX)
+        return 0;
+    const char *q = req->path.base + req->query_at + 1;
+    size_t len = req->path.len - req->query_at - 1;
+    return h2o_strstr(q, len, H2O_STRLIT("format=prometheus")) != SIZE_MAX;
+}
+
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    static h2o_generator_t generator = {NULL, NULL};
+    if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")) &&
+        !h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD")))
+        return -1;
+    h2o_db_thread_t **threads;
+    size_t n = h2o_db_threads_snapshot(&threads);
+    struct out o = {malloc(4096), 0, 4096};
+    int prom = wants_prometheus(req);
+    if (prom)
+        render_prometheus(&o, threads, n);
+    else
+        render_json(&o, threads, n);
+    free(threads);
+
+    h2o_iovec_t body = h2o_strdup(&req->pool, o.buf, o.len);
+    free(o.buf);
+    req->res.status = 200;
+    req->res.reason = "OK";
+    req->res.content_length = body.len;
+    if (prom)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("text/plain; version=0.0.4"));
+    else
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
+    h2o_start_response(req, &generator);
+    h2o_send(req, &body, 1, 1);
+    return 0;
+}
+
+static void on_context_init(h2o_handler_t *self, h2o_context_t *ctx)
+{
+    h2o_db_thread_init(ctx);
+}
+
+void h2o_db_status_register(h2o_pathconf_t *pathconf)
+{
+    h2o_handler_t *h = h2o_create_handler(pathconf, sizeof(*h));
+    h->on_req = on_req;
+    h->on_context_init = on_context_init;
+}

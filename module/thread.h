@@ -1,0 +1,87 @@
+/*
+ * Per-thread state: the loop, one pool per bind, the table that finds a
+ * request's sessions, and "later" (callbacks that must not run inside an
+ * h2o_db_* call run on the next loop iteration instead).
+ *
+ * Everything here belongs to one worker thread and is used without locks.
+ */
+#ifndef h2o_db_thread_h
+#define h2o_db_thread_h
+
+#include <uv.h>
+#include "h2o.h"
+
+typedef struct st_h2o_db_pool_t h2o_db_pool_t;
+typedef struct st_h2o_db_reqstate_t h2o_db_reqstate_t;
+
+/* Something to run on the next loop iteration; embed it, set cb, call h2o_db_later. */
+typedef struct st_h2o_db_later_t {
+    h2o_linklist_t link;
+    void (*cb)(struct st_h2o_db_later_t *later);
+} h2o_db_later_t;
+
+/* Something to run once per loop iteration, after I/O (drivers flush their writes there). */
+typedef struct st_h2o_db_flusher_t {
+    h2o_linklist_t link;
+    void (*cb)(struct st_h2o_db_flusher_t *flusher);
+} h2o_db_flusher_t;
+
+typedef struct st_h2o_db_thread_t {
+    uv_loop_t *loop;
+    h2o_context_t *ctx;
+    size_t num_pools;
+    h2o_db_pool_t **pools; /* by bind->id */
+    unsigned index;        /* 0, 1, ... in order of creation (for the status page) */
+    /* request → its sessions (open addressing, keyed by the h2o_req_t address; an entry
+     * lives from the first h2o_db_session() of a request until the request is disposed) */
+    struct {
+        h2o_req_t **keys;
+        h2o_db_reqstate_t **values;
+        size_t size, capacity;
+    } reqs;
+    h2o_linklist_t later;
+    uv_idle_t later_idle;
+    h2o_linklist_t flushers;
+    uv_check_t flush_check;
+    uv_prepare_t flush_prepare;
+    /* set while a user callback runs, so that a dispose inside it (h2o_send → dispose)
+     * tells the caller not to touch the session afterwards */
+    void *delivering;
+    int delivering_gone;
+    int closing;
+} h2o_db_thread_t;
+
+/* The calling thread's state, or NULL when h2o-db was never used on it. */
+extern __thread h2o_db_thread_t *h2o_db_thread;
+
+/* Creates the calling thread's state for this context (once; later calls return it). */
+h2o_db_thread_t *h2o_db_thread_init(h2o_context_t *ctx);
+
+/* Runs later->cb on the next loop iteration (not before the current call returns). */
+void h2o_db_later(h2o_db_thread_t *thread, h2o_db_later_t *later);
+void h2o_db_later_cancel(h2o_db_later_t *later);
+
+/* Registers a flusher for the next loop iteration (a no-op when already registered). */
+void h2o_db_flush_later(h2o_db_thread_t *thread, h2o_db_flusher_t *flusher);
+
+/* The pool of `bind_id` on this thread. */
+static inline h2o_db_pool_t *h2o_db_thread_pool(h2o_db_thread_t *thread, size_t bind_id)
+{
+    return bind_id < thread->num_pools ? thread->pools[bind_id] : NULL;
+}
+
+/* Request table. */
+h2o_db_reqstate_t *h2o_db_thread_find_req(h2o_db_thread_t *thread, h2o_req_t *req);
+void h2o_db_thread_add_req(h2o_db_thread_t *thread, h2o_req_t *req, h2o_db_reqstate_t *state);
+void h2o_db_thread_remove_req(h2o_db_thread_t *thread, h2o_req_t *req);
+
+/* Milliseconds on the loop's clock. */
+static inline uint64_t h2o_db_now(h2o_db_thread_t *thread)
+{
+    return uv_now(thread->loop);
+}
+
+/* Every thread state created so far (for the status page); the array grows under a lock. */
+size_t h2o_db_threads_snapshot(h2o_db_thread_t ***threads);
+
+#endif

@@ -20,12 +20,21 @@
 #include <stdlib.h>
 #include <string.h>
 #include "driver/driver.h"
+#include "driver/stmt_cache.h"
 #include "pool.h"
 #include "session.h"
 
 #define CONNECT_TIMEOUT_MS 10000
 
 enum { PHASE_RESOLVE, PHASE_CONNECT, PHASE_SETUP, PHASE_READY, PHASE_BROKEN };
+
+struct segment {
+    int internal;               /* our DEALLOCATE */
+    h2o_db_stmt_t *stmt;        /* the cached statement it executes (NULL once evicted) */
+    int prepared;               /* it also sends the PREPARE of stmt */
+    int prepare_failed;
+    unsigned results;           /* results seen so far */
+};
 
 struct pg_conn {
     h2o_db_conn_t super;
@@ -40,10 +49,13 @@ struct pg_conn {
     char **hosts;       /* the host= list, split */
     char **hostaddrs;   /* what they resolved to ("" for unix sockets) */
     size_t num_hosts, resolving;
-    /* results */
-    size_t inflight;    /* statements sent whose result has not been handed over */
-    PGresult *held;     /* the current statement's result, until its terminating NULL */
-    int want_sync;      /* the statement is handed over; its PGRES_PIPELINE_SYNC comes next */
+    /* one "segment" per Sync sent: a statement (its result goes to the pool) or our own
+     * DEALLOCATE (its result is dropped), in the order sent */
+    struct segment *segs;
+    size_t seg_head, seg_count, seg_capacity;
+    PGresult *kept; /* the result the head segment will answer with */
+    h2o_db_stmt_cache_t cache;
+    int quiet_evict; /* evicting a statement the server does not have: no DEALLOCATE */
     h2o_db_flusher_t flusher;
     h2o_db_later_t fail_later; /* a failure noticed inside send(): reported on the next iteration */
     char fail_message[256];
@@ -53,6 +65,7 @@ struct pg_conn {
 static void on_poll(uv_poll_t *poll, int status, int events);
 static void process_results(struct pg_conn *c);
 static void on_flush(h2o_db_flusher_t *flusher);
+static void on_evict(void *ctx, h2o_db_stmt_t *stmt);
 
 /* ---- results ---- */
 
@@ -117,6 +130,9 @@ static void result_from_pg(h2o_db_result_t *r, PGresult *res)
     case PGRES_COMMAND_OK:
     case PGRES_EMPTY_QUERY:
         h2o_db_result_init_ok(r, strtoull(PQcmdTuples(res), NULL, 10));
+        break;
+    case PGRES_PIPELINE_ABORTED:
+        h2o_db_result_init_error(r, H2O_DB_SQL_ERROR, "25P02", "the statement was not run: an earlier one in its pipeline failed");
         break;
     default: {
         const char *sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
@@ -456,6 +472,9 @@ static h2o_db_conn_t *pg_open(h2o_db_pool_t *pool)
     c->handles_open = 1;
     c->fail_later.cb = on_fail_later;
     c->flusher.cb = on_flush;
+    c->seg_capacity = 16;
+    c->segs = malloc(sizeof(*c->segs) * c->seg_capacity);
+    h2o_db_stmt_cache_init(&c->cache, pool->bind->pool.statement_cache, on_evict, c);
     uv_timer_start(&c->connect_timer, on_connect_timeout, CONNECT_TIMEOUT_MS, 0);
     c->phase = PHASE_RESOLVE;
     if (plan_resolve(c))
@@ -489,9 +508,57 @@ static void on_flush(h2o_db_flusher_t *flusher)
     flush(H2O_STRUCT_FROM_MEMBER(struct pg_conn, flusher, flusher));
 }
 
+static struct segment *push_segment(struct pg_conn *c)
+{
+    if (c->seg_count == c->seg_capacity) {
+        size_t cap = c->seg_capacity * 2;
+        struct segment *segs = malloc(sizeof(*segs) * cap);
+        for (size_t i = 0; i < c->seg_count; ++i)
+            segs[i] = c->segs[(c->seg_head + i) % c->seg_capacity];
+        free(c->segs);
+        c->segs = segs;
+        c->seg_head = 0;
+        c->seg_capacity = cap;
+    }
+    struct segment *seg = c->segs + (c->seg_head + c->seg_count++) % c->seg_capacity;
+    memset(seg, 0, sizeof(*seg));
+    return seg;
+}
+
+static void send_failed(struct pg_conn *c)
+{
+    /* reported on the next iteration: no callback may run inside h2o_db_query() */
+    copy_error(c->fail_message, sizeof(c->fail_message), PQerrorMessage(c->pg));
+    h2o_db_later(c->super.pool->thread, &c->fail_later);
+}
+
+static void stmt_name(char *buf, size_t size, const h2o_db_stmt_t *stmt)
+{
+    snprintf(buf, size, "h2o_db_%llu", (unsigned long long)stmt->id);
+}
+
+/* A statement leaves the cache: forget it in the segments in flight, and drop it on the server. */
+static void on_evict(void *ctx, h2o_db_stmt_t *stmt)
+{
+    struct pg_conn *c = ctx;
+    for (size_t i = 0; i < c->seg_count; ++i) {
+        struct segment *seg = c->segs + (c->seg_head + i) % c->seg_capacity;
+        if (seg->stmt == stmt)
+            seg->stmt = NULL;
+    }
+    if (c->quiet_evict || c->phase != PHASE_READY)
+        return;
+    char sql[64];
+    snprintf(sql, sizeof(sql), "DEALLOCATE h2o_db_%llu", (unsigned long long)stmt->id);
+    push_segment(c)->internal = 1;
+    if (!PQsendQueryParams(c->pg, sql, 0, NULL, NULL, NULL, NULL, 0) || !PQpipelineSync(c->pg))
+        send_failed(c);
+}
+
 static void pg_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
 {
     struct pg_conn *c = (struct pg_conn *)conn;
+    h2o_db_pool_t *pool = conn->pool;
     const char *sql;
     switch (op->kind) {
     case H2O_DB_OP_BEGIN:
@@ -507,53 +574,115 @@ static void pg_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
         sql = op->sql;
         break;
     }
-    ++c->inflight;
     if (c->phase != PHASE_READY)
         return; /* failing already: the pool answers everything in flight */
-    if (!PQsendQueryParams(c->pg, sql, (int)op->nparams, NULL, op->params, NULL, NULL, 0) || !PQpipelineSync(c->pg)) {
-        /* reported on the next iteration: no callback may run inside h2o_db_query() */
-        copy_error(c->fail_message, sizeof(c->fail_message), PQerrorMessage(c->pg));
-        h2o_db_later(conn->pool->thread, &c->fail_later);
+
+    int ok;
+    if (op->kind == H2O_DB_OP_QUERY && c->cache.capacity != 0) {
+        char name[32];
+        h2o_db_stmt_t *stmt = h2o_db_stmt_cache_get(&c->cache, op->sql, op->sql_len);
+        int prepare = 0;
+        if (stmt != NULL) {
+            ++pool->stats.cache_hits;
+        } else {
+            ++pool->stats.cache_misses;
+            /* (an eviction here queues its DEALLOCATE before this statement's segment) */
+            if ((stmt = h2o_db_stmt_cache_put(&c->cache, op->sql, op->sql_len)) == NULL)
+                goto Unnamed;
+            prepare = 1;
+        }
+        struct segment *seg = push_segment(c);
+        seg->stmt = stmt;
+        seg->prepared = prepare;
+        stmt_name(name, sizeof(name), stmt);
+        ok = (!prepare || PQsendPrepare(c->pg, name, op->sql, (int)op->nparams, NULL)) &&
+             PQsendQueryPrepared(c->pg, name, (int)op->nparams, op->params, NULL, NULL, 0) && PQpipelineSync(c->pg);
+    } else {
+    Unnamed:
+        push_segment(c);
+        ok = PQsendQueryParams(c->pg, sql, (int)op->nparams, NULL, op->params, NULL, NULL, 0) && PQpipelineSync(c->pg);
+    }
+    if (!ok) {
+        send_failed(c);
         return;
     }
-    h2o_db_flush_later(conn->pool->thread, &c->flusher);
+    h2o_db_flush_later(pool->thread, &c->flusher);
+}
+
+static int is_error(ExecStatusType st)
+{
+    return !(st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY || st == PGRES_SINGLE_TUPLE ||
+             st == PGRES_PIPELINE_ABORTED);
+}
+
+/* The head segment's Sync arrived: answer (or drop) and keep the cache true. */
+static void finish_segment(struct pg_conn *c)
+{
+    struct segment seg = c->segs[c->seg_head];
+    PGresult *kept = c->kept;
+    c->kept = NULL;
+    c->seg_head = (c->seg_head + 1) % c->seg_capacity;
+    --c->seg_count;
+    if (seg.internal) {
+        PQclear(kept);
+        return;
+    }
+    const char *sqlstate = kept != NULL && is_error(PQresultStatus(kept)) ? PQresultErrorField(kept, PG_DIAG_SQLSTATE) : NULL;
+    if (seg.stmt != NULL && (seg.prepare_failed || (sqlstate != NULL && strcmp(sqlstate, "26000") == 0))) {
+        /* the server does not have it */
+        c->quiet_evict = 1;
+        h2o_db_stmt_cache_remove(&c->cache, seg.stmt);
+        c->quiet_evict = 0;
+    } else if (seg.stmt != NULL && sqlstate != NULL && strcmp(sqlstate, "0A000") == 0) {
+        /* "cached plan must not change result type": prepare it anew next time */
+        h2o_db_stmt_cache_remove(&c->cache, seg.stmt);
+    } else if (kept != NULL && sqlstate == NULL &&
+               (strcmp(PQcmdStatus(kept), "DISCARD ALL") == 0 || strcmp(PQcmdStatus(kept), "DEALLOCATE ALL") == 0)) {
+        /* every prepared statement of the session is gone */
+        c->quiet_evict = 1;
+        h2o_db_stmt_cache_clear(&c->cache);
+        c->quiet_evict = 0;
+    }
+    h2o_db_result_t r;
+    if (kept != NULL)
+        result_from_pg(&r, kept);
+    else
+        h2o_db_result_init_ok(&r, 0);
+    h2o_db_conn_result(&c->super, &r);
+    PQclear(kept);
 }
 
 /* Reads every result that has arrived and hands each statement's over, in order. */
 static void process_results(struct pg_conn *c)
 {
-    while (c->phase == PHASE_READY && c->super.state == H2O_DB_CONN_READY && (c->inflight != 0 || c->want_sync || c->held != NULL) &&
-           !PQisBusy(c->pg)) {
+    int nulls = 0;
+    while (c->phase == PHASE_READY && c->super.state == H2O_DB_CONN_READY && c->seg_count != 0 && !PQisBusy(c->pg)) {
         PGresult *res = PQgetResult(c->pg);
         if (res == NULL) {
-            if (c->held == NULL)
-                break; /* between a statement and its Sync: nothing more has arrived */
-            /* the statement's results are complete */
-            PGresult *held = c->held;
-            h2o_db_result_t r;
-            c->held = NULL;
-            c->want_sync = 1;
-            --c->inflight;
-            result_from_pg(&r, held);
-            h2o_db_conn_result(&c->super, &r);
-            PQclear(held);
+            /* the end of one command's results; two in a row: nothing more has arrived */
+            if (++nulls == 2)
+                break;
             continue;
         }
-        switch (PQresultStatus(res)) {
-        case PGRES_PIPELINE_SYNC:
+        nulls = 0;
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_PIPELINE_SYNC) {
             PQclear(res);
-            if (!c->want_sync) {
-                fail(c, "08P01", "the database answered out of order");
-                return;
-            }
-            c->want_sync = 0;
-            break;
-        case PGRES_PIPELINE_ABORTED:
-        default:
-            if (c->held != NULL)
-                PQclear(c->held); /* a statement yields one result; keep the last */
-            c->held = res;
-            break;
+            finish_segment(c);
+            continue;
+        }
+        struct segment *seg = c->segs + c->seg_head;
+        if (is_error(st) && seg->prepared && seg->results == 0)
+            seg->prepare_failed = 1;
+        ++seg->results;
+        /* the first error wins; otherwise the last result (the EXECUTE after a PREPARE) */
+        if (c->kept == NULL) {
+            c->kept = res;
+        } else if (is_error(PQresultStatus(c->kept)) || st == PGRES_PIPELINE_ABORTED) {
+            PQclear(res);
+        } else {
+            PQclear(c->kept);
+            c->kept = res;
         }
     }
     if (c->phase == PHASE_READY && PQstatus(c->pg) == CONNECTION_BAD)
@@ -584,7 +713,7 @@ static void on_poll(uv_poll_t *poll, int status, int events)
                 fail_from_libpq(c, "08006");
                 return;
             }
-            if (c->inflight == 0 && !c->want_sync && c->held == NULL) {
+            if (c->seg_count == 0) {
                 /* an idle connection has something to say: the server is closing it */
                 PGresult *res;
                 while (!PQisBusy(c->pg) && (res = PQgetResult(c->pg)) != NULL)
@@ -605,6 +734,9 @@ static void on_poll(uv_poll_t *poll, int status, int events)
 
 static void free_conn(struct pg_conn *c)
 {
+    c->quiet_evict = 1;
+    h2o_db_stmt_cache_dispose(&c->cache);
+    free(c->segs);
     if (c->pg != NULL)
         PQfinish(c->pg);
     for (size_t i = 0; i < c->num_hosts; ++i) {
@@ -636,9 +768,9 @@ static void pg_close(h2o_db_conn_t *conn)
     h2o_db_later_cancel(&c->fail_later);
     if (h2o_linklist_is_linked(&c->flusher.link))
         h2o_linklist_unlink(&c->flusher.link);
-    if (c->held != NULL) {
-        PQclear(c->held);
-        c->held = NULL;
+    if (c->kept != NULL) {
+        PQclear(c->kept);
+        c->kept = NULL;
     }
     if (c->poll != NULL) {
         /* the socket stays open until the watcher is gone (PQfinish in free_conn) */

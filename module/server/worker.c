@@ -195,10 +195,33 @@ static int open_listener(h2o_db_listen_t *l)
     return fd;
 }
 
+/* SO_REUSEPORT would let us share the port with another server already listening there:
+ * bind a plain socket first, so that a port in use is an error. */
+static int probe_port(h2o_db_listen_t *l)
+{
+    int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), on = 1, ret = 0;
+    if (fd == -1)
+        return -1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+    if (l->addr.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
+    if (bind(fd, (struct sockaddr *)&l->addr, l->addrlen) != 0)
+        ret = -1;
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return ret;
+}
+
 int h2o_db_server_open_listeners(h2o_db_server_t *server)
 {
     for (size_t i = 0; i < server->listens.size; ++i) {
         h2o_db_listen_t *l = server->listens.entries + i;
+        if (probe_port(l) != 0) {
+            fprintf(stderr, "%s:%zu:%zu: in command listen, cannot bind %s: %s\n", l->filename, l->line + 1, l->column + 1, l->display,
+                    strerror(errno));
+            return -1;
+        }
         l->fds = calloc(server->num_threads, sizeof(int));
         for (unsigned t = 0; t < server->num_threads; ++t) {
             if ((l->fds[t] = open_listener(l)) == -1) {

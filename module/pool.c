@@ -36,6 +36,16 @@ static h2o_db_op_t cleanup_op = {.kind = H2O_DB_OP_ROLLBACK, .sql = "ROLLBACK", 
 static void pool_service(h2o_db_pool_t *pool);
 static void conn_close(h2o_db_conn_t *conn);
 
+static void changed(h2o_db_pool_t *pool)
+{
+    h2o_db_flush_later(pool->thread, &pool->publisher);
+}
+
+static void on_publish(h2o_db_flusher_t *flusher)
+{
+    h2o_db_pool_publish(H2O_STRUCT_FROM_MEMBER(h2o_db_pool_t, publisher, flusher));
+}
+
 /* ---- connections ---- */
 
 void h2o_db_conn_init(h2o_db_conn_t *conn, h2o_db_pool_t *pool)
@@ -116,7 +126,8 @@ static void conn_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
         ++pool->stats.pipelined;
     conn->ring.ops[idx] = op;
     conn->ring.sent_at[idx] = now;
-    ++conn->ring.count;
+    if (conn->ring.count++ == 0)
+        changed(pool);
     ++conn->statements;
     ++pool->stats.statements;
     if (op != &cleanup_op) {
@@ -398,6 +409,8 @@ static void conn_progress(h2o_db_conn_t *conn)
     h2o_db_pool_t *pool = conn->pool;
     if (conn->state != H2O_DB_CONN_READY)
         return;
+    if (conn->ring.count == 0)
+        changed(pool);
     while (!h2o_linklist_is_empty(&conn->waiters) && conn_has_room(conn)) {
         h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, wait_link, conn->waiters.next);
         stop_waiting(s);
@@ -422,6 +435,7 @@ void h2o_db_conn_connected(h2o_db_conn_t *conn)
     h2o_db_pool_t *pool = conn->pool;
     conn->state = H2O_DB_CONN_READY;
     --pool->num_connecting;
+    changed(pool);
     if (pool->down)
         ++pool->stats.reconnects;
     pool->down = 0;
@@ -591,6 +605,8 @@ static void conn_close(h2o_db_conn_t *conn)
         __atomic_sub_fetch(&pool->bind->total_conns, 1, __ATOMIC_RELAXED);
     }
     conn->state = H2O_DB_CONN_CLOSED;
+    if (!pool->closing)
+        changed(pool);
     struct close_later *cl = calloc(1, sizeof(*cl));
     cl->later.cb = close_later_cb;
     cl->conn = conn;
@@ -731,6 +747,7 @@ h2o_db_pool_t *h2o_db_pool_create(h2o_db_thread_t *thread, h2o_db_bind_t *bind)
     pool->thread = thread;
     h2o_linklist_init_anchor(&pool->conns);
     h2o_linklist_init_anchor(&pool->waiting);
+    pool->publisher.cb = on_publish;
     h2o_timeout_init(thread->loop, &pool->acquire_timeout, bind->pool.acquire_timeout);
     h2o_timeout_init(thread->loop, &pool->statement_timeout, bind->pool.statement_timeout);
     uv_timer_init(thread->loop, &pool->retry_timer);
@@ -758,6 +775,8 @@ static void on_pool_handle_closed(uv_handle_t *handle)
 void h2o_db_pool_destroy(h2o_db_pool_t *pool)
 {
     pool->closing = 1;
+    if (h2o_linklist_is_linked(&pool->publisher.link))
+        h2o_linklist_unlink(&pool->publisher.link);
     fail_waiting(pool, H2O_DB_UNAVAILABLE, "57P01", "the server is shutting down");
     while (!h2o_linklist_is_empty(&pool->conns)) {
         h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, pool->conns.next);

@@ -77,6 +77,7 @@ struct st_h2o_db_pool_t {
     char last_sqlstate[6];
     h2o_db_pool_stats_t stats;
     h2o_db_pool_gauges_t gauges;
+    h2o_db_flusher_t publisher; /* republishes the gauges once per loop iteration after a change */
     int closing;
 };
 

@@ -99,6 +99,12 @@ static void close_handle_cb(uv_handle_t *handle, void *arg)
         uv_close(handle, NULL);
 }
 
+static void on_close_guard(uv_timer_t *timer)
+{
+    fprintf(stderr, "h2o-db: some database connections did not close in time; leaving them\n");
+    uv_walk(timer->loop, close_handle_cb, NULL);
+}
+
 static void on_drain_tick(uv_timer_t *timer)
 {
     h2o_db_worker_t *w = timer->data;
@@ -171,6 +177,15 @@ static void *worker_main(void *arg)
             while (!h2o_linklist_is_empty(&timeouts[i]->_entries))
                 h2o_timeout_unlink(H2O_STRUCT_FROM_MEMBER(h2o_timeout_entry_t, _link, timeouts[i]->_entries.next));
         h2o_context_dispose(&w->ctx);
+        uv_close((uv_handle_t *)&w->wake, NULL);
+        uv_close((uv_handle_t *)&w->drain, NULL);
+        /* let the pools finish closing their connections (SQLite's worker threads answer
+         * through async handles), within a bound */
+        uv_timer_t guard;
+        uv_timer_init(&w->loop, &guard);
+        uv_timer_start(&guard, on_close_guard, 5000, 0);
+        uv_unref((uv_handle_t *)&guard);
+        uv_run(&w->loop, UV_RUN_DEFAULT);
         uv_walk(&w->loop, close_handle_cb, NULL);
         uv_run(&w->loop, UV_RUN_DEFAULT);
         uv_loop_close(&w->loop);

@@ -41,6 +41,14 @@ const char *h2o_db_backends(void);
 h2o_db_session_t *h2o_db_session(h2o_req_t *req, const char *key);
 h2o_db_session_t *h2o_db_session_for(h2o_db_session_t *s, const char *table);
 
+/* A session outside a request (start-up tasks, timers): KEY among the binds at global level,
+ * on the calling worker thread's pools (ctx: the thread's context, needed only the first time
+ * h2o-db is used on that thread). It follows the same limits as request sessions. Close it
+ * with h2o_db_session_close(): an open transaction is rolled back and no callback of it runs
+ * afterwards. NULL when no global bind has that key. */
+h2o_db_session_t *h2o_db_session_open(h2o_context_t *ctx, const char *key);
+void h2o_db_session_close(h2o_db_session_t *s);
+
 /* One statement per call; placeholders are $1..$n on every backend; params[i] == NULL is SQL NULL.
  * sql, params and the strings are copied before the call returns. Returns 0 when accepted; then the
  * callback runs exactly once, later, never from inside an h2o_db_* call. Non-zero means invalid

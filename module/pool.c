@@ -334,6 +334,12 @@ void h2o_db_pool_pump(h2o_db_session_t *s)
 
     /* answers made without the database go first, in order, once nothing is in flight */
     while (h2o_linklist_is_empty(&s->done) && (op = head_op(s)) != NULL) {
+        if (op->kind == H2O_DB_OP_BARRIER) {
+            if (s->outstanding != 0)
+                return;
+            h2o_db_op_answer_later(op, H2O_DB_OK, NULL, NULL);
+            continue;
+        }
         if (s->pool->closing) {
             fail_head(s, H2O_DB_UNAVAILABLE, "57P01", "the server is shutting down");
             continue;
@@ -454,6 +460,20 @@ static int any_ready(h2o_db_pool_t *pool)
 
 static void on_retry(uv_timer_t *timer);
 
+/* The connection of s's transaction broke: the transaction is lost. */
+static void lose_transaction(h2o_db_session_t *s, h2o_db_conn_t *conn, const char *sqlstate)
+{
+    s->pinned = NULL;
+    s->txn_lost = 1;
+    if (!s->txn_failed) {
+        s->txn_failed = 1;
+        s->txn_status = H2O_DB_UNAVAILABLE;
+        snprintf(s->txn_sqlstate, sizeof(s->txn_sqlstate), "%s", sqlstate);
+    }
+    conn->pinned = NULL;
+    --conn->pool->num_pinned;
+}
+
 void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *message)
 {
     h2o_db_pool_t *pool = conn->pool;
@@ -489,23 +509,14 @@ void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *m
         --s->outstanding;
         if (s->outstanding == 0 && s->conn == conn)
             s->conn = NULL;
-        if (s->pinned == conn) {
-            s->pinned = NULL;
-            s->txn_lost = 1;
-            s->txn_failed = 1;
-            conn->pinned = NULL;
-            --pool->num_pinned;
-        }
+        if (s->pinned == conn)
+            lose_transaction(s, conn, sqlstate);
         ++pool->stats.errors;
         h2o_db_op_complete(op, &err);
     }
     if (conn->pinned != NULL) {
         h2o_db_session_t *s = conn->pinned;
-        s->pinned = NULL;
-        s->txn_lost = 1;
-        s->txn_failed = 1;
-        conn->pinned = NULL;
-        --pool->num_pinned;
+        lose_transaction(s, conn, sqlstate);
         if (!h2o_linklist_is_empty(&s->pending))
             h2o_db_pool_pump(s);
     }
@@ -662,6 +673,8 @@ void h2o_db_pool_release(h2o_db_session_t *s)
                     h2o_timeout_unlink(&op->timeout);
                 op->conn = NULL;
                 --s->outstanding;
+                if (op->heap)
+                    free(op);
             }
         }
     }

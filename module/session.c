@@ -75,19 +75,29 @@ static void session_init(h2o_db_session_t *s, h2o_db_bind_t *bind, h2o_db_pool_t
 }
 
 /* The request ended (response sent, stream reset, connection closed). */
+static void drop_ops(h2o_linklist_t *list)
+{
+    while (!h2o_linklist_is_empty(list)) {
+        h2o_db_op_t *op = H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, link, list->next);
+        h2o_linklist_unlink(&op->link);
+        if (op->heap)
+            free(op);
+    }
+}
+
 static void session_release(h2o_db_session_t *s)
 {
     h2o_db_thread_t *thread = s->pool->thread;
     if (s->released)
         return;
+    if (s->commit != NULL)
+        h2o_db_partition_release(s);
     s->released = 1;
     if (thread->delivering == s)
         thread->delivering_gone = 1;
     h2o_db_later_cancel(&s->deliver_later);
-    while (!h2o_linklist_is_empty(&s->pending))
-        h2o_linklist_unlink(s->pending.next);
-    while (!h2o_linklist_is_empty(&s->done))
-        h2o_linklist_unlink(s->done.next);
+    drop_ops(&s->pending);
+    drop_ops(&s->done);
     s->num_pending = 0;
     h2o_db_pool_release(s);
 }
@@ -100,7 +110,7 @@ static void on_request_dispose(void *data)
     h2o_db_thread_remove_req(rs->thread, rs->req);
 }
 
-static h2o_db_session_t *request_session(h2o_req_t *req, h2o_db_thread_t *thread, h2o_db_bind_t *bind)
+static h2o_db_reqstate_t *request_state(h2o_req_t *req, h2o_db_thread_t *thread)
 {
     h2o_db_reqstate_t *rs = h2o_db_thread_find_req(thread, req);
     if (rs == NULL) {
@@ -110,17 +120,35 @@ static h2o_db_session_t *request_session(h2o_req_t *req, h2o_db_thread_t *thread
         rs->sessions = NULL;
         h2o_db_thread_add_req(thread, req, rs);
     }
-    for (h2o_db_session_t *s = rs->sessions; s != NULL; s = s->next)
-        if (s->bind == bind)
-            return s;
-    h2o_db_pool_t *pool = h2o_db_thread_pool(thread, bind->id);
+    return rs;
+}
+
+/* A new session of a request (a key's, or a partition's: parent != NULL). */
+static h2o_db_session_t *new_request_session(h2o_db_reqstate_t *rs, h2o_db_bind_t *bind, h2o_db_session_t *parent)
+{
+    h2o_db_pool_t *pool = h2o_db_thread_pool(rs->thread, bind->id);
     if (pool == NULL)
         return NULL;
-    h2o_db_session_t *s = h2o_mem_alloc_pool(&req->pool, sizeof(*s));
-    session_init(s, bind, pool, rs, &req->pool);
-    s->next = rs->sessions;
-    rs->sessions = s;
+    h2o_db_session_t *s = h2o_mem_alloc_pool(&rs->req->pool, sizeof(*s));
+    session_init(s, bind, pool, rs, &rs->req->pool);
+    s->parent = parent;
+    /* children go after their parent: the request releases parents first (a commit in
+     * progress learns it before its partitions go) */
+    h2o_db_session_t **slot = &rs->sessions;
+    if (parent != NULL)
+        slot = &parent->next;
+    s->next = *slot;
+    *slot = s;
     return s;
+}
+
+static h2o_db_session_t *request_session(h2o_req_t *req, h2o_db_thread_t *thread, h2o_db_bind_t *bind)
+{
+    h2o_db_reqstate_t *rs = request_state(req, thread);
+    for (h2o_db_session_t *s = rs->sessions; s != NULL; s = s->next)
+        if (s->bind == bind && s->parent == NULL)
+            return s;
+    return new_request_session(rs, bind, NULL);
 }
 
 h2o_db_session_t *h2o_db_session(h2o_req_t *req, const char *key)
@@ -139,18 +167,85 @@ h2o_db_session_t *h2o_db_session(h2o_req_t *req, const char *key)
 
 h2o_db_session_t *h2o_db_session_for(h2o_db_session_t *s, const char *table)
 {
-    if (s == NULL || table == NULL)
+    if (s == NULL || table == NULL || s->released)
         return NULL;
     h2o_db_bind_t *bind = s->bind;
     for (size_t i = 0; i < bind->partitions.size; ++i) {
         h2o_db_partition_t *p = bind->partitions.entries + i;
         if (strcmp(p->table, table) != 0)
             continue;
-        if (s->owner != NULL)
-            return request_session(s->owner->req, s->owner->thread, p->bind);
-        return NULL;
+        if (s->children == NULL) {
+            size_t size = sizeof(*s->children) * bind->partitions.size;
+            s->children = s->heap ? calloc(1, size) : h2o_mem_alloc_pool(s->mem, size);
+            memset(s->children, 0, size);
+        }
+        if (s->children[i] == NULL) {
+            h2o_db_session_t *child;
+            if (s->heap) {
+                child = calloc(1, sizeof(*child));
+                session_init(child, p->bind, h2o_db_thread_pool(s->pool->thread, p->bind->id), NULL, NULL);
+                child->heap = 1;
+                child->parent = s;
+            } else {
+                child = new_request_session(s->owner, p->bind, s);
+            }
+            if (child == NULL)
+                return NULL;
+            child->partition_index = i;
+            s->children[i] = child;
+        }
+        return s->children[i];
     }
     return s;
+}
+
+/* ---- sessions outside a request ---- */
+
+h2o_db_session_t *h2o_db_session_open_bind(h2o_db_thread_t *thread, h2o_db_bind_t *bind)
+{
+    h2o_db_session_t *s = calloc(1, sizeof(*s));
+    session_init(s, bind, h2o_db_thread_pool(thread, bind->id), NULL, NULL);
+    s->heap = 1;
+    return s;
+}
+
+h2o_db_session_t *h2o_db_session_open(h2o_context_t *ctx, const char *key)
+{
+    if (key == NULL)
+        key = H2O_DB_DEFAULT_KEY;
+    h2o_db_bind_t *bind = NULL;
+    for (size_t i = 0; i < h2o_db_config.binds.size; ++i) {
+        h2o_db_bind_t *b = h2o_db_config.binds.entries[i];
+        if (strcmp(b->scope, "global") == 0 && strcmp(b->key, key) == 0)
+            bind = b;
+    }
+    if (bind == NULL)
+        return NULL;
+    h2o_db_thread_t *thread = h2o_db_thread != NULL ? h2o_db_thread : ctx != NULL ? h2o_db_thread_init(ctx) : NULL;
+    if (thread == NULL)
+        return NULL;
+    return h2o_db_session_open_bind(thread, bind);
+}
+
+static void free_heap_session(h2o_db_session_t *s)
+{
+    if (s->children != NULL) {
+        for (size_t i = 0; i < s->bind->partitions.size; ++i)
+            if (s->children[i] != NULL)
+                free_heap_session(s->children[i]);
+        free(s->children);
+    }
+    session_release(s);
+    free(s);
+}
+
+void h2o_db_session_close(h2o_db_session_t *s)
+{
+    if (s == NULL || !s->heap || s->parent != NULL)
+        return;
+    if (s->commit != NULL)
+        h2o_db_partition_release(s);
+    free_heap_session(s);
 }
 
 /* ---- statements ---- */
@@ -239,9 +334,10 @@ static h2o_db_op_t *new_op(h2o_db_session_t *s, h2o_db_op_kind_t kind, const cha
     for (size_t i = 0; i < nparams; ++i)
         if (params[i] != NULL)
             size += strlen(params[i]) + 1;
-    h2o_db_op_t *op = h2o_mem_alloc_pool(s->mem, size);
+    h2o_db_op_t *op = s->heap ? malloc(size) : h2o_mem_alloc_pool(s->mem, size);
     char *dst = (char *)(op + 1) + nparams * sizeof(char *);
     memset(op, 0, sizeof(*op));
+    op->heap = s->heap;
     op->session = s;
     op->kind = kind;
     op->cb = cb;
@@ -286,29 +382,76 @@ static int usable(h2o_db_session_t *s)
     return s != NULL && !s->released;
 }
 
+h2o_db_op_t *h2o_db_session_enqueue(h2o_db_session_t *s, h2o_db_op_kind_t kind, const char *sql, size_t nparams,
+                                    const char *const *params, int in_txn, h2o_db_cb cb, void *data)
+{
+    h2o_db_op_t *op = new_op(s, kind, sql, nparams, params, cb, data);
+    op->in_txn = in_txn;
+    enqueue(s, op);
+    return op;
+}
+
+static void ignore_result(h2o_db_result_t *result, void *data)
+{
+}
+
+/* A partition's first statement inside its root's transaction begins one there too. */
+static void join_root_transaction(h2o_db_session_t *s)
+{
+    h2o_db_session_t *root = h2o_db_session_root(s);
+    if (root == s || !root->txn_open || s->txn_open || root->commit != NULL)
+        return;
+    s->txn_open = 1;
+    s->implicit_txn = 1;
+    /* keep `touched` in `binds:` order: the documented commit order */
+    h2o_db_session_t **slot = &root->touched;
+    while (*slot != NULL && (*slot)->partition_index <= s->partition_index)
+        slot = &(*slot)->touched_next;
+    s->touched_next = *slot;
+    *slot = s;
+    enqueue(s, new_op(s, H2O_DB_OP_BEGIN, NULL, 0, NULL, ignore_result, NULL));
+}
+
 int h2o_db_query(h2o_db_session_t *s, const char *sql, size_t nparams, const char *const *params, h2o_db_cb cb, void *data)
 {
     if (!usable(s) || sql == NULL || cb == NULL || (nparams != 0 && params == NULL) || nparams > 65535)
         return -1;
     if (is_blank(sql) || several_statements(sql))
         return -1;
+    if (s->parent != NULL)
+        join_root_transaction(s);
     enqueue(s, new_op(s, H2O_DB_OP_QUERY, sql, nparams, params, cb, data));
     return 0;
 }
 
 int h2o_db_begin(h2o_db_session_t *s, h2o_db_cb cb, void *data)
 {
-    if (!usable(s) || cb == NULL || s->txn_open)
+    if (!usable(s) || cb == NULL || s->txn_open || s->commit != NULL)
         return -1;
+    h2o_db_session_t *root = h2o_db_session_root(s);
+    if (root != s && (root->txn_open || root->commit != NULL))
+        return -1; /* it is part of its main session's transaction already */
     s->txn_open = 1;
     enqueue(s, new_op(s, H2O_DB_OP_BEGIN, NULL, 0, NULL, cb, data));
     return 0;
 }
 
+static int any_failed(h2o_db_session_t *root)
+{
+    if (root->txn_failed)
+        return 1;
+    for (h2o_db_session_t *p = root->touched; p != NULL; p = p->touched_next)
+        if (p->txn_failed)
+            return 1;
+    return 0;
+}
+
 int h2o_db_commit(h2o_db_session_t *s, h2o_db_cb cb, void *data)
 {
-    if (!usable(s) || cb == NULL || !s->txn_open || s->txn_failed)
+    if (!usable(s) || cb == NULL || !s->txn_open || s->implicit_txn || any_failed(s))
         return -1;
+    if (s->touched != NULL)
+        return h2o_db_partition_commit(s, 0, cb, data);
     h2o_db_op_t *op = new_op(s, H2O_DB_OP_COMMIT, NULL, 0, NULL, cb, data);
     s->txn_open = 0;
     enqueue(s, op);
@@ -317,8 +460,10 @@ int h2o_db_commit(h2o_db_session_t *s, h2o_db_cb cb, void *data)
 
 int h2o_db_rollback(h2o_db_session_t *s, h2o_db_cb cb, void *data)
 {
-    if (!usable(s) || cb == NULL || !s->txn_open)
+    if (!usable(s) || cb == NULL || !s->txn_open || s->implicit_txn)
         return -1;
+    if (s->touched != NULL)
+        return h2o_db_partition_commit(s, 1, cb, data);
     h2o_db_op_t *op = new_op(s, H2O_DB_OP_ROLLBACK, NULL, 0, NULL, cb, data);
     s->txn_open = 0;
     enqueue(s, op);
@@ -333,8 +478,11 @@ int h2o_db_op_complete(h2o_db_op_t *op, h2o_db_result_t *result)
     h2o_db_thread_t *thread = s->pool->thread;
     h2o_db_result_t rewritten;
 
-    if (result->status != H2O_DB_OK && (op->in_txn || op->kind == H2O_DB_OP_BEGIN))
+    if (result->status != H2O_DB_OK && (op->in_txn || op->kind == H2O_DB_OP_BEGIN) && !s->txn_failed) {
         s->txn_failed = 1;
+        s->txn_status = result->status;
+        snprintf(s->txn_sqlstate, sizeof(s->txn_sqlstate), "%s", result->sqlstate != NULL ? result->sqlstate : "XX000");
+    }
     if (op->kind == H2O_DB_OP_COMMIT || op->kind == H2O_DB_OP_ROLLBACK) {
         s->txn_failed = 0;
         s->txn_lost = 0;
@@ -344,8 +492,11 @@ int h2o_db_op_complete(h2o_db_op_t *op, h2o_db_result_t *result)
             result = &rewritten;
         }
     }
-    if (s->released)
+    if (s->released) {
+        if (op->heap)
+            free(op);
         return -1;
+    }
 
     void *saved = thread->delivering;
     int saved_gone = thread->delivering_gone;
@@ -355,6 +506,8 @@ int h2o_db_op_complete(h2o_db_op_t *op, h2o_db_result_t *result)
     int gone = thread->delivering_gone;
     thread->delivering = saved;
     thread->delivering_gone = saved_gone;
+    if (op->heap)
+        free(op);
     if (gone)
         return -1;
     if (s->outstanding == 0 && !h2o_linklist_is_empty(&s->done))

@@ -11,7 +11,13 @@
 #include "pool.h"
 #include "thread.h"
 
-typedef enum { H2O_DB_OP_QUERY, H2O_DB_OP_BEGIN, H2O_DB_OP_COMMIT, H2O_DB_OP_ROLLBACK } h2o_db_op_kind_t;
+typedef enum {
+    H2O_DB_OP_QUERY,
+    H2O_DB_OP_BEGIN,
+    H2O_DB_OP_COMMIT,   /* sql may replace "COMMIT" (e.g. COMMIT PREPARED '...'); unpins when answered */
+    H2O_DB_OP_ROLLBACK, /* likewise */
+    H2O_DB_OP_BARRIER   /* never sent: answered once everything issued before it is answered */
+} h2o_db_op_kind_t;
 
 struct st_h2o_db_op_t {
     h2o_linklist_t link; /* session->pending, then (if answered without a connection) session->done */
@@ -22,6 +28,8 @@ struct st_h2o_db_op_t {
     unsigned in_txn : 1;       /* issued between begin and commit/rollback */
     unsigned failed_commit : 1; /* a COMMIT of a failed transaction: sent as ROLLBACK, answered as an error */
     unsigned answered : 1;     /* for `done` ops: the result below is final */
+    unsigned heap : 1;         /* malloc'd (a session outside a request): freed once answered or dropped */
+    unsigned no_cache : 1;     /* one-off SQL (PREPARE TRANSACTION '...'): not for the statement cache */
     const char *sql;
     size_t sql_len;
     size_t nparams;
@@ -56,9 +64,17 @@ struct st_h2o_db_session_t {
     h2o_linklist_t wait_link;
     h2o_timeout_entry_t wait_timeout;
     uint64_t pinned_at;
-    /* the partitions this session has touched (h2o_db_session_for), by partition index */
-    h2o_db_session_t **partitions;
-    h2o_db_session_t *parent;
+    /* partitions (binds: {TABLE: KEY}): the sessions h2o_db_session_for made, by partition index */
+    h2o_db_session_t **children;
+    h2o_db_session_t *parent;       /* for a partition session: the session it belongs to */
+    h2o_db_session_t *touched;      /* partitions in the current transaction, in `binds:` order */
+    h2o_db_session_t *touched_next; /* in its root's `touched` list */
+    size_t partition_index;         /* its index in the parent's `binds:` */
+    unsigned implicit_txn : 1;      /* its transaction was begun by its root's */
+    h2o_db_status_t txn_status;     /* how the current transaction failed (with txn_failed) */
+    char txn_sqlstate[6];
+    unsigned heap : 1;              /* a session outside a request (h2o_db_session_open) */
+    struct st_h2o_db_commit_t *commit; /* a commit across partitions in progress */
 };
 
 /* A request's sessions: allocated in the request's pool, found through the thread's table. */
@@ -75,5 +91,24 @@ int h2o_db_op_complete(h2o_db_op_t *op, h2o_db_result_t *result);
 
 /* Answers an op without the database, later (in issue order with the session's other answers). */
 void h2o_db_op_answer_later(h2o_db_op_t *op, h2o_db_status_t status, const char *sqlstate, const char *message);
+
+/* Queues a statement without the public API's checks (for partition.c's commits). */
+h2o_db_op_t *h2o_db_session_enqueue(h2o_db_session_t *s, h2o_db_op_kind_t kind, const char *sql, size_t nparams,
+                                    const char *const *params, int in_txn, h2o_db_cb cb, void *data);
+
+/* The outermost session of a partition session (itself for a main session). */
+static inline h2o_db_session_t *h2o_db_session_root(h2o_db_session_t *s)
+{
+    while (s->parent != NULL)
+        s = s->parent;
+    return s;
+}
+
+/* A session outside a request for any bind (partition.c's clean-up after a request ended). */
+h2o_db_session_t *h2o_db_session_open_bind(h2o_db_thread_t *thread, h2o_db_bind_t *bind);
+
+/* partition.c: commit / roll back a transaction that spans partitions; the root's release */
+int h2o_db_partition_commit(h2o_db_session_t *root, int rollback, h2o_db_cb cb, void *data);
+void h2o_db_partition_release(h2o_db_session_t *root);
 
 #endif

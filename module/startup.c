@@ -8,6 +8,7 @@
 #include "config/config.h"
 #include "driver/driver.h"
 #include "h2o_db.h"
+#include "twophase.h"
 
 const h2o_db_driver_t *h2o_db_driver_for(h2o_db_backend_t backend)
 {
@@ -43,6 +44,8 @@ int h2o_db_prepare(h2o_globalconf_t *conf)
                     bind->key, bind->schema_path, err);
             return -1;
         }
+        if (bind->twophase && h2o_db_twophase_prepare(bind) != 0)
+            return -1;
         if (bind->pool.connect_at_start && bind->driver->run_script(bind, NULL, err, sizeof(err)) != 0) {
             fprintf(stderr, "%s:%zu:%zu: db.bind `%s` (connect-at-start: ON): %s\n", bind->filename, bind->line + 1,
                     bind->column + 1, bind->key, err);

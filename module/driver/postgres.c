@@ -565,10 +565,10 @@ static void pg_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
         sql = "BEGIN";
         break;
     case H2O_DB_OP_COMMIT:
-        sql = op->failed_commit ? "ROLLBACK" : "COMMIT";
+        sql = op->failed_commit ? "ROLLBACK" : op->sql != NULL ? op->sql : "COMMIT";
         break;
     case H2O_DB_OP_ROLLBACK:
-        sql = "ROLLBACK";
+        sql = op->sql != NULL ? op->sql : "ROLLBACK";
         break;
     default:
         sql = op->sql;
@@ -578,7 +578,7 @@ static void pg_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
         return; /* failing already: the pool answers everything in flight */
 
     int ok;
-    if (op->kind == H2O_DB_OP_QUERY && c->cache.capacity != 0) {
+    if (op->kind == H2O_DB_OP_QUERY && !op->no_cache && c->cache.capacity != 0) {
         char name[32];
         h2o_db_stmt_t *stmt = h2o_db_stmt_cache_get(&c->cache, op->sql, op->sql_len);
         int prepare = 0;

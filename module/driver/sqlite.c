@@ -641,10 +641,10 @@ static void sq_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
         sql = "BEGIN IMMEDIATE";
         break;
     case H2O_DB_OP_COMMIT:
-        sql = op->failed_commit ? "ROLLBACK" : "COMMIT";
+        sql = op->failed_commit ? "ROLLBACK" : op->sql != NULL ? op->sql : "COMMIT";
         break;
     case H2O_DB_OP_ROLLBACK:
-        sql = "ROLLBACK";
+        sql = op->sql != NULL ? op->sql : "ROLLBACK";
         break;
     default:
         sql = op->sql;

@@ -43,6 +43,7 @@ typedef struct st_h2o_db_commit_t {
     h2o_db_cb cb;
     void *data;
     int rollback, twophase, phase;
+    int resolve; /* a prepared transaction may be left behind: let twophase.c look later */
     size_t n, awaiting, next, failed;
     struct participant *p;
     char txn[96];
@@ -52,6 +53,8 @@ typedef struct st_h2o_db_commit_t {
 static void finish(h2o_db_commit_t *c, h2o_db_status_t status, const char *sqlstate)
 {
     h2o_db_session_t *root = c->root;
+    if (c->resolve && c->txn[0] != '\0')
+        h2o_db_twophase_resolve_later(root->pool->thread, root->bind, c->txn);
     root->commit = NULL;
     for (h2o_db_session_t *p = root->touched, *next; p != NULL; p = next) {
         next = p->touched_next;
@@ -76,6 +79,10 @@ static void record(struct participant *p, h2o_db_result_t *r)
     if (!p->ok) {
         p->status = h2o_db_result_status(r);
         snprintf(p->sqlstate, sizeof(p->sqlstate), "%s", h2o_db_result_sqlstate(r));
+        /* answered without the database's word (connection lost, client gone, timeout): the
+         * statement may still have run there */
+        if (p->commit->phase >= PREPARE && p->status != H2O_DB_SQL_ERROR)
+            p->commit->resolve = 1;
     }
 }
 
@@ -281,7 +288,7 @@ static void on_commit_prepared(h2o_db_result_t *r, void *data)
              "two-phase commit: the commit is decided and recorded, but COMMIT PREPARED failed on `%s` (SQLSTATE %s); it is "
              "completed in the background or when h2o-db next starts",
              c->p[failed].s->bind->key, c->p[failed].sqlstate);
-    h2o_db_twophase_resolve_later(c->root->pool->thread, c->root->bind, c->txn);
+    c->resolve = 1;
     finish(c, H2O_DB_UNAVAILABLE, c->p[failed].sqlstate);
 }
 

@@ -657,11 +657,12 @@ void h2o_db_pool_on_statement_timeout(h2o_timeout_entry_t *entry)
 
 /* ---- the session ended ---- */
 
-void h2o_db_pool_release(h2o_db_session_t *s)
+void h2o_db_pool_detach(h2o_db_session_t *s, h2o_linklist_t *out)
 {
     h2o_db_pool_t *pool = s->pool;
     stop_waiting(s);
-    /* statements in flight: their results will be dropped */
+    /* statements in flight: their results will be dropped (a session's are on one connection,
+     * so ring order is issue order) */
     for (h2o_linklist_t *n = pool->conns.next; n != &pool->conns && s->outstanding != 0; n = n->next) {
         h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, n);
         for (size_t i = 0; i < conn->ring.count; ++i) {
@@ -673,7 +674,9 @@ void h2o_db_pool_release(h2o_db_session_t *s)
                     h2o_timeout_unlink(&op->timeout);
                 op->conn = NULL;
                 --s->outstanding;
-                if (op->heap)
+                if (out != NULL)
+                    h2o_linklist_insert(out, &op->link);
+                else if (op->heap)
                     free(op);
             }
         }
@@ -691,6 +694,11 @@ void h2o_db_pool_release(h2o_db_session_t *s)
             conn_send(conn, &cleanup_op);
         }
     }
+}
+
+void h2o_db_pool_release(h2o_db_session_t *s)
+{
+    h2o_db_pool_detach(s, NULL);
 }
 
 /* ---- housekeeping ---- */
@@ -763,6 +771,7 @@ h2o_db_pool_t *h2o_db_pool_create(h2o_db_thread_t *thread, h2o_db_bind_t *bind)
     pool->publisher.cb = on_publish;
     h2o_timeout_init(thread->loop, &pool->acquire_timeout, bind->pool.acquire_timeout);
     h2o_timeout_init(thread->loop, &pool->statement_timeout, bind->pool.statement_timeout);
+    h2o_timeout_init(thread->loop, &pool->request_timeout, bind->pool.request_timeout);
     uv_timer_init(thread->loop, &pool->retry_timer);
     pool->retry_timer.data = pool;
     uv_timer_init(thread->loop, &pool->housekeeping);
@@ -800,6 +809,7 @@ void h2o_db_pool_destroy(h2o_db_pool_t *pool)
     }
     h2o_timeout_dispose(pool->thread->loop, &pool->acquire_timeout);
     h2o_timeout_dispose(pool->thread->loop, &pool->statement_timeout);
+    h2o_timeout_dispose(pool->thread->loop, &pool->request_timeout);
     pool->closing = 3; /* 1 + two timer handles */
     uv_close((uv_handle_t *)&pool->retry_timer, on_pool_handle_closed);
     uv_close((uv_handle_t *)&pool->housekeeping, on_pool_handle_closed);

@@ -67,6 +67,7 @@ struct st_h2o_db_pool_t {
     size_t num_waiting;
     h2o_timeout_t acquire_timeout;
     h2o_timeout_t statement_timeout;
+    h2o_timeout_t request_timeout;
     uv_timer_t retry_timer;
     uv_timer_t housekeeping;
     /* the database looks down: the last connect failed and no connection is up */
@@ -92,6 +93,9 @@ void h2o_db_pool_destroy(h2o_db_pool_t *pool);
 void h2o_db_pool_pump(h2o_db_session_t *s);
 /* The session ended: forget it wherever it waits, drop its results, roll back its transaction. */
 void h2o_db_pool_release(h2o_db_session_t *s);
+/* The same, but the statements taken off their connections are appended to `out` (issue order)
+ * instead of being forgotten, so that they can still be answered. */
+void h2o_db_pool_detach(h2o_db_session_t *s, h2o_linklist_t *out);
 
 /* Timeout callbacks the session code installs on its ops and sessions. */
 void h2o_db_pool_on_statement_timeout(h2o_timeout_entry_t *entry);

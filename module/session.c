@@ -59,6 +59,39 @@ h2o_db_bind_t *h2o_db_path_find(h2o_db_path_t *path, const char *key)
 /* ---- sessions ---- */
 
 static void deliver_done(h2o_db_later_t *later);
+static void on_deadline(h2o_timeout_entry_t *entry);
+
+static int session_idle(h2o_db_session_t *s)
+{
+    return s->outstanding == 0 && h2o_linklist_is_empty(&s->pending) && h2o_linklist_is_empty(&s->done);
+}
+
+int h2o_db_reqstate_busy(h2o_db_reqstate_t *rs)
+{
+    for (h2o_db_session_t *s = rs->sessions; s != NULL; s = s->next)
+        if (!s->released && !session_idle(s))
+            return 1;
+    return 0;
+}
+
+/* The session stopped waiting for the database: disarm its bounds. */
+static void became_idle(h2o_db_session_t *s)
+{
+    if (h2o_timeout_is_linked(&s->deadline))
+        h2o_timeout_unlink(&s->deadline);
+    if (s->owner != NULL && !h2o_db_reqstate_busy(s->owner))
+        h2o_db_client_idle(s->owner);
+}
+
+/* The session starts waiting for the database: arm request-timeout, watch an HTTP/1 client. */
+static void became_busy(h2o_db_session_t *s)
+{
+    if (s->owner == NULL)
+        return;
+    if (s->bind->pool.request_timeout != 0 && !h2o_timeout_is_linked(&s->deadline))
+        h2o_timeout_link(s->pool->thread->loop, &s->pool->request_timeout, &s->deadline);
+    h2o_db_client_busy(s->owner);
+}
 
 static void session_init(h2o_db_session_t *s, h2o_db_bind_t *bind, h2o_db_pool_t *pool, h2o_db_reqstate_t *owner,
                          h2o_mem_pool_t *mem)
@@ -71,6 +104,7 @@ static void session_init(h2o_db_session_t *s, h2o_db_bind_t *bind, h2o_db_pool_t
     h2o_linklist_init_anchor(&s->pending);
     h2o_linklist_init_anchor(&s->done);
     s->deliver_later.cb = deliver_done;
+    s->deadline.cb = on_deadline;
     h2o_db_session_wait_timeout_init(s);
 }
 
@@ -95,6 +129,8 @@ static void session_release(h2o_db_session_t *s)
     s->released = 1;
     if (thread->delivering == s)
         thread->delivering_gone = 1;
+    if (h2o_timeout_is_linked(&s->deadline))
+        h2o_timeout_unlink(&s->deadline);
     h2o_db_later_cancel(&s->deliver_later);
     drop_ops(&s->pending);
     drop_ops(&s->done);
@@ -105,6 +141,7 @@ static void session_release(h2o_db_session_t *s)
 static void on_request_dispose(void *data)
 {
     h2o_db_reqstate_t *rs = data;
+    h2o_db_client_idle(rs);
     for (h2o_db_session_t *s = rs->sessions; s != NULL; s = s->next)
         session_release(s);
     h2o_db_thread_remove_req(rs->thread, rs->req);
@@ -115,9 +152,10 @@ static h2o_db_reqstate_t *request_state(h2o_req_t *req, h2o_db_thread_t *thread)
     h2o_db_reqstate_t *rs = h2o_db_thread_find_req(thread, req);
     if (rs == NULL) {
         rs = h2o_mem_alloc_shared(&req->pool, sizeof(*rs), on_request_dispose);
+        memset(rs, 0, sizeof(*rs));
         rs->req = req;
         rs->thread = thread;
-        rs->sessions = NULL;
+        rs->client.fd = -1;
         h2o_db_thread_add_req(thread, req, rs);
     }
     return rs;
@@ -365,8 +403,14 @@ static h2o_db_op_t *new_op(h2o_db_session_t *s, h2o_db_op_kind_t kind, const cha
 
 static void enqueue(h2o_db_session_t *s, h2o_db_op_t *op)
 {
+    if (session_idle(s))
+        became_busy(s);
     h2o_linklist_insert(&s->pending, &op->link);
     ++s->num_pending;
+    if (s->aborted) {
+        h2o_db_op_answer_later(op, s->abort_status, s->abort_sqlstate, s->abort_message);
+        return;
+    }
     unsigned limit = s->bind->pool.queue > s->bind->pool.pipeline_depth ? s->bind->pool.queue : s->bind->pool.pipeline_depth;
     if (s->num_pending > limit) {
         ++s->pool->stats.queue_full;
@@ -497,6 +541,8 @@ int h2o_db_op_complete(h2o_db_op_t *op, h2o_db_result_t *result)
             free(op);
         return -1;
     }
+    if (session_idle(s))
+        became_idle(s); /* before the callback: it may answer the request */
 
     void *saved = thread->delivering;
     int saved_gone = thread->delivering_gone;
@@ -545,4 +591,53 @@ static void deliver_done(h2o_db_later_t *later)
     }
     if (h2o_linklist_is_empty(&s->done) && !h2o_linklist_is_empty(&s->pending))
         h2o_db_pool_pump(s);
+}
+
+/* ---- answering everything at once: the client left, or request-timeout ran out ---- */
+
+static void set_answer(h2o_db_op_t *op, h2o_db_status_t status, const char *sqlstate, const char *message)
+{
+    op->status = status;
+    op->sqlstate = sqlstate;
+    op->message = message;
+    op->answered = 1;
+}
+
+void h2o_db_session_abort(h2o_db_session_t *s, h2o_db_status_t status, const char *sqlstate, const char *message)
+{
+    if (s->released || s->aborted)
+        return;
+    s->aborted = 1;
+    s->abort_status = status;
+    s->abort_sqlstate = sqlstate;
+    s->abort_message = message;
+    if (s->txn_open && !s->txn_failed) {
+        s->txn_failed = 1;
+        s->txn_status = status;
+        snprintf(s->txn_sqlstate, sizeof(s->txn_sqlstate), "%s", sqlstate);
+    }
+    /* in issue order: what was in flight, what was answered already, what was pending */
+    h2o_linklist_t ops;
+    h2o_linklist_init_anchor(&ops);
+    h2o_db_pool_detach(s, &ops);
+    for (h2o_linklist_t *n = ops.next; n != &ops; n = n->next)
+        set_answer(H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, link, n), status, sqlstate, message);
+    h2o_linklist_insert_list(&ops, &s->done);
+    while (!h2o_linklist_is_empty(&s->pending)) {
+        h2o_db_op_t *op = H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, link, s->pending.next);
+        h2o_linklist_unlink(&op->link);
+        set_answer(op, status, sqlstate, message);
+        h2o_linklist_insert(&ops, &op->link);
+    }
+    s->num_pending = 0;
+    h2o_linklist_insert_list(&s->done, &ops);
+    if (!h2o_linklist_is_empty(&s->done))
+        h2o_db_later(s->pool->thread, &s->deliver_later);
+}
+
+static void on_deadline(h2o_timeout_entry_t *entry)
+{
+    h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, deadline, entry);
+    ++s->pool->stats.timeouts;
+    h2o_db_session_abort(s, H2O_DB_TIMEOUT, "57014", "the request waited too long for the database (pool.request-timeout)");
 }

@@ -75,6 +75,11 @@ struct st_h2o_db_session_t {
     char txn_sqlstate[6];
     unsigned heap : 1;              /* a session outside a request (h2o_db_session_open) */
     struct st_h2o_db_commit_t *commit; /* a commit across partitions in progress */
+    /* once set (the client left, or request-timeout ran out), every statement is answered so */
+    unsigned aborted : 1;
+    h2o_db_status_t abort_status;
+    const char *abort_sqlstate, *abort_message;
+    h2o_timeout_entry_t deadline; /* request-timeout, armed while the session waits for the database */
 };
 
 /* A request's sessions: allocated in the request's pool, found through the thread's table. */
@@ -82,7 +87,26 @@ struct st_h2o_db_reqstate_t {
     h2o_req_t *req;
     h2o_db_thread_t *thread;
     h2o_db_session_t *sessions;
+    /* HTTP/1: libh2o 2.2.5 does not read the socket while a handler works, so a client that
+     * leaves goes unnoticed; client.c watches a dup() of the socket while statements wait */
+    struct {
+        h2o_timeout_entry_t soon; /* start watching if statements still wait 100 ms from now */
+        uv_poll_t *poll;
+        int fd;
+        unsigned gone : 1;
+    } client;
 };
+
+/* Whether a request still waits for the database (some session has statements pending). */
+int h2o_db_reqstate_busy(h2o_db_reqstate_t *rs);
+
+/* Answers everything the session has pending or in flight with `status`, now and from now on
+ * (the transaction, if any, is rolled back). */
+void h2o_db_session_abort(h2o_db_session_t *s, h2o_db_status_t status, const char *sqlstate, const char *message);
+
+/* client.c */
+void h2o_db_client_busy(h2o_db_reqstate_t *rs);
+void h2o_db_client_idle(h2o_db_reqstate_t *rs);
 
 /* Called by the pool: the statement is answered; runs the callback (unless its request is gone)
  * and keeps the transaction state. Returns 0 if the session may be used afterwards, -1 if the

@@ -24,6 +24,7 @@ typedef struct st_h2o_db_pool_config_t {
     uint64_t idle_timeout;
     uint64_t max_lifetime;
     uint64_t statement_timeout; /* 0 = off */
+    uint64_t request_timeout;   /* the longest a request waits for this database at a stretch; 0 = off */
     uint64_t leak_threshold;    /* 0 = off */
     int connect_at_start;
 } h2o_db_pool_config_t;

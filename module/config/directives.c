@@ -51,6 +51,7 @@ static const h2o_db_pool_config_t default_pool = {
     .acquire_timeout = 5000,
     .idle_timeout = 60000,
     .max_lifetime = 1800000,
+    .request_timeout = 60000,
 };
 
 static char *where(yoml_t *node)
@@ -196,6 +197,8 @@ static int parse_pool(h2o_configurator_command_t *cmd, yoml_t *node, h2o_db_pool
             ret = parse_seconds(cmd, v, "pool.max-lifetime", 86400 * 365, &pool->max_lifetime);
         } else if (strcmp(name, "statement-timeout") == 0) {
             ret = parse_seconds(cmd, v, "pool.statement-timeout", 86400, &pool->statement_timeout);
+        } else if (strcmp(name, "request-timeout") == 0) {
+            ret = parse_seconds(cmd, v, "pool.request-timeout", 86400, &pool->request_timeout);
         } else if (strcmp(name, "leak-threshold") == 0) {
             ret = parse_seconds(cmd, v, "pool.leak-threshold", 86400, &pool->leak_threshold);
         } else if (strcmp(name, "connect-at-start") == 0) {
@@ -203,7 +206,7 @@ static int parse_pool(h2o_configurator_command_t *cmd, yoml_t *node, h2o_db_pool
         } else {
             h2o_configurator_errprintf(cmd, k,
                                        "unknown pool option `%s` (known: max, max-total, min, acquire-timeout, queue, idle-timeout, "
-                                       "max-lifetime, statement-timeout, leak-threshold, pipeline-depth, statement-cache, "
+                                       "max-lifetime, statement-timeout, request-timeout, leak-threshold, pipeline-depth, statement-cache, "
                                        "connect-at-start)",
                                        name);
             return -1;

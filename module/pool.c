@@ -83,7 +83,8 @@ uint64_t h2o_db_conn_oldest_age(h2o_db_conn_t *conn, uint64_t now)
 
 static int conn_is_idle(h2o_db_conn_t *conn)
 {
-    return conn->state == H2O_DB_CONN_READY && conn->ring.count == 0 && conn->pinned == NULL && !conn->cleaning;
+    return conn->state == H2O_DB_CONN_READY && conn->ring.count == 0 && conn->pinned == NULL && !conn->cleaning &&
+           !conn->cancelling;
 }
 
 static int can_open(h2o_db_pool_t *pool)
@@ -554,7 +555,7 @@ void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
 
     if (op == &cleanup_op) {
         /* the ROLLBACK after a request ended inside a transaction */
-        conn->cleaning = 0;
+        conn->cleaning = conn->cancelling;
         if (result->status == H2O_DB_UNAVAILABLE || result->status == H2O_DB_TIMEOUT) {
             h2o_db_conn_failed(conn, result->sqlstate, result->error);
             return;
@@ -579,11 +580,8 @@ void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
         int alive = h2o_db_op_complete(op, result) == 0;
         if (alive && !h2o_linklist_is_empty(&s->pending) && s->pinned == NULL && s->outstanding == 0)
             h2o_db_pool_pump(s);
-    } else if (conn->cleaning && conn->ring.count == 0 && conn->pinned == NULL) {
-        /* the request ended after its COMMIT/ROLLBACK was sent: that was the last of it */
-        conn->cleaning = 0;
     }
-    if (conn->state == H2O_DB_CONN_READY && conn->cleaning && conn->ring.count == 0 && conn->pinned == NULL)
+    if (conn->state == H2O_DB_CONN_READY && conn->cleaning && conn->ring.count == 0 && conn->pinned == NULL && !conn->cancelling)
         conn->cleaning = 0;
     conn_progress(conn);
 }
@@ -689,11 +687,26 @@ void h2o_db_pool_detach(h2o_db_session_t *s, h2o_linklist_t *out)
         conn->pinned = NULL;
         --pool->num_pinned;
         if (conn->state == H2O_DB_CONN_READY) {
-            /* roll back whatever the transaction did, then the connection is clean again */
+            /* stop what still runs there (only this session's statements can), roll back whatever
+             * the transaction did; then the connection is clean again */
+            if (conn->ring.count != 0 && pool->bind->driver->cancel != NULL && !conn->cancelling) {
+                conn->cancelling = 1;
+                pool->bind->driver->cancel(conn);
+            }
             conn->cleaning = 1;
             conn_send(conn, &cleanup_op);
         }
     }
+}
+
+void h2o_db_conn_cancelled(h2o_db_conn_t *conn)
+{
+    conn->cancelling = 0;
+    if (conn->state != H2O_DB_CONN_READY)
+        return;
+    if (conn->ring.count == 0 && conn->pinned == NULL)
+        conn->cleaning = 0;
+    conn_progress(conn);
 }
 
 void h2o_db_pool_release(h2o_db_session_t *s)
@@ -723,6 +736,24 @@ static void on_retry(uv_timer_t *timer)
     }
 }
 
+/* leak-threshold: a session has held its transaction's connection for too long; said once */
+static void report_leak(h2o_db_session_t *s, uint64_t now)
+{
+    h2o_db_pool_t *pool = s->pool;
+    s->leak_reported = 1;
+    ++pool->stats.leaks;
+    if (s->owner != NULL) {
+        h2o_req_t *req = s->owner->req;
+        fprintf(stderr, "h2o-db: [%s] a request has held a connection in a transaction for %.1f s (leak-threshold %.1f s): %.*s %.*s\n",
+                pool->bind->key, (now - s->pinned_at) / 1000.0, pool->bind->pool.leak_threshold / 1000.0, (int)req->method.len,
+                req->method.base, (int)req->path.len, req->path.base);
+    } else {
+        fprintf(stderr, "h2o-db: [%s] a session outside a request has held a connection in a transaction for %.1f s (leak-threshold "
+                        "%.1f s)\n",
+                pool->bind->key, (now - s->pinned_at) / 1000.0, pool->bind->pool.leak_threshold / 1000.0);
+    }
+}
+
 void h2o_db_pool_publish(h2o_db_pool_t *pool)
 {
     size_t idle = 0, busy = 0;
@@ -747,6 +778,9 @@ static void on_housekeeping(uv_timer_t *timer)
     for (h2o_linklist_t *n = pool->conns.next; n != &pool->conns;) {
         h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, n);
         n = n->next;
+        if (conn->pinned != NULL && cfg->leak_threshold != 0 && !conn->pinned->leak_reported &&
+            now - conn->pinned->pinned_at >= cfg->leak_threshold)
+            report_leak(conn->pinned, now);
         if (!conn_is_idle(conn))
             continue;
         if (conn->retire_at != 0 && now >= conn->retire_at) {

@@ -26,6 +26,7 @@ struct st_h2o_db_conn_t {
     h2o_db_session_t *pinned;
     /* after its request ended inside a transaction: rolling back, then back to the pool */
     int cleaning;
+    int cancelling; /* the driver's cancel is under way: not back to the pool before it is done */
     /* statements sent, oldest first; an entry is NULL once nobody waits for its result
      * (its request ended, or it timed out locally): the result is then dropped */
     struct {
@@ -105,6 +106,7 @@ void h2o_db_session_wait_timeout_init(h2o_db_session_t *s);
 void h2o_db_conn_connected(h2o_db_conn_t *conn);
 void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *message);
 void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result);
+void h2o_db_conn_cancelled(h2o_db_conn_t *conn);
 /* Fills the generic part of a new connection. */
 void h2o_db_conn_init(h2o_db_conn_t *conn, h2o_db_pool_t *pool);
 /* Frees the generic part (the driver frees its memory afterwards). */

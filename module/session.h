@@ -71,6 +71,7 @@ struct st_h2o_db_session_t {
     h2o_db_session_t *touched_next; /* in its root's `touched` list */
     size_t partition_index;         /* its index in the parent's `binds:` */
     unsigned implicit_txn : 1;      /* its transaction was begun by its root's */
+    unsigned leak_reported : 1;     /* leak-threshold said so already */
     h2o_db_status_t txn_status;     /* how the current transaction failed (with txn_failed) */
     char txn_sqlstate[6];
     unsigned heap : 1;              /* a session outside a request (h2o_db_session_open) */

@@ -12,6 +12,8 @@
  *   close    drops the connection; statements still in flight are failed by the
  *            pool before close is called; the driver frees the memory when its
  *            handles are closed
+ *   cancel   (optional) interrupts the statement running on a pinned connection
+ *            whose request ended, so that its ROLLBACK comes sooner
  *
  * Start-up helpers run on the main thread before any loop (blocking is fine there).
  */
@@ -30,6 +32,9 @@ struct st_h2o_db_driver_t {
     h2o_db_conn_t *(*open)(h2o_db_pool_t *pool);
     void (*send)(h2o_db_conn_t *conn, h2o_db_op_t *op);
     void (*close)(h2o_db_conn_t *conn);
+    /* optional: stops what runs on a pinned connection whose request ended (never called for a
+     * shared one); when done (also on failure), the driver calls h2o_db_conn_cancelled */
+    void (*cancel)(h2o_db_conn_t *conn);
     /* start-up: connects once, runs `sql` (several statements allowed), disconnects */
     int (*run_script)(h2o_db_bind_t *bind, const char *sql, char *err, size_t errsz);
     /* start-up: whatever the backend keeps per bind (SQLite: the in-memory database's keeper) */

@@ -60,6 +60,14 @@ struct pg_conn {
     h2o_db_later_t fail_later; /* a failure noticed inside send(): reported on the next iteration */
     char fail_message[256];
     int handles_open;
+    struct cancel_work *cancel; /* under way on the thread pool */
+};
+
+/* PQcancel blocks (it opens a connection of its own): it runs on libuv's thread pool */
+struct cancel_work {
+    uv_work_t work;
+    PGcancel *cancel;
+    struct pg_conn *conn; /* NULL once the connection is gone */
 };
 
 static void on_poll(uv_poll_t *poll, int status, int events);
@@ -730,6 +738,47 @@ static void on_poll(uv_poll_t *poll, int status, int events)
     }
 }
 
+/* ---- cancel (pinned connections only: the pool never cancels a shared one) ---- */
+
+static void run_cancel(uv_work_t *work)
+{
+    struct cancel_work *cw = (struct cancel_work *)work;
+    char err[256];
+    PQcancel(cw->cancel, err, sizeof(err));
+}
+
+static void after_cancel(uv_work_t *work, int status)
+{
+    struct cancel_work *cw = (struct cancel_work *)work;
+    struct pg_conn *c = cw->conn;
+    PQfreeCancel(cw->cancel);
+    free(cw);
+    if (c == NULL)
+        return;
+    c->cancel = NULL;
+    h2o_db_conn_cancelled(&c->super);
+}
+
+static void pg_cancel(h2o_db_conn_t *conn)
+{
+    struct pg_conn *c = (struct pg_conn *)conn;
+    PGcancel *cancel = c->phase == PHASE_READY && c->cancel == NULL ? PQgetCancel(c->pg) : NULL;
+    if (cancel == NULL) {
+        h2o_db_conn_cancelled(conn);
+        return;
+    }
+    struct cancel_work *cw = calloc(1, sizeof(*cw));
+    cw->cancel = cancel;
+    cw->conn = c;
+    c->cancel = cw;
+    if (uv_queue_work(conn->pool->thread->loop, &cw->work, run_cancel, after_cancel) != 0) {
+        PQfreeCancel(cancel);
+        free(cw);
+        c->cancel = NULL;
+        h2o_db_conn_cancelled(conn);
+    }
+}
+
 /* ---- close ---- */
 
 static void free_conn(struct pg_conn *c)
@@ -765,6 +814,10 @@ static void pg_close(h2o_db_conn_t *conn)
 {
     struct pg_conn *c = (struct pg_conn *)conn;
     c->phase = PHASE_BROKEN;
+    if (c->cancel != NULL) {
+        c->cancel->conn = NULL;
+        c->cancel = NULL;
+    }
     h2o_db_later_cancel(&c->fail_later);
     if (h2o_linklist_is_linked(&c->flusher.link))
         h2o_linklist_unlink(&c->flusher.link);
@@ -838,5 +891,13 @@ static const char *pg_version(void)
 }
 
 const h2o_db_driver_t h2o_db_driver_postgres = {
-    "postgresql", pg_open, pg_send, pg_close, pg_run_script, pg_prepare_bind, pg_dispose_bind, pg_version,
+    .name = "postgresql",
+    .open = pg_open,
+    .send = pg_send,
+    .close = pg_close,
+    .cancel = pg_cancel,
+    .run_script = pg_run_script,
+    .prepare_bind = pg_prepare_bind,
+    .dispose_bind = pg_dispose_bind,
+    .version = pg_version,
 };

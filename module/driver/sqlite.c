@@ -69,6 +69,7 @@ struct sq_conn {
     size_t submitted, taken, finished, delivered; /* counters; slot = counter % capacity */
     uv_async_t async;
     int closed, thread_started;
+    int db_open; /* c->db may be interrupted (under lock) */
     /* the worker's own */
     sqlite3 *db;
     h2o_db_bind_t *bind;
@@ -410,14 +411,28 @@ Exit:
     sqlite3_finalize(stmt);
 }
 
+static void close_db(struct sq_conn *c)
+{
+    pthread_mutex_lock(&c->lock);
+    c->db_open = 0;
+    pthread_mutex_unlock(&c->lock);
+    if (c->db != NULL)
+        sqlite3_close_v2(c->db);
+    c->db = NULL;
+}
+
 static void run_open(struct sq_conn *c, struct job *job)
 {
     job->ok = 1;
-    int rc = sqlite3_open_v2(c->filename, &c->db, c->flags, NULL);
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(c->filename, &db, c->flags, NULL);
+    pthread_mutex_lock(&c->lock);
+    c->db = db;
+    c->db_open = db != NULL;
+    pthread_mutex_unlock(&c->lock);
     if (rc != SQLITE_OK) {
         job_errorf(job, "08006", "cannot open %s: %s", c->bind->url.display, c->db != NULL ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
-        sqlite3_close_v2(c->db);
-        c->db = NULL;
+        close_db(c);
         return;
     }
     sqlite3_extended_result_codes(c->db, 1);
@@ -427,8 +442,7 @@ static void run_open(struct sq_conn *c, struct job *job)
         if (sqlite3_exec(c->db, c->bind->on_connect, NULL, NULL, &err) != SQLITE_OK) {
             job_errorf(job, sqlstate_of(sqlite3_extended_errcode(c->db), err), "on-connect failed: %s", err != NULL ? err : "error");
             sqlite3_free(err);
-            sqlite3_close_v2(c->db);
-            c->db = NULL;
+            close_db(c);
         }
     }
 }
@@ -458,9 +472,7 @@ static void *worker_main(void *arg)
                 job_error(job, "08003", "the SQLite connection is not open");
             break;
         case JOB_CLOSE:
-            if (c->db != NULL)
-                sqlite3_close_v2(c->db);
-            c->db = NULL;
+            close_db(c);
             job->ok = 1;
             break;
         }
@@ -680,6 +692,19 @@ static void sq_close(h2o_db_conn_t *conn)
     submit(c, NULL);
 }
 
+/* The request of a pinned connection ended: interrupt what its worker runs (sqlite3_interrupt may
+ * be called from any thread while the connection is open; the worker closes it only on JOB_CLOSE,
+ * which comes after this). Statements interrupted answer SQLSTATE 57014. */
+static void sq_cancel(h2o_db_conn_t *conn)
+{
+    struct sq_conn *c = (struct sq_conn *)conn;
+    pthread_mutex_lock(&c->lock);
+    if (c->db_open)
+        sqlite3_interrupt(c->db);
+    pthread_mutex_unlock(&c->lock);
+    h2o_db_conn_cancelled(conn);
+}
+
 /* ---- start-up ---- */
 
 static int open_blocking(h2o_db_bind_t *bind, sqlite3 **db, char *err, size_t errsz)
@@ -766,5 +791,13 @@ static const char *sq_version(void)
 }
 
 const h2o_db_driver_t h2o_db_driver_sqlite = {
-    "sqlite", sq_open, sq_send, sq_close, sq_run_script, sq_prepare_bind, sq_dispose_bind, sq_version,
+    .name = "sqlite",
+    .open = sq_open,
+    .send = sq_send,
+    .close = sq_close,
+    .cancel = sq_cancel,
+    .run_script = sq_run_script,
+    .prepare_bind = sq_prepare_bind,
+    .dispose_bind = sq_dispose_bind,
+    .version = sq_version,
 };

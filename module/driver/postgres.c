@@ -341,9 +341,14 @@ static char *join(char **items, size_t n)
 static void start_connect(struct pg_conn *c)
 {
     h2o_db_bind_t *bind = c->super.pool->bind;
-    const char *keys[6], *values[6];
+    const char *keys[10], *values[10];
     size_t n = 0;
     char *hostaddr = NULL;
+    /* notice a peer that vanished without closing (the URL may override these) */
+    keys[n] = "keepalives", values[n++] = "1";
+    keys[n] = "keepalives_idle", values[n++] = "30";
+    keys[n] = "keepalives_interval", values[n++] = "10";
+    keys[n] = "keepalives_count", values[n++] = "3";
     keys[n] = "dbname", values[n++] = bind->url.conninfo;
     keys[n] = "fallback_application_name", values[n++] = "h2o-db";
     if (c->hostaddrs != NULL) {
@@ -540,9 +545,21 @@ static void send_failed(struct pg_conn *c)
     h2o_db_later(c->super.pool->thread, &c->fail_later);
 }
 
+/* "h2o_db_<id>" (by hand: this runs for every statement) */
 static void stmt_name(char *buf, size_t size, const h2o_db_stmt_t *stmt)
 {
-    snprintf(buf, size, "h2o_db_%llu", (unsigned long long)stmt->id);
+    char digits[24];
+    size_t n = 0;
+    uint64_t id = stmt->id;
+    do {
+        digits[n++] = '0' + id % 10;
+        id /= 10;
+    } while (id != 0 && n < sizeof(digits));
+    memcpy(buf, "h2o_db_", 7);
+    size_t len = 7;
+    while (n > 0 && len + 1 < size)
+        buf[len++] = digits[--n];
+    buf[len] = '\0';
 }
 
 /* A statement leaves the cache: forget it in the segments in flight, and drop it on the server. */

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "driver/driver.h"
+#include "driver/stmt_cache.h"
 #include "pool.h"
 #include "session.h"
 
@@ -42,6 +43,8 @@ struct buf {
 
 struct job {
     int kind;
+    int cacheable; /* a plain statement (not BEGIN/COMMIT/...): may use the statement cache */
+    int cache_hit; /* out: it did */
     int oom; /* the statement could not be copied: answer "out of memory" */
     /* in: the statement */
     struct buf sql;
@@ -71,6 +74,7 @@ struct sq_conn {
     int closed, thread_started;
     int db_open; /* c->db may be interrupted (under lock) */
     /* the worker's own */
+    h2o_db_stmt_cache_t cache; /* sqlite3_stmt by SQL text, used by the worker only */
     sqlite3 *db;
     h2o_db_bind_t *bind;
     char *filename;
@@ -359,28 +363,57 @@ static int add_cell(struct job *job, sqlite3_stmt *stmt, int col)
     return buf_add(&job->cells, &cell, sizeof(cell));
 }
 
-static void run_exec(struct sq_conn *c, struct job *job)
+static void finalize_evicted(void *ctx, h2o_db_stmt_t *stmt)
+{
+    sqlite3_finalize(stmt->value);
+}
+
+/* The statement for job's SQL: from the cache (reset, bindings cleared) or prepared anew. */
+static sqlite3_stmt *get_stmt(struct sq_conn *c, struct job *job, int *cached)
 {
     sqlite3_stmt *stmt = NULL;
     const char *tail = NULL;
+    h2o_db_stmt_t *entry = job->cacheable ? h2o_db_stmt_cache_get(&c->cache, job->sql.base, job->sql.len) : NULL;
+    if (entry != NULL) {
+        stmt = entry->value;
+        sqlite3_reset(stmt);
+        sqlite3_clear_bindings(stmt);
+        job->cache_hit = 1;
+        *cached = 1;
+        return stmt;
+    }
+    int persistent = job->cacheable && c->cache.capacity != 0;
+    int rc = sqlite3_prepare_v3(c->db, job->sql.base, (int)job->sql.len, persistent ? SQLITE_PREPARE_PERSISTENT : 0, &stmt, &tail);
+    if (rc != SQLITE_OK) {
+        job_sqlite_error(job, c->db, rc);
+        return NULL;
+    }
+    if (stmt == NULL)
+        return NULL; /* only blanks or comments */
+    if (tail != NULL && tail[strspn(tail, " \t\r\n;")] != '\0') {
+        job_error(job, "42601", "cannot run several statements in one call");
+        sqlite3_finalize(stmt);
+        return NULL;
+    }
+    if (persistent && (entry = h2o_db_stmt_cache_put(&c->cache, job->sql.base, job->sql.len)) != NULL) {
+        entry->value = stmt;
+        *cached = 1;
+    }
+    return stmt;
+}
+
+static void run_exec(struct sq_conn *c, struct job *job)
+{
+    int cached = 0, rc;
     job->ok = 1;
+    job->cache_hit = 0;
     job->rows = job->columns = 0;
     job->affected = 0;
     job->names.len = job->cells.len = job->text.len = 0;
 
-    int rc = sqlite3_prepare_v3(c->db, job->sql.base, (int)job->sql.len, 0, &stmt, &tail);
-    if (rc != SQLITE_OK) {
-        job_sqlite_error(job, c->db, rc);
+    sqlite3_stmt *stmt = get_stmt(c, job, &cached);
+    if (stmt == NULL)
         return;
-    }
-    if (stmt == NULL) {
-        /* only blanks or comments */
-        return;
-    }
-    if (tail != NULL && tail[strspn(tail, " \t\r\n;")] != '\0') {
-        job_error(job, "42601", "cannot run several statements in one call");
-        goto Exit;
-    }
     if (bind_params(job, stmt) != 0)
         goto Exit;
     job->columns = (size_t)sqlite3_column_count(stmt);
@@ -408,11 +441,18 @@ Exit:
         job->rows = 0;
         job->columns = 0;
     }
-    sqlite3_finalize(stmt);
+    if (cached) {
+        /* keep it, but release its locks and bindings now */
+        sqlite3_reset(stmt);
+        sqlite3_clear_bindings(stmt);
+    } else {
+        sqlite3_finalize(stmt);
+    }
 }
 
 static void close_db(struct sq_conn *c)
 {
+    h2o_db_stmt_cache_dispose(&c->cache);
     pthread_mutex_lock(&c->lock);
     c->db_open = 0;
     pthread_mutex_unlock(&c->lock);
@@ -582,6 +622,12 @@ static void on_async(uv_async_t *async)
             }
             break;
         case JOB_EXEC:
+            if (job->cacheable) {
+                if (job->cache_hit)
+                    ++c->super.pool->stats.cache_hits;
+                else
+                    ++c->super.pool->stats.cache_misses;
+            }
             if (c->super.state == H2O_DB_CONN_READY) {
                 h2o_db_result_t r;
                 if (job->ok) {
@@ -612,6 +658,7 @@ static h2o_db_conn_t *sq_open(h2o_db_pool_t *pool)
     struct sq_conn *c = calloc(1, sizeof(*c));
     h2o_db_conn_init(&c->super, pool);
     c->bind = bind;
+    h2o_db_stmt_cache_init(&c->cache, bind->pool.statement_cache, finalize_evicted, c);
     c->capacity = bind->pool.pipeline_depth + 3; /* + open, cleanup ROLLBACK, close */
     c->jobs = calloc(c->capacity, sizeof(*c->jobs));
     pthread_mutex_init(&c->lock, NULL);
@@ -666,6 +713,7 @@ static void sq_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
     job->params.len = 0;
     job->param_null.len = 0;
     job->nparams = op->nparams;
+    job->cacheable = op->kind == H2O_DB_OP_QUERY && !op->no_cache;
     int failed = buf_add(&job->sql, sql, strlen(sql) + 1) != 0;
     job->sql.len -= 1; /* the NUL stays, the length does not count it */
     for (size_t i = 0; i < op->nparams && !failed; ++i) {

@@ -841,10 +841,13 @@ void h2o_db_pool_destroy(h2o_db_pool_t *pool)
         conn->state = H2O_DB_CONN_READY; /* so that h2o_db_conn_failed answers what is in flight */
         h2o_db_conn_failed(conn, "57P01", "the server is shutting down");
     }
-    h2o_timeout_dispose(pool->thread->loop, &pool->acquire_timeout);
-    h2o_timeout_dispose(pool->thread->loop, &pool->statement_timeout);
-    h2o_timeout_dispose(pool->thread->loop, &pool->request_timeout);
     pool->closing = 3; /* 1 + two timer handles */
     uv_close((uv_handle_t *)&pool->retry_timer, on_pool_handle_closed);
     uv_close((uv_handle_t *)&pool->housekeeping, on_pool_handle_closed);
+    /* libh2o's timeouts embed their uv_timer_t in the pool and close it without a callback; libuv
+     * finishes closes in the reverse order of uv_close(), so closing them last lets them finish
+     * before the callbacks above free the pool */
+    h2o_timeout_dispose(pool->thread->loop, &pool->acquire_timeout);
+    h2o_timeout_dispose(pool->thread->loop, &pool->statement_timeout);
+    h2o_timeout_dispose(pool->thread->loop, &pool->request_timeout);
 }

@@ -343,6 +343,10 @@ int th_http(th_response_t *res, int version, const char *method, const char *url
 
 void th_http_parallel(th_response_t *res, size_t n, int version, const char *const *urls)
 {
+    /* Debian 12's libcurl 7.88.1 cannot reuse a prior-knowledge h2c connection (curl issue
+     * #10634, fixed in 7.89): reach HTTP/2 through Upgrade: h2c, then multiplex */
+    if (version == TH_HTTP2)
+        version = TH_HTTP2_UPGRADE;
     CURLM *m = curl_multi_init();
     CURL **easies = calloc(n, sizeof(*easies));
     curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);

@@ -18,6 +18,7 @@
  *
  * db_keys: ?keys=a,b,c → "a=1 b=0 c=1" (whether h2o_db_session(req, k) != NULL).
  * db_nothing: answers 200 without touching any session.
+ * db_background: sessions outside the request (see its comment below).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,7 +68,8 @@ static void append(struct script *sc, const char *s, size_t n)
     if (sc->out_len + n + 1 > sc->out_cap) {
         size_t cap = (sc->out_len + n + 1) * 2;
         char *p = h2o_mem_alloc_pool(&sc->req->pool, cap);
-        memcpy(p, sc->out, sc->out_len);
+        if (sc->out_len != 0)
+            memcpy(p, sc->out, sc->out_len);
         sc->out = p;
         sc->out_cap = cap;
     }
@@ -344,5 +346,262 @@ int db_keys(h2o_handler_t *self, h2o_req_t *req)
 int db_nothing(h2o_handler_t *self, h2o_req_t *req)
 {
     respond(req, 200, "text/plain", "nothing\n", 8);
+    return 0;
+}
+
+/*
+ * db_background: sessions outside the request (h2o_db_session_open/close) on the
+ * request's worker thread; the request only starts them and reports. KEY (?key=,
+ * default sa_main) must be bound at global level, else 404.
+ *   ?mode=max&n=N&ms=MS   N sessions at once, each: BEGIN; count the connections
+ *        that share this connection's application_name; SELECT pg_sleep(MS/1000);
+ *        COMMIT. The sessions are closed from a uv timer afterwards.
+ *        → {"opened":N,"ok":K,"failed":F,"max_connections":M}
+ *   ?mode=close&table=T   BEGIN; INSERT INTO T (v) VALUES ('open'); closes the session
+ *        inside that INSERT's callback, the transaction still open → {"closed":1}
+ *   ?mode=partition&table=T&ptable=P&v=V   BEGIN; INSERT INTO T (v) VALUES (V) on the
+ *        session, INSERT INTO P (v) VALUES (V) on h2o_db_session_for(session, P);
+ *        COMMIT; closes the session inside the commit's callback
+ *        → {"commit":"OK"} or {"commit":"SQL_ERROR","sqlstate":"..."}
+ */
+#define BG_MAX 64
+
+struct bg;
+
+struct bg_one {
+    struct bg *bg;
+    h2o_db_session_t *s;
+    int step;
+};
+
+struct bg {
+    h2o_req_t *req;    /* NULL once the request is gone */
+    struct bg **ref;   /* in the request's pool: points back here while both live */
+    int mode;          /* 0 max, 1 close, 2 partition */
+    size_t n, finished, ok, failed;
+    long max_conns;
+    char seconds[32], insert[160], pinsert[160], value[64];
+    struct bg_one ones[BG_MAX];
+    uv_timer_t timer;
+};
+
+static void bg_on_dispose(void *p)
+{
+    struct bg **ref = p;
+    if (*ref != NULL)
+        (*ref)->req = NULL;
+}
+
+static void bg_free(uv_handle_t *handle)
+{
+    free(handle->data);
+}
+
+/* answers the request (if it is still there) and forgets it */
+static void bg_respond(struct bg *bg, int status, const char *json)
+{
+    if (bg->req != NULL) {
+        h2o_req_t *req = bg->req;
+        *bg->ref = NULL;
+        bg->req = NULL;
+        size_t len = strlen(json);
+        char *body = h2o_mem_alloc_pool(&req->pool, len + 1);
+        memcpy(body, json, len + 1);
+        respond(req, status, "application/json", body, len);
+    }
+}
+
+static void bg_on_close_timer(uv_timer_t *timer)
+{
+    struct bg *bg = timer->data;
+    for (size_t i = 0; i < bg->n; ++i)
+        h2o_db_session_close(bg->ones[i].s);
+    char json[256];
+    snprintf(json, sizeof(json), "{\"opened\":%zu,\"ok\":%zu,\"failed\":%zu,\"max_connections\":%ld}\n", bg->n, bg->ok, bg->failed,
+             bg->max_conns);
+    bg_respond(bg, 200, json);
+    uv_close((uv_handle_t *)&bg->timer, bg_free);
+}
+
+static void bg_on_step(h2o_db_result_t *r, void *data)
+{
+    struct bg_one *one = data;
+    struct bg *bg = one->bg;
+    int ret = 0;
+    if (h2o_db_result_status(r) != H2O_DB_OK) {
+        ++bg->failed;
+        one->step = -1;
+    } else {
+        switch (one->step++) {
+        case 0: /* begun */
+            ret = h2o_db_query(one->s,
+                               "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = "
+                               "current_setting('application_name')",
+                               0, NULL, bg_on_step, one);
+            break;
+        case 1: {
+            const char *v = h2o_db_result_rows(r) == 1 ? h2o_db_result_value(r, 0, 0, NULL) : NULL;
+            long n = v != NULL ? strtol(v, NULL, 10) : 0;
+            if (n > bg->max_conns)
+                bg->max_conns = n;
+            const char *params[] = {bg->seconds};
+            ret = h2o_db_query(one->s, "SELECT pg_sleep($1::float8)", 1, params, bg_on_step, one);
+        } break;
+        case 2:
+            ret = h2o_db_commit(one->s, bg_on_step, one);
+            break;
+        default:
+            ++bg->ok;
+            one->step = -1;
+            break;
+        }
+        if (ret != 0) {
+            ++bg->failed;
+            one->step = -1;
+        }
+    }
+    if (one->step == -1 && ++bg->finished == bg->n) {
+        /* close them on a later loop iteration, from a timer on the worker's loop */
+        uv_timer_start(&bg->timer, bg_on_close_timer, 0, 0);
+    }
+}
+
+static void bg_on_inserted_then_close(h2o_db_result_t *r, void *data)
+{
+    struct bg_one *one = data;
+    struct bg *bg = one->bg;
+    int ok = h2o_db_result_status(r) == H2O_DB_OK;
+    h2o_db_session_close(one->s); /* the transaction is open: rolled back; nothing of it runs later */
+    one->s = NULL;
+    bg_respond(bg, ok ? 200 : 500, ok ? "{\"closed\":1}\n" : "{\"closed\":0}\n");
+    uv_close((uv_handle_t *)&bg->timer, bg_free);
+}
+
+static void bg_ignore(h2o_db_result_t *r, void *data)
+{
+}
+
+static void bg_on_committed_then_close(h2o_db_result_t *r, void *data)
+{
+    struct bg_one *one = data;
+    struct bg *bg = one->bg;
+    char json[256];
+    if (h2o_db_result_status(r) == H2O_DB_OK)
+        snprintf(json, sizeof(json), "{\"commit\":\"OK\"}\n");
+    else
+        snprintf(json, sizeof(json), "{\"commit\":\"%s\",\"sqlstate\":\"%s\"}\n", status_name(h2o_db_result_status(r)),
+                 h2o_db_result_sqlstate(r) != NULL ? h2o_db_result_sqlstate(r) : "");
+    h2o_db_session_close(one->s);
+    one->s = NULL;
+    bg_respond(bg, 200, json);
+    uv_close((uv_handle_t *)&bg->timer, bg_free);
+}
+
+static int bg_name_ok(const char *s)
+{
+    return s != NULL && s[0] != '\0' && strlen(s) < 64 && strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789_") == strlen(s);
+}
+
+int db_background(h2o_handler_t *self, h2o_req_t *req)
+{
+    char *mode = query_param(req, "mode"), *key = query_param(req, "key"), *n = query_param(req, "n"), *ms = query_param(req, "ms"),
+         *table = query_param(req, "table"), *ptable = query_param(req, "ptable"), *v = query_param(req, "v");
+    struct bg *bg = calloc(1, sizeof(*bg));
+    bg->mode = mode == NULL || strcmp(mode, "max") == 0 ? 0 : strcmp(mode, "close") == 0 ? 1 : 2;
+    bg->n = bg->mode == 0 ? (n != NULL ? strtoul(n, NULL, 10) : 4) : 1;
+    if (bg->n == 0 || bg->n > BG_MAX || (bg->mode != 0 && !bg_name_ok(table)) || (bg->mode == 2 && !bg_name_ok(ptable))) {
+        free(bg);
+        respond(req, 400, "text/plain", "bad arguments\n", 14);
+        return 0;
+    }
+    snprintf(bg->seconds, sizeof(bg->seconds), "%.3f", (ms != NULL ? strtoul(ms, NULL, 10) : 100) / 1000.0);
+    snprintf(bg->value, sizeof(bg->value), "%s", v != NULL ? v : "x");
+    for (size_t i = 0; i < bg->n; ++i) {
+        bg->ones[i].bg = bg;
+        if ((bg->ones[i].s = h2o_db_session_open(req->conn->ctx, key)) == NULL) {
+            for (size_t j = 0; j < i; ++j)
+                h2o_db_session_close(bg->ones[j].s);
+            free(bg);
+            respond(req, 404, "text/plain", "no global bind with that key\n", 29);
+            return 0;
+        }
+    }
+    bg->req = req;
+    bg->ref = h2o_mem_alloc_shared(&req->pool, sizeof(*bg->ref), bg_on_dispose);
+    *bg->ref = bg;
+    uv_timer_init(req->conn->ctx->loop, &bg->timer);
+    bg->timer.data = bg;
+
+    struct bg_one *one = bg->ones;
+    const char *params[] = {bg->value};
+    switch (bg->mode) {
+    case 0:
+        for (size_t i = 0; i < bg->n; ++i)
+            if (h2o_db_begin(bg->ones[i].s, bg_on_step, bg->ones + i) != 0)
+                ++bg->failed, ++bg->finished, bg->ones[i].step = -1;
+        if (bg->finished == bg->n)
+            uv_timer_start(&bg->timer, bg_on_close_timer, 0, 0);
+        break;
+    case 1:
+        snprintf(bg->insert, sizeof(bg->insert), "INSERT INTO %s (v) VALUES ('open')", table);
+        h2o_db_begin(one->s, bg_ignore, NULL);
+        h2o_db_query(one->s, bg->insert, 0, NULL, bg_on_inserted_then_close, one);
+        break;
+    case 2:
+        snprintf(bg->insert, sizeof(bg->insert), "INSERT INTO %s (v) VALUES ($1)", table);
+        snprintf(bg->pinsert, sizeof(bg->pinsert), "INSERT INTO %s (v) VALUES ($1)", ptable);
+        h2o_db_begin(one->s, bg_ignore, NULL);
+        h2o_db_query(one->s, bg->insert, 1, params, bg_ignore, NULL);
+        h2o_db_query(h2o_db_session_for(one->s, ptable), bg->pinsert, 1, params, bg_ignore, NULL);
+        h2o_db_commit(one->s, bg_on_committed_then_close, one);
+        break;
+    }
+    return 0;
+}
+
+/* db_script_ctx: db_script, plus a response header `x-h2o-ctx` naming the worker thread's
+ * context, so that a test can tell which thread served each request. */
+int db_script_ctx(h2o_handler_t *self, h2o_req_t *req)
+{
+    char *ctx = h2o_mem_alloc_pool(&req->pool, 32);
+    int len = snprintf(ctx, 32, "%p", (void *)req->conn->ctx);
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-h2o-ctx"), 0, NULL, ctx, len);
+    return db_script(self, req);
+}
+
+/* db_echo: GET ?id=N[&sleep=SECONDS][&key=K] → {"id":N} from the database (SELECT $1::int, or
+ * with sleep, pg_sleep first); ?sqlite=1 uses SQLite's syntax. Answers failures with
+ * h2o_db_send_error and an x-sqlstate header. For concurrency tests with plain GETs. */
+struct echo {
+    h2o_req_t *req;
+};
+
+static void on_echo(h2o_db_result_t *r, void *data)
+{
+    struct echo *e = data;
+    if (h2o_db_result_status(r) != H2O_DB_OK) {
+        const char *st = h2o_db_result_sqlstate(r);
+        h2o_add_header_by_str(&e->req->pool, &e->req->res.headers, H2O_STRLIT("x-sqlstate"), 0, NULL, st, strlen(st));
+        h2o_db_send_error(e->req, r);
+        return;
+    }
+    h2o_iovec_t json = h2o_db_result_json(&e->req->pool, r);
+    respond(e->req, 200, "application/json", json.base, json.len);
+}
+
+int db_echo(h2o_handler_t *self, h2o_req_t *req)
+{
+    char *id = query_param(req, "id"), *sleep = query_param(req, "sleep"), *sqlite = query_param(req, "sqlite");
+    h2o_db_session_t *s = h2o_db_session(req, query_param(req, "key"));
+    if (s == NULL || id == NULL)
+        return -1;
+    struct echo *e = h2o_mem_alloc_pool(&req->pool, sizeof(*e));
+    e->req = req;
+    const char *params[] = {id, sleep};
+    const char *sql = sqlite != NULL ? "SELECT CAST($1 AS INTEGER) AS id"
+                      : sleep != NULL ? "SELECT $1::int AS id FROM pg_sleep($2::float8)"
+                                      : "SELECT $1::int AS id";
+    if (h2o_db_query(s, sql, sleep != NULL && sqlite == NULL ? 2 : 1, params, on_echo, e) != 0)
+        return -1;
     return 0;
 }

@@ -584,21 +584,7 @@ static void pg_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
 {
     struct pg_conn *c = (struct pg_conn *)conn;
     h2o_db_pool_t *pool = conn->pool;
-    const char *sql;
-    switch (op->kind) {
-    case H2O_DB_OP_BEGIN:
-        sql = "BEGIN";
-        break;
-    case H2O_DB_OP_COMMIT:
-        sql = op->failed_commit ? "ROLLBACK" : op->sql != NULL ? op->sql : "COMMIT";
-        break;
-    case H2O_DB_OP_ROLLBACK:
-        sql = op->sql != NULL ? op->sql : "ROLLBACK";
-        break;
-    default:
-        sql = op->sql;
-        break;
-    }
+    const char *sql = h2o_db_op_sql(op, "BEGIN");
     if (c->phase != PHASE_READY)
         return; /* failing already: the pool answers everything in flight */
 

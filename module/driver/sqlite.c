@@ -693,22 +693,9 @@ static void sq_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
 {
     struct sq_conn *c = (struct sq_conn *)conn;
     struct job *job = next_job(c, JOB_EXEC);
-    const char *sql;
-    switch (op->kind) {
-    case H2O_DB_OP_BEGIN:
-        /* take the write lock at once: a deferred BEGIN that writes later can deadlock on upgrade */
-        sql = "BEGIN IMMEDIATE";
-        break;
-    case H2O_DB_OP_COMMIT:
-        sql = op->failed_commit ? "ROLLBACK" : op->sql != NULL ? op->sql : "COMMIT";
-        break;
-    case H2O_DB_OP_ROLLBACK:
-        sql = op->sql != NULL ? op->sql : "ROLLBACK";
-        break;
-    default:
-        sql = op->sql;
-        break;
-    }
+    /* BEGIN IMMEDIATE takes the write lock at once: a deferred BEGIN that writes later can deadlock
+     * on the upgrade */
+    const char *sql = h2o_db_op_sql(op, "BEGIN IMMEDIATE");
     job->sql.len = 0;
     job->params.len = 0;
     job->param_null.len = 0;

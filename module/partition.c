@@ -61,11 +61,16 @@ static void finish(h2o_db_commit_t *c, h2o_db_status_t status, const char *sqlst
         p->touched_next = NULL;
     }
     root->touched = NULL;
+    /* the result must not point into c, which is freed before the callback runs (the callback
+     * may end the request, and with it anything that would free c later) */
+    char message[sizeof(c->message)], state[6];
+    snprintf(message, sizeof(message), "%s", c->message);
+    snprintf(state, sizeof(state), "%s", sqlstate != NULL ? sqlstate : "XX000");
     h2o_db_result_t r;
     if (status == H2O_DB_OK)
         h2o_db_result_init_ok(&r, 0);
     else
-        h2o_db_result_init_error(&r, status, sqlstate, c->message);
+        h2o_db_result_init_error(&r, status, state, message);
     h2o_db_cb cb = c->cb;
     void *data = c->data;
     free(c->p);

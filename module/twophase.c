@@ -54,7 +54,7 @@ void h2o_db_twophase_new_txn(h2o_db_bind_t *bind, char *buf, size_t size)
     char prefix[64];
     prefix_of(bind, prefix, sizeof(prefix));
     uint64_t n = __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
-    snprintf(buf, size, "%s%x%llx", prefix, (unsigned)getpid(), (unsigned long long)n);
+    snprintf(buf, size, "%s%x_%llx", prefix, (unsigned)getpid(), (unsigned long long)n);
 }
 
 /* Our transaction ids hold only [a-z0-9_]: safe to put between quotes. */

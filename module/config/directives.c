@@ -361,6 +361,11 @@ static h2o_db_bind_t *parse_bind(h2o_configurator_command_t *cmd, h2o_configurat
         h2o_configurator_errprintf(cmd, twophase, "twophase: ON needs `binds:` (the partitions a transaction spans)");
         goto Error;
     }
+    if (bind->twophase && bind->url.backend != H2O_DB_BACKEND_POSTGRES) {
+        h2o_configurator_errprintf(cmd, twophase, "twophase: ON needs PostgreSQL, but this bind is %s, which cannot prepare transactions",
+                                   bind->url.display);
+        goto Error;
+    }
     return bind;
 Error:
     h2o_db_bind_free(bind);

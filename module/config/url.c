@@ -9,13 +9,17 @@
  *   sqlite:///relative/path, sqlite:////absolute/path, sqlite+aiosqlite:///...
  *       relative to the folder of the config file; sqlite://, sqlite:/// and
  *       sqlite:///:memory: are one in-memory database per bind (memdb VFS).
- *   mysql://, mariadb://, mysql+aiomysql://, ...: refused until a driver is built.
+ *   mysql://, mariadb://, mysql+aiomysql://, mysql+pymysql://, ... (driver/mysql.c)
+ *       mysql://USER:PASSWORD@HOST:PORT/DATABASE?unix_socket=/path&charset=utf8mb4&ssl_ca=...
+ *       with USER, PASSWORD and DATABASE percent-decoded; unknown parameters are refused.
  */
 #include <libpq-fe.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include "config/url.h"
 
 static int fail(char *err, size_t errsz, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -209,6 +213,24 @@ static int parse_postgres(const char *url, const char *rest, h2o_db_url_t *out, 
         PQfreemem(errmsg);
         return -1;
     }
+    /* libpq checks ports only when it connects: say it now */
+    for (PQconninfoOption *o = opts; o->keyword != NULL; ++o) {
+        if (strcmp(o->keyword, "port") != 0 || o->val == NULL)
+            continue;
+        for (const char *p = o->val; *p != '\0';) {
+            size_t n = strcspn(p, ",");
+            char *end;
+            long port = strtol(p, &end, 10);
+            if (n != 0 && (end != p + n || port < 1 || port > 65535)) {
+                fail(err, errsz, "invalid PostgreSQL URL: the port must be a number between 1 and 65535, not `%.*s`", (int)n, p);
+                PQconninfoFree(opts);
+                return -1;
+            }
+            p += n;
+            if (*p == ',')
+                ++p;
+        }
+    }
     PQconninfoFree(opts);
     return 0;
 }
@@ -251,6 +273,230 @@ static int parse_sqlite(const char *rest, const char *config_dir, const char *ke
     return 0;
 }
 
+/* ---- MySQL / MariaDB ---- */
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* Percent-decodes s[0..len) into a new string; NULL when an escape is malformed or decodes to NUL. */
+static char *percent_decode(const char *s, size_t len)
+{
+    char *out = malloc(len + 1), *dst = out;
+    for (size_t i = 0; i < len; ++i) {
+        if (s[i] != '%') {
+            *dst++ = s[i];
+            continue;
+        }
+        int hi, lo;
+        if (i + 2 >= len || (hi = hexval(s[i + 1])) < 0 || (lo = hexval(s[i + 2])) < 0 || (hi == 0 && lo == 0)) {
+            free(out);
+            return NULL;
+        }
+        *dst++ = (char)(hi * 16 + lo);
+        i += 2;
+    }
+    *dst = '\0';
+    return out;
+}
+
+/* A path from a URL parameter: absolute, or relative to the config file's folder. */
+static char *resolve_path(const char *path, const char *config_dir)
+{
+    if (path[0] == '/' || config_dir == NULL)
+        return strdup(path);
+    size_t n = strlen(config_dir) + strlen(path) + 2;
+    char *out = malloc(n);
+    snprintf(out, n, "%s/%s", config_dir, path);
+    return out;
+}
+
+/* "true"/"false" and friends; -1 when neither */
+static int parse_bool(const char *v)
+{
+    static const char *const yes[] = {"true", "1", "yes", "on", "ON", "True", "TRUE"};
+    static const char *const no[] = {"false", "0", "no", "off", "OFF", "False", "FALSE"};
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); ++i) {
+        if (strcmp(v, yes[i]) == 0)
+            return 1;
+        if (strcmp(v, no[i]) == 0)
+            return 0;
+    }
+    return -1;
+}
+
+#define MYSQL_PARAMS                                                                                                               \
+    "unix_socket, charset, connect_timeout, ssl, ssl_mode, ssl_ca, ssl_capath, ssl_cert, ssl_key, ssl_cipher, ssl_crl, "           \
+    "ssl_crlpath, ssl_verify_cert"
+
+static int parse_mysql_param(const char *name, const char *value, const char *config_dir, h2o_db_url_t *out, int *verify_set,
+                             char *err, size_t errsz)
+{
+    static const struct {
+        const char *name;
+        size_t offset;
+    } paths[] = {
+        {"ssl_ca", offsetof(h2o_db_url_t, mysql.ssl_ca)},           {"ssl_capath", offsetof(h2o_db_url_t, mysql.ssl_capath)},
+        {"ssl_cert", offsetof(h2o_db_url_t, mysql.ssl_cert)},       {"ssl_key", offsetof(h2o_db_url_t, mysql.ssl_key)},
+        {"ssl_crl", offsetof(h2o_db_url_t, mysql.ssl_crl)},         {"ssl_crlpath", offsetof(h2o_db_url_t, mysql.ssl_crlpath)},
+        {"unix_socket", offsetof(h2o_db_url_t, mysql.unix_socket)},
+    };
+    for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); ++i) {
+        if (strcmp(name, paths[i].name) == 0) {
+            char **slot = (char **)((char *)out + paths[i].offset);
+            if (value[0] == '\0')
+                return fail(err, errsz, "the MySQL URL parameter `%s` needs a path", name);
+            free(*slot);
+            *slot = resolve_path(value, config_dir);
+            return 0;
+        }
+    }
+    if (strcmp(name, "charset") == 0) {
+        if (value[0] == '\0' || strlen(value) > 32 || strspn(value, "abcdefghijklmnopqrstuvwxyz0123456789_") != strlen(value))
+            return fail(err, errsz, "charset=%s: expected a MySQL character set name such as utf8mb4", value);
+        free(out->mysql.charset);
+        out->mysql.charset = strdup(value);
+    } else if (strcmp(name, "ssl_cipher") == 0) {
+        free(out->mysql.ssl_cipher);
+        out->mysql.ssl_cipher = strdup(value);
+    } else if (strcmp(name, "connect_timeout") == 0) {
+        char *end;
+        unsigned long v = strtoul(value, &end, 10);
+        if (value[0] < '0' || value[0] > '9' || *end != '\0' || v < 1 || v > 3600)
+            return fail(err, errsz, "connect_timeout=%s: expected seconds between 1 and 3600", value);
+        out->mysql.connect_timeout = (unsigned)v;
+    } else if (strcmp(name, "ssl") == 0) {
+        int v = parse_bool(value);
+        if (v < 0)
+            return fail(err, errsz, "ssl=%s: expected true or false", value);
+        out->mysql.ssl = v;
+    } else if (strcmp(name, "ssl_verify_cert") == 0) {
+        int v = parse_bool(value);
+        if (v < 0)
+            return fail(err, errsz, "ssl_verify_cert=%s: expected true or false", value);
+        out->mysql.ssl_verify_cert = v;
+        *verify_set = 1;
+    } else if (strcmp(name, "ssl_mode") == 0) {
+        /* MySQL's spellings (mysqlclient, the mysql command) */
+        if (strcasecmp(value, "DISABLED") == 0 || strcasecmp(value, "PREFERRED") == 0) {
+            out->mysql.ssl = 0;
+            out->mysql.ssl_verify_cert = 0;
+        } else if (strcasecmp(value, "REQUIRED") == 0) {
+            out->mysql.ssl = 1;
+            out->mysql.ssl_verify_cert = 0;
+        } else if (strcasecmp(value, "VERIFY_CA") == 0 || strcasecmp(value, "VERIFY_IDENTITY") == 0) {
+            out->mysql.ssl = 1;
+            out->mysql.ssl_verify_cert = 1;
+        } else {
+            return fail(err, errsz, "ssl_mode=%s: expected DISABLED, PREFERRED, REQUIRED, VERIFY_CA or VERIFY_IDENTITY", value);
+        }
+        *verify_set = 1;
+    } else if (strcmp(name, "password") == 0 || strcmp(name, "passwd") == 0) {
+        return fail(err, errsz, "put the password in the URL's user part (mysql://USER:PASSWORD@HOST/DB), percent-encoded");
+    } else {
+        return fail(err, errsz, "unknown MySQL URL parameter `%s` (known: " MYSQL_PARAMS ")", name);
+    }
+    return 0;
+}
+
+/* mysql[+driver]://[USER[:PASSWORD]@][HOST|[IPV6]][:PORT][/DATABASE][?NAME=VALUE&...] */
+static int parse_mysql(const char *rest, const char *config_dir, h2o_db_url_t *out, char *err, size_t errsz)
+{
+    out->backend = H2O_DB_BACKEND_MYSQL;
+    const char *auth_end = authority_end(rest), *at = NULL, *hostpart = rest;
+    for (const char *q = rest; q < auth_end; ++q)
+        if (*q == '@')
+            at = q;
+    if (at != NULL) {
+        const char *colon = memchr(rest, ':', at - rest);
+        const char *user_end = colon != NULL ? colon : at;
+        if (user_end > rest && (out->mysql.user = percent_decode(rest, user_end - rest)) == NULL)
+            return fail(err, errsz, "the user name in the MySQL URL has a malformed %%-escape");
+        if (colon != NULL && (out->mysql.password = percent_decode(colon + 1, at - colon - 1)) == NULL)
+            return fail(err, errsz,
+                        "the password in the MySQL URL has a malformed %%-escape (percent-encode : / @ %% as %%3A %%2F %%40 %%25)");
+        hostpart = at + 1;
+    }
+    /* host and port */
+    const char *host_end, *port_start = NULL;
+    if (*hostpart == '[') {
+        host_end = memchr(hostpart, ']', auth_end - hostpart);
+        if (host_end == NULL)
+            return fail(err, errsz, "the MySQL URL has an IPv6 address without its closing ]");
+        out->mysql.host = strndup(hostpart + 1, host_end - hostpart - 1);
+        ++host_end;
+        if (host_end < auth_end) {
+            if (*host_end != ':')
+                return fail(err, errsz, "unexpected characters after the IPv6 address in the MySQL URL");
+            port_start = host_end + 1;
+        }
+    } else {
+        const char *colon = memchr(hostpart, ':', auth_end - hostpart);
+        host_end = colon != NULL ? colon : auth_end;
+        if (host_end > hostpart && (out->mysql.host = percent_decode(hostpart, host_end - hostpart)) == NULL)
+            return fail(err, errsz, "the host in the MySQL URL has a malformed %%-escape");
+        if (colon != NULL)
+            port_start = colon + 1;
+    }
+    if (port_start != NULL) {
+        unsigned long port = 0;
+        const char *p = port_start;
+        for (; p < auth_end && *p >= '0' && *p <= '9' && port <= 65535; ++p)
+            port = port * 10 + (*p - '0');
+        if (p == port_start || p != auth_end || port < 1 || port > 65535)
+            return fail(err, errsz, "the port in the MySQL URL must be a number between 1 and 65535");
+        out->mysql.port = (unsigned)port;
+    }
+    /* database */
+    const char *p = auth_end;
+    if (*p == '/') {
+        ++p;
+        size_t n = strcspn(p, "?#");
+        if (n != 0 && (out->mysql.database = percent_decode(p, n)) == NULL)
+            return fail(err, errsz, "the database name in the MySQL URL has a malformed %%-escape");
+        if (out->mysql.database != NULL && strchr(out->mysql.database, '/') != NULL)
+            return fail(err, errsz, "the database name in the MySQL URL may not contain /");
+        p += n;
+    }
+    /* parameters */
+    int verify_set = 0;
+    if (*p == '?') {
+        ++p;
+        while (*p != '\0' && *p != '#') {
+            size_t n = strcspn(p, "&#"), name_len = strcspn(p, "=&#");
+            if (n == 0) {
+                ++p;
+                continue;
+            }
+            char *name = percent_decode(p, name_len);
+            char *value = name_len < n ? percent_decode(p + name_len + 1, n - name_len - 1) : strdup("");
+            int ret;
+            if (name == NULL || value == NULL)
+                ret = fail(err, errsz, "a MySQL URL parameter has a malformed %%-escape");
+            else
+                ret = parse_mysql_param(name, value, config_dir, out, &verify_set, err, errsz);
+            free(name);
+            if (value != NULL) {
+                memset(value, 0, strlen(value));
+                free(value);
+            }
+            if (ret != 0)
+                return -1;
+            p += n;
+            if (*p == '&')
+                ++p;
+        }
+    }
+    if (*p == '#')
+        return fail(err, errsz, "a MySQL URL has no #fragment");
+    if (!verify_set && (out->mysql.ssl_ca != NULL || out->mysql.ssl_capath != NULL))
+        out->mysql.ssl_verify_cert = 1; /* as pymysql: a CA given means "verify against it" */
+    if (out->mysql.charset == NULL)
+        out->mysql.charset = strdup("utf8mb4");
+    return 0;
+}
+
 int h2o_db_url_parse(const char *url, const char *config_dir, const char *key, h2o_db_url_t *out, char *err, size_t errsz)
 {
     memset(out, 0, sizeof(*out));
@@ -278,13 +524,12 @@ int h2o_db_url_parse(const char *url, const char *config_dir, const char *key, h
         if (parse_sqlite(rest, config_dir, key, out, err, errsz) != 0)
             goto Error;
     } else if (SCHEME_IS("mysql") || SCHEME_IS("mariadb")) {
-        out->backend = H2O_DB_BACKEND_MYSQL;
-        fail(err, errsz, "MySQL support is not built into this h2o-db (%s); supported here: postgresql://, sqlite://",
-             out->display);
-        goto Error;
+        if (parse_mysql(rest, config_dir, out, err, errsz) != 0)
+            goto Error;
     } else {
-        fail(err, errsz, "unknown database URL scheme `%.*s` (supported: postgresql://, postgres://, sqlite://, each with an optional "
-                         "+driver suffix)",
+        fail(err, errsz,
+             "unknown database URL scheme `%.*s` (supported: postgresql://, postgres://, sqlite://, mysql://, mariadb://, "
+             "each with an optional +driver suffix)",
              (int)(sep - url), url);
         goto Error;
     }
@@ -301,5 +546,21 @@ void h2o_db_url_dispose(h2o_db_url_t *url)
     free(url->conninfo);
     free(url->sqlite_path);
     free(url->memory_name);
+    if (url->mysql.password != NULL) {
+        memset(url->mysql.password, 0, strlen(url->mysql.password));
+        free(url->mysql.password);
+    }
+    free(url->mysql.user);
+    free(url->mysql.host);
+    free(url->mysql.database);
+    free(url->mysql.unix_socket);
+    free(url->mysql.charset);
+    free(url->mysql.ssl_ca);
+    free(url->mysql.ssl_capath);
+    free(url->mysql.ssl_cert);
+    free(url->mysql.ssl_key);
+    free(url->mysql.ssl_cipher);
+    free(url->mysql.ssl_crl);
+    free(url->mysql.ssl_crlpath);
     memset(url, 0, sizeof(*url));
 }

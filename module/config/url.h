@@ -20,6 +20,19 @@ typedef struct st_h2o_db_url_t {
     char *sqlite_path;
     char *memory_name;
     int sqlite_readonly;
+    /* MySQL / MariaDB (driver/mysql.c): the URL's parts, percent-decoded; NULL when absent */
+    struct {
+        char *user, *password, *host, *database;
+        unsigned port;            /* 0: 3306 */
+        char *unix_socket;        /* ?unix_socket= (absolute, or resolved against the config's folder) */
+        char *charset;            /* ?charset=, default utf8mb4 */
+        unsigned connect_timeout; /* ?connect_timeout= seconds, 0: the driver's default */
+        /* TLS: ?ssl_ca= ?ssl_capath= ?ssl_cert= ?ssl_key= ?ssl_cipher= ?ssl_crl= ?ssl_crlpath= (paths
+         * resolved like unix_socket), ?ssl=true|false, ?ssl_verify_cert=true|false, ?ssl_mode= */
+        char *ssl_ca, *ssl_capath, *ssl_cert, *ssl_key, *ssl_cipher, *ssl_crl, *ssl_crlpath;
+        int ssl;             /* 1: TLS required */
+        int ssl_verify_cert; /* 1: verify the server's certificate (and host name) */
+    } mysql;
 } h2o_db_url_t;
 
 /* Parses `url`; relative SQLite paths are resolved against `config_dir`.

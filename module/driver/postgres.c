@@ -15,6 +15,7 @@
  * failed and closed; it is never reused.
  */
 #include <arpa/inet.h>
+#include <sys/stat.h>
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,7 @@ enum { PHASE_RESOLVE, PHASE_CONNECT, PHASE_SETUP, PHASE_READY, PHASE_BROKEN };
 
 struct segment {
     int internal;               /* our DEALLOCATE */
+    int commit;                 /* a plain COMMIT: PostgreSQL answers "ROLLBACK" if the transaction had failed */
     h2o_db_stmt_t *stmt;        /* the cached statement it executes (NULL once evicted) */
     int prepared;               /* it also sends the PREPARE of stmt */
     int prepare_failed;
@@ -42,6 +44,7 @@ struct pg_conn {
     int phase;
     uv_poll_t *poll; /* on PQsocket(); heap-allocated, closed asynchronously */
     int poll_fd;
+    ino_t poll_ino;
     int poll_events;
     uv_timer_t connect_timer;
     /* resolving host names */
@@ -203,10 +206,14 @@ static void watch(struct pg_conn *c, int events)
         fail_from_libpq(c, "08006");
         return;
     }
-    if (c->poll != NULL && c->poll_fd != fd) {
-        /* libpq moved to another socket (next host, or a retry without SSL) */
-        uv_close((uv_handle_t *)c->poll, (uv_close_cb)free);
-        c->poll = NULL;
+    if (c->poll != NULL && c->phase != PHASE_READY) {
+        /* while connecting libpq may move to another socket (the next host, a retry without SSL),
+         * often under the same number: tell sockets apart by inode */
+        struct stat st;
+        if (c->poll_fd != fd || fstat(fd, &st) != 0 || st.st_ino != c->poll_ino) {
+            uv_close((uv_handle_t *)c->poll, (uv_close_cb)free);
+            c->poll = NULL;
+        }
     }
     if (c->poll == NULL) {
         c->poll = malloc(sizeof(*c->poll));
@@ -219,6 +226,8 @@ static void watch(struct pg_conn *c, int events)
         c->poll->data = c;
         c->poll_fd = fd;
         c->poll_events = 0;
+        struct stat st;
+        c->poll_ino = fstat(fd, &st) == 0 ? st.st_ino : 0;
     }
     if (events != c->poll_events) {
         uv_poll_start(c->poll, events, on_poll);
@@ -610,7 +619,7 @@ static void pg_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
              PQsendQueryPrepared(c->pg, name, (int)op->nparams, op->params, NULL, NULL, 0) && PQpipelineSync(c->pg);
     } else {
     Unnamed:
-        push_segment(c);
+        push_segment(c)->commit = op->kind == H2O_DB_OP_COMMIT && !op->failed_commit && op->sql == NULL;
         ok = PQsendQueryParams(c->pg, sql, (int)op->nparams, NULL, op->params, NULL, NULL, 0) && PQpipelineSync(c->pg);
     }
     if (!ok) {
@@ -655,7 +664,10 @@ static void finish_segment(struct pg_conn *c)
         c->quiet_evict = 0;
     }
     h2o_db_result_t r;
-    if (kept != NULL)
+    if (seg.commit && kept != NULL && sqlstate == NULL && strcmp(PQcmdStatus(kept), "ROLLBACK") == 0)
+        /* the transaction had failed (its error was still on the way when COMMIT was sent) */
+        h2o_db_result_init_error(&r, H2O_DB_SQL_ERROR, "25P02", "the transaction had failed, so it was rolled back instead of committed");
+    else if (kept != NULL)
         result_from_pg(&r, kept);
     else
         h2o_db_result_init_ok(&r, 0);
@@ -705,14 +717,17 @@ static void on_poll(uv_poll_t *poll, int status, int events)
     struct pg_conn *c = poll->data;
     if (c == NULL || c->phase == PHASE_BROKEN)
         return;
+    if (c->phase == PHASE_CONNECT) {
+        /* an error on the socket (a refused connect shows as POLLERR) is libpq's to judge: it
+         * moves on to the next host, or reports the failure */
+        poll_connect(c);
+        return;
+    }
     if (status < 0) {
         fail(c, "08006", uv_strerror(status));
         return;
     }
     switch (c->phase) {
-    case PHASE_CONNECT:
-        poll_connect(c);
-        return;
     case PHASE_SETUP:
         continue_setup(c, events);
         return;

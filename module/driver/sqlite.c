@@ -30,6 +30,7 @@
 #define MAX_RESULT_BYTES (64u * 1024 * 1024)
 
 enum { JOB_OPEN, JOB_EXEC, JOB_CLOSE };
+enum { TXN_BEGIN = 1, TXN_COMMIT, TXN_ROLLBACK };
 
 struct cell {
     uint32_t offset, len;
@@ -44,6 +45,7 @@ struct buf {
 struct job {
     int kind;
     int cacheable; /* a plain statement (not BEGIN/COMMIT/...): may use the statement cache */
+    int txn;       /* TXN_BEGIN, TXN_COMMIT, TXN_ROLLBACK, or 0 for a plain statement */
     int cache_hit; /* out: it did */
     int oom; /* the statement could not be copied: answer "out of memory" */
     /* in: the statement */
@@ -75,6 +77,7 @@ struct sq_conn {
     int db_open; /* c->db may be interrupted (under lock) */
     /* the worker's own */
     h2o_db_stmt_cache_t cache; /* sqlite3_stmt by SQL text, used by the worker only */
+    int txn_aborted;           /* a statement of the open transaction failed (PostgreSQL's rule, see run_job) */
     sqlite3 *db;
     h2o_db_bind_t *bind;
     char *filename;
@@ -402,7 +405,7 @@ static sqlite3_stmt *get_stmt(struct sq_conn *c, struct job *job, int *cached)
     return stmt;
 }
 
-static void run_exec(struct sq_conn *c, struct job *job)
+static void run_statement(struct sq_conn *c, struct job *job)
 {
     int cached = 0, rc;
     job->ok = 1;
@@ -448,6 +451,32 @@ Exit:
     } else {
         sqlite3_finalize(stmt);
     }
+}
+
+/* SQLite keeps a transaction open after one of its statements failed; PostgreSQL aborts it. Do as
+ * PostgreSQL does, so that handlers see the same on every backend: the next statements answer
+ * 25P02, and COMMIT rolls back and answers 25P02. */
+static void run_exec(struct sq_conn *c, struct job *job)
+{
+    if (job->txn == TXN_BEGIN || job->txn == TXN_ROLLBACK)
+        c->txn_aborted = 0;
+    if (c->txn_aborted) {
+        if (job->txn != TXN_COMMIT) {
+            job_error(job, "25P02", "current transaction is aborted, commands ignored until end of transaction block");
+            return;
+        }
+        c->txn_aborted = 0;
+        sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+        job_error(job, "25P02", "the transaction had failed, so it was rolled back instead of committed");
+        return;
+    }
+    run_statement(c, job);
+    if (job->ok || sqlite3_get_autocommit(c->db))
+        return;
+    if (job->txn == TXN_COMMIT)
+        sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL); /* a failed COMMIT ends the transaction */
+    else if (job->txn != TXN_ROLLBACK)
+        c->txn_aborted = 1;
 }
 
 static void close_db(struct sq_conn *c)
@@ -701,6 +730,10 @@ static void sq_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
     job->param_null.len = 0;
     job->nparams = op->nparams;
     job->cacheable = op->kind == H2O_DB_OP_QUERY && !op->no_cache;
+    job->txn = op->kind == H2O_DB_OP_BEGIN                             ? TXN_BEGIN
+               : op->kind == H2O_DB_OP_COMMIT && !op->failed_commit ? TXN_COMMIT
+               : op->kind == H2O_DB_OP_ROLLBACK || op->kind == H2O_DB_OP_COMMIT ? TXN_ROLLBACK
+                                                                                   : 0;
     int failed = buf_add(&job->sql, sql, strlen(sql) + 1) != 0;
     job->sql.len -= 1; /* the NUL stays, the length does not count it */
     for (size_t i = 0; i < op->nparams && !failed; ++i) {

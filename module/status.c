@@ -136,7 +136,33 @@ static uint64_t counter_value(const struct snapshot *s, size_t i)
     return *(const uint64_t *)((const char *)&s->stats + counters[i].offset);
 }
 
-static void render_json(struct out *o, h2o_db_thread_t **threads, size_t num_threads)
+/* one (bind, thread) pool, snapshotted once per page so that every metric agrees */
+struct row {
+    h2o_db_bind_t *bind;
+    unsigned thread;
+    struct snapshot s;
+};
+
+static size_t collect(h2o_db_thread_t **threads, size_t num_threads, struct row **rows)
+{
+    size_t n = 0;
+    *rows = malloc(sizeof(**rows) * (h2o_db_config.binds.size * num_threads + 1));
+    for (size_t b = 0; b < h2o_db_config.binds.size; ++b) {
+        h2o_db_bind_t *bind = h2o_db_config.binds.entries[b];
+        for (size_t t = 0; t < num_threads; ++t) {
+            h2o_db_pool_t *pool = h2o_db_thread_pool(threads[t], bind->id);
+            if (pool == NULL)
+                continue;
+            (*rows)[n].bind = bind;
+            (*rows)[n].thread = threads[t]->index;
+            take(pool, &(*rows)[n].s);
+            ++n;
+        }
+    }
+    return n;
+}
+
+static void render_json(struct out *o, const struct row *rows, size_t n, size_t num_threads)
 {
     outf(o, "{\"threads\":%zu,\"binds\":[", num_threads);
     for (size_t b = 0; b < h2o_db_config.binds.size; ++b) {
@@ -151,102 +177,66 @@ static void render_json(struct out *o, h2o_db_thread_t **threads, size_t num_thr
         outf(o, ",\"backend\":\"%s\",\"middleware\":%s", bind->driver->name, bind->middleware ? "true" : "false");
         outf(o,
              ",\"pool\":{\"max\":%u,\"min\":%u,\"max_total\":%u,\"queue\":%u,\"pipeline_depth\":%u,\"statement_cache\":%u,"
-             "\"acquire_timeout\":%g,\"idle_timeout\":%g,\"max_lifetime\":%g,\"statement_timeout\":%g}",
+             "\"acquire_timeout\":%g,\"idle_timeout\":%g,\"max_lifetime\":%g,\"statement_timeout\":%g,\"request_timeout\":%g,"
+             "\"leak_threshold\":%g}",
              cfg->max, cfg->min, cfg->max_total, cfg->queue, cfg->pipeline_depth, cfg->statement_cache, cfg->acquire_timeout / 1000.0,
-             cfg->idle_timeout / 1000.0, cfg->max_lifetime / 1000.0, cfg->statement_timeout / 1000.0);
+             cfg->idle_timeout / 1000.0, cfg->max_lifetime / 1000.0, cfg->statement_timeout / 1000.0, cfg->request_timeout / 1000.0,
+             cfg->leak_threshold / 1000.0);
         outf(o, ",\"connections_all_threads\":%u,\"threads\":[", LOAD(bind->total_conns));
-        for (size_t t = 0; t < num_threads; ++t) {
-            h2o_db_pool_t *pool = h2o_db_thread_pool(threads[t], bind->id);
-            if (pool == NULL)
+        int first = 1;
+        for (size_t i = 0; i < n; ++i) {
+            const struct row *r = rows + i;
+            if (r->bind != bind)
                 continue;
-            struct snapshot s;
-            take(pool, &s);
             outf(o,
                  "%s{\"thread\":%u,\"connections\":{\"total\":%zu,\"idle\":%zu,\"busy\":%zu,\"connecting\":%zu,\"pinned\":%zu},"
                  "\"waiting\":%zu,\"down\":%s",
-                 t != 0 ? "," : "", threads[t]->index, s.total, s.idle, s.busy, s.connecting, s.pinned, s.waiting,
-                 s.down ? "true" : "false");
-            for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); ++i)
-                outf(o, ",\"%s\":%llu", counters[i].name, (unsigned long long)counter_value(&s, i));
+                 first ? "" : ",", r->thread, r->s.total, r->s.idle, r->s.busy, r->s.connecting, r->s.pinned, r->s.waiting,
+                 r->s.down ? "true" : "false");
+            for (size_t c = 0; c < sizeof(counters) / sizeof(counters[0]); ++c)
+                outf(o, ",\"%s\":%llu", counters[c].name, (unsigned long long)counter_value(&r->s, c));
             outf(o, "}");
+            first = 0;
         }
         outf(o, "]}");
     }
     outf(o, "]}\n");
 }
 
-static void prom_labels(struct out *o, h2o_db_bind_t *bind, unsigned thread)
+/* NAME{key="…",scope="…",thread="N"EXTRA} VALUE — label values escape \ " and newline */
+static void prom_series(struct out *o, const char *name, const struct row *r, const char *extra, unsigned long long value)
 {
-    /* label values escape \ " and newline */
-    outf(o, "{key=\"");
-    for (const char *p = bind->key; *p; ++p)
+    outf(o, "%s{key=\"", name);
+    for (const char *p = r->bind->key; *p; ++p)
         outf(o, *p == '"' || *p == '\\' ? "\\%c" : "%c", *p);
     outf(o, "\",scope=\"");
-    for (const char *p = bind->scope; *p; ++p)
+    for (const char *p = r->bind->scope; *p; ++p)
         outf(o, *p == '"' || *p == '\\' ? "\\%c" : *p == '\n' ? "\\n" : "%c", *p);
-    outf(o, "\",thread=\"%u\"", thread);
+    outf(o, "\",thread=\"%u\"%s} %llu\n", r->thread, extra, value);
 }
 
-static void render_prometheus(struct out *o, h2o_db_thread_t **threads, size_t num_threads)
+static void render_prometheus(struct out *o, const struct row *rows, size_t n)
 {
-    static const char *states[] = {"idle", "busy", "connecting", "pinned"};
     outf(o, "# HELP h2o_db_connections Open connections by state (pinned ones are also busy).\n"
             "# TYPE h2o_db_connections gauge\n");
-    for (size_t b = 0; b < h2o_db_config.binds.size; ++b) {
-        h2o_db_bind_t *bind = h2o_db_config.binds.entries[b];
-        for (size_t t = 0; t < num_threads; ++t) {
-            h2o_db_pool_t *pool = h2o_db_thread_pool(threads[t], bind->id);
-            if (pool == NULL)
-                continue;
-            struct snapshot s;
-            take(pool, &s);
-            size_t values[] = {s.idle, s.busy, s.connecting, s.pinned};
-            for (size_t i = 0; i < 4; ++i) {
-                outf(o, "h2o_db_connections");
-                prom_labels(o, bind, threads[t]->index);
-                outf(o, ",state=\"%s\"} %zu\n", states[i], values[i]);
-            }
-        }
+    for (size_t i = 0; i < n; ++i) {
+        prom_series(o, "h2o_db_connections", rows + i, ",state=\"idle\"", rows[i].s.idle);
+        prom_series(o, "h2o_db_connections", rows + i, ",state=\"busy\"", rows[i].s.busy);
+        prom_series(o, "h2o_db_connections", rows + i, ",state=\"connecting\"", rows[i].s.connecting);
+        prom_series(o, "h2o_db_connections", rows + i, ",state=\"pinned\"", rows[i].s.pinned);
     }
     outf(o, "# HELP h2o_db_waiting Statements waiting for a connection.\n# TYPE h2o_db_waiting gauge\n");
-    for (size_t b = 0; b < h2o_db_config.binds.size; ++b) {
-        h2o_db_bind_t *bind = h2o_db_config.binds.entries[b];
-        for (size_t t = 0; t < num_threads; ++t) {
-            h2o_db_pool_t *pool = h2o_db_thread_pool(threads[t], bind->id);
-            if (pool == NULL)
-                continue;
-            outf(o, "h2o_db_waiting");
-            prom_labels(o, bind, threads[t]->index);
-            outf(o, "} %zu\n", (size_t)LOAD(pool->num_waiting));
-        }
-    }
+    for (size_t i = 0; i < n; ++i)
+        prom_series(o, "h2o_db_waiting", rows + i, "", rows[i].s.waiting);
     outf(o, "# HELP h2o_db_up 1 unless the database is known to be down.\n# TYPE h2o_db_up gauge\n");
-    for (size_t b = 0; b < h2o_db_config.binds.size; ++b) {
-        h2o_db_bind_t *bind = h2o_db_config.binds.entries[b];
-        for (size_t t = 0; t < num_threads; ++t) {
-            h2o_db_pool_t *pool = h2o_db_thread_pool(threads[t], bind->id);
-            if (pool == NULL)
-                continue;
-            outf(o, "h2o_db_up");
-            prom_labels(o, bind, threads[t]->index);
-            outf(o, "} %d\n", LOAD(pool->down) ? 0 : 1);
-        }
-    }
-    for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); ++i) {
-        outf(o, "# HELP h2o_db_%s_total %s.\n# TYPE h2o_db_%s_total counter\n", counters[i].name, counters[i].help, counters[i].name);
-        for (size_t b = 0; b < h2o_db_config.binds.size; ++b) {
-            h2o_db_bind_t *bind = h2o_db_config.binds.entries[b];
-            for (size_t t = 0; t < num_threads; ++t) {
-                h2o_db_pool_t *pool = h2o_db_thread_pool(threads[t], bind->id);
-                if (pool == NULL)
-                    continue;
-                struct snapshot s;
-                take(pool, &s);
-                outf(o, "h2o_db_%s_total", counters[i].name);
-                prom_labels(o, bind, threads[t]->index);
-                outf(o, "} %llu\n", (unsigned long long)counter_value(&s, i));
-            }
-        }
+    for (size_t i = 0; i < n; ++i)
+        prom_series(o, "h2o_db_up", rows + i, "", !rows[i].s.down);
+    for (size_t c = 0; c < sizeof(counters) / sizeof(counters[0]); ++c) {
+        char name[64];
+        snprintf(name, sizeof(name), "h2o_db_%s_total", counters[c].name);
+        outf(o, "# HELP %s %s.\n# TYPE %s counter\n", name, counters[c].help, name);
+        for (size_t i = 0; i < n; ++i)
+            prom_series(o, name, rows + i, "", counter_value(&rows[i].s, c));
     }
 }
 
@@ -266,13 +256,16 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         !h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD")))
         return -1;
     h2o_db_thread_t **threads;
-    size_t n = h2o_db_threads_snapshot(&threads);
+    size_t num_threads = h2o_db_threads_snapshot(&threads);
+    struct row *rows;
+    size_t n = collect(threads, num_threads, &rows);
     struct out o = {malloc(4096), 0, 4096};
     int prom = wants_prometheus(req);
     if (prom)
-        render_prometheus(&o, threads, n);
+        render_prometheus(&o, rows, n);
     else
-        render_json(&o, threads, n);
+        render_json(&o, rows, n, num_threads);
+    free(rows);
     free(threads);
 
     h2o_iovec_t body = h2o_strdup(&req->pool, o.buf, o.len);

@@ -17,6 +17,8 @@ const h2o_db_driver_t *h2o_db_driver_for(h2o_db_backend_t backend)
         return &h2o_db_driver_postgres;
     case H2O_DB_BACKEND_SQLITE:
         return &h2o_db_driver_sqlite;
+    case H2O_DB_BACKEND_MYSQL:
+        return &h2o_db_driver_mysql;
     default:
         return NULL;
     }
@@ -24,9 +26,9 @@ const h2o_db_driver_t *h2o_db_driver_for(h2o_db_backend_t backend)
 
 const char *h2o_db_backends(void)
 {
-    static char buf[128];
-    snprintf(buf, sizeof(buf), "postgresql via %s, sqlite via %s", h2o_db_driver_postgres.version(),
-             h2o_db_driver_sqlite.version());
+    static char buf[192];
+    snprintf(buf, sizeof(buf), "postgresql via %s, sqlite via %s, mysql via %s", h2o_db_driver_postgres.version(),
+             h2o_db_driver_sqlite.version(), h2o_db_driver_mysql.version());
     return buf;
 }
 

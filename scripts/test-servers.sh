@@ -1,6 +1,7 @@
 # Sourced by scripts/test (and bench/): starts the database servers the tests talk to, in a
 # temporary folder, on loopback and a unix socket only, and stops them on exit.
 #   h2o_db_start_postgres   sets H2O_DB_TEST_PG, H2O_DB_TEST_PG2 (URLs of two databases)
+#   h2o_db_start_mariadb    sets H2O_DB_TEST_MYSQL (a user with a password) and H2O_DB_TEST_MYSQL_CTL
 #   h2o_db_stop_servers
 
 h2o_db_free_port() {
@@ -47,7 +48,79 @@ CONF
     echo "h2o-db: PostgreSQL for the tests at $H2O_DB_TEST_PG"
 }
 
+# A MariaDB of the tests' own: mariadb-install-db into the temporary folder, mariadbd on a free
+# loopback port and a socket there (as the `mysql` user when root), a database h2o_test and a
+# user with a password (the tests check it is never printed). $H2O_DB_TEST_MYSQL_CTL stop|start
+# stops and starts the same server (the fault tests restart it).
+h2o_db_start_mariadb() {
+    if [ -z "${H2O_DB_SERVERS_DIR:-}" ]; then
+        H2O_DB_SERVERS_DIR=$(mktemp -d /tmp/h2o-db-servers-XXXXXX)
+        chmod 755 "$H2O_DB_SERVERS_DIR"
+    fi
+    mydir="$H2O_DB_SERVERS_DIR/mariadb"
+    mkdir -p "$mydir/data"
+    run_as=""
+    if [ "$(id -u)" -eq 0 ]; then
+        chown -R mysql "$mydir"
+        run_as="runuser -u mysql --"
+    fi
+    if ! $run_as mariadb-install-db --no-defaults --datadir="$mydir/data" --auth-root-authentication-method=normal \
+        --skip-test-db --skip-name-resolve >"$mydir/install.log" 2>&1; then
+        cat "$mydir/install.log" >&2
+        return 1
+    fi
+    H2O_DB_MYSQL_PORT=$(h2o_db_free_port)
+    cat >"$mydir/ctl" <<CTL
+#!/bin/sh
+# stop | start the tests' MariaDB
+case "\$1" in
+start)
+    # a session of its own: whoever runs this (a test's process group) may be killed afterwards
+    setsid $run_as /usr/sbin/mariadbd --no-defaults --datadir="$mydir/data" --socket="$mydir/mysqld.sock" \
+        --port=$H2O_DB_MYSQL_PORT --bind-address=127.0.0.1 --pid-file="$mydir/mariadbd.pid" \
+        --log-error="$mydir/error.log" --skip-name-resolve --skip-log-bin --max-connections=500 \
+        --innodb-buffer-pool-size=64M --innodb-flush-log-at-trx-commit=0 --innodb-doublewrite=0 \
+        --performance-schema=OFF </dev/null >/dev/null 2>&1 &
+    for i in \$(seq 1 300); do
+        mariadb-admin --no-defaults -S "$mydir/mysqld.sock" -u root ping >/dev/null 2>&1 && exit 0
+        sleep 0.05
+    done
+    echo "h2o-db: MariaDB did not start; see $mydir/error.log" >&2
+    exit 1 ;;
+stop)
+    [ -f "$mydir/mariadbd.pid" ] || exit 0
+    pid=\$(cat "$mydir/mariadbd.pid")
+    kill -TERM "\$pid" 2>/dev/null || exit 0
+    for i in \$(seq 1 600); do
+        kill -0 "\$pid" 2>/dev/null || { rm -f "$mydir/mariadbd.pid"; exit 0; }
+        sleep 0.05
+    done
+    kill -KILL "\$pid" 2>/dev/null
+    rm -f "$mydir/mariadbd.pid" ;;
+esac
+CTL
+    chmod 755 "$mydir/ctl"
+    "$mydir/ctl" start || return 1
+    H2O_DB_MYSQL_DIR=$mydir
+    # the password has characters a URL must percent-encode: Zq7:s3cr@t/pw
+    mariadb --no-defaults -S "$mydir/mysqld.sock" -u root -e "
+        CREATE DATABASE h2o_test CHARACTER SET utf8mb4;
+        CREATE USER 'h2o'@'127.0.0.1' IDENTIFIED BY 'Zq7:s3cr@t/pw';
+        CREATE USER 'h2o'@'localhost' IDENTIFIED BY 'Zq7:s3cr@t/pw';
+        GRANT ALL ON *.* TO 'h2o'@'127.0.0.1';
+        GRANT ALL ON *.* TO 'h2o'@'localhost';" || return 1
+    export H2O_DB_TEST_MYSQL="mysql://h2o:Zq7%3As3cr%40t%2Fpw@127.0.0.1:$H2O_DB_MYSQL_PORT/h2o_test"
+    export H2O_DB_TEST_MYSQL_SOCKET="$mydir/mysqld.sock"
+    export H2O_DB_TEST_MYSQL_CTL="$mydir/ctl"
+    export H2O_DB_TEST_MYSQL_LOG="$mydir/error.log"
+    echo "h2o-db: MariaDB for the tests at mysql://h2o:***@127.0.0.1:$H2O_DB_MYSQL_PORT/h2o_test"
+}
+
 h2o_db_stop_servers() {
+    if [ -n "${H2O_DB_MYSQL_DIR:-}" ]; then
+        "$H2O_DB_MYSQL_DIR/ctl" stop >/dev/null 2>&1 || true
+    fi
+    H2O_DB_MYSQL_DIR=""
     if [ -n "${H2O_DB_PGDATA:-}" ]; then
         h2o_db_as_postgres "$H2O_DB_PG_BIN/pg_ctl" -D "$H2O_DB_PGDATA" -m immediate stop >/dev/null 2>&1 || true
     fi

@@ -251,8 +251,8 @@ static int read_password_file(h2o_configurator_command_t *cmd, yoml_t *node, h2o
     }
     free(path);
     text[strcspn(text, "\r\n")] = '\0';
-    if (bind->url.backend != H2O_DB_BACKEND_POSTGRES) {
-        h2o_configurator_errprintf(cmd, node, "password-file is for PostgreSQL binds");
+    if (bind->url.backend == H2O_DB_BACKEND_SQLITE) {
+        h2o_configurator_errprintf(cmd, node, "password-file is for PostgreSQL and MySQL binds (SQLite has no passwords)");
         memset(text, 0, strlen(text));
         free(text);
         return -1;

@@ -46,6 +46,7 @@ struct st_h2o_db_driver_t {
 
 extern const h2o_db_driver_t h2o_db_driver_postgres;
 extern const h2o_db_driver_t h2o_db_driver_sqlite;
+extern const h2o_db_driver_t h2o_db_driver_mysql;
 
 const h2o_db_driver_t *h2o_db_driver_for(h2o_db_backend_t backend);
 

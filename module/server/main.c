@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "h2o_db.h"
+#include "mruby/mruby.h"
 #include "server/server.h"
 #include "server/yaml.h"
 
@@ -48,6 +49,7 @@ static void register_configurators(h2o_db_server_t *server)
     h2o_http2_debug_state_register_configurator(conf);
     h2o_throttle_resp_register_configurator(conf);
     h2o_db_c_handler_register_configurator(conf);
+    h2o_db_mruby_register_configurator(conf);
     h2o_db_register_configurator(conf);
 }
 

@@ -1,0 +1,125 @@
+/*
+ * The mruby handler's internals, shared by handler.c (directives, the per-thread
+ * VM, Rack env and response, driving the request's Fiber), db.c (H2O::DB) and
+ * json.c (the JSON encoder).
+ *
+ * One mrb_state per worker thread (h2o_db_mruby_vm_t), shared by every mruby
+ * handler of that thread. A request served by an mruby handler gets a
+ * h2o_db_mruby_req_t in its memory pool and a slot in the VM's slot table; Ruby
+ * refers to the request only by the slot's id (generation << 24 | slot), so a
+ * Ruby object that outlives its request can never reach freed memory, and
+ * keep-alive's reuse of h2o_req_t addresses does not matter.
+ */
+#ifndef h2o_db_mruby_internal_h
+#define h2o_db_mruby_internal_h
+
+#include <mruby.h>
+#include <stdint.h>
+#include "h2o.h"
+#include "h2o_db.h"
+
+#define H2O_DB_MRUBY_SLOT_BITS 24
+#define H2O_DB_MRUBY_MAX_SLOTS (1u << H2O_DB_MRUBY_SLOT_BITS)
+
+/* What a Session asks the C side to do (the `kind` of Session#__prepare). */
+enum {
+    H2O_DB_MRUBY_OP_QUERY,   /* rows as an Array of Hashes */
+    H2O_DB_MRUBY_OP_EXECUTE, /* the affected row count */
+    H2O_DB_MRUBY_OP_BEGIN,
+    H2O_DB_MRUBY_OP_COMMIT,
+    H2O_DB_MRUBY_OP_ROLLBACK,
+    H2O_DB_MRUBY_OP_FAILED_COMMIT, /* COMMIT of a failed transaction: rolled back, answered as 25P02 */
+    H2O_DB_MRUBY_NUM_OPS
+};
+
+/* The frozen String keys of a Rack env, made once per VM. */
+enum {
+    H2O_DB_MRUBY_KEY_REQUEST_METHOD,
+    H2O_DB_MRUBY_KEY_SCRIPT_NAME,
+    H2O_DB_MRUBY_KEY_PATH_INFO,
+    H2O_DB_MRUBY_KEY_QUERY_STRING,
+    H2O_DB_MRUBY_KEY_SERVER_NAME,
+    H2O_DB_MRUBY_KEY_SERVER_PORT,
+    H2O_DB_MRUBY_KEY_SERVER_PROTOCOL,
+    H2O_DB_MRUBY_KEY_SERVER_SOFTWARE,
+    H2O_DB_MRUBY_KEY_REMOTE_ADDR,
+    H2O_DB_MRUBY_KEY_REMOTE_PORT,
+    H2O_DB_MRUBY_KEY_CONTENT_TYPE,
+    H2O_DB_MRUBY_KEY_CONTENT_LENGTH,
+    H2O_DB_MRUBY_KEY_HTTP_HOST,
+    H2O_DB_MRUBY_KEY_RACK_VERSION,
+    H2O_DB_MRUBY_KEY_RACK_URL_SCHEME,
+    H2O_DB_MRUBY_KEY_RACK_INPUT,
+    H2O_DB_MRUBY_KEY_RACK_ERRORS,
+    H2O_DB_MRUBY_KEY_RACK_MULTITHREAD,
+    H2O_DB_MRUBY_KEY_RACK_MULTIPROCESS,
+    H2O_DB_MRUBY_KEY_RACK_RUN_ONCE,
+    H2O_DB_MRUBY_KEY_RACK_HIJACK_P,
+    H2O_DB_MRUBY_KEY_REQUEST, /* "h2o_db.request": the request's id, for H2O::DB.session */
+    H2O_DB_MRUBY_NUM_KEYS
+};
+
+typedef struct st_h2o_db_mruby_req_t h2o_db_mruby_req_t;
+
+typedef struct st_h2o_db_mruby_slot_t {
+    h2o_db_mruby_req_t *req; /* NULL when free */
+    uint64_t gen;
+    uint32_t next_free;
+} h2o_db_mruby_slot_t;
+
+typedef struct st_h2o_db_mruby_vm_t {
+    mrb_state *mrb;
+    size_t refcnt; /* handlers of this thread using it */
+    struct RClass *db_module, *error_class, *key_error_class, *session_class, *input_class, *fiber_class;
+    mrb_value runner; /* H2O::DB::RUNNER: runs app.call(env) and the body inside the Fiber */
+    mrb_value roots;  /* an Array registered with the GC: everything below */
+    mrb_value fibers; /* Array: slot -> the request's Fiber while it lives */
+    mrb_value apps;   /* Array: handler index -> its Rack app */
+    mrb_value keys[H2O_DB_MRUBY_NUM_KEYS];
+    mrb_value rack_errors, rack_version, empty_string;
+    h2o_db_mruby_slot_t *slots;
+    uint32_t num_slots, free_head;
+    size_t live_fibers;
+    mrb_sym sym_new, sym_call, sym_status, sym_sqlstate;
+} h2o_db_mruby_vm_t;
+
+typedef struct st_h2o_db_mruby_handler_t h2o_db_mruby_handler_t;
+
+struct st_h2o_db_mruby_req_t {
+    h2o_req_t *req;
+    h2o_db_mruby_handler_t *handler;
+    h2o_db_mruby_vm_t *vm;
+    uint64_t id;
+    int op;                 /* the kind of the statement being waited for */
+    unsigned released : 1;  /* the slot is freed (the Fiber ended, or the request did) */
+    unsigned in_on_req : 1; /* still inside on_req: a 399 can return -1 */
+    unsigned waiting : 1;   /* a statement is pending; its callback resumes the Fiber */
+};
+
+/* The calling thread's VM (NULL before the first mruby handler's on_context_init). */
+extern __thread h2o_db_mruby_vm_t *h2o_db_mruby_thread_vm;
+
+/* The live request behind an id, or NULL when it has ended. */
+h2o_db_mruby_req_t *h2o_db_mruby_find_req(h2o_db_mruby_vm_t *vm, uint64_t id);
+
+/* db.c: defines H2O::DB's C methods (before the prelude runs) and finds what the prelude
+ * defined (after). */
+void h2o_db_mruby_define_db(h2o_db_mruby_vm_t *vm);
+void h2o_db_mruby_init_db(h2o_db_mruby_vm_t *vm);
+
+/* db.c: starts what a yielded op asks for. Returns 0 when a callback will resume the Fiber;
+ * otherwise -1 with *resume_with set to the value (an exception) to resume it with now. */
+int h2o_db_mruby_start_op(h2o_db_mruby_req_t *mreq, mrb_value op, mrb_value *resume_with);
+
+/* db.c: answers the request as h2o_db_send_error would for an H2O::DB::Error. */
+void h2o_db_mruby_send_db_error(h2o_db_mruby_vm_t *vm, h2o_req_t *req, mrb_value exc);
+
+/* handler.c: resumes the request's Fiber with `value` (after a statement's answer). */
+void h2o_db_mruby_resume(h2o_db_mruby_vm_t *vm, uint64_t id, mrb_value value);
+
+/* json.c: defines H2O::DB.to_json. */
+void h2o_db_mruby_define_json(h2o_db_mruby_vm_t *vm);
+/* json.c: the shortest text that reads back as the same mruby Float ("1.5", "1.0e+20", "NaN"). */
+size_t h2o_db_mruby_format_float(mrb_state *mrb, mrb_float f, char *buf, size_t size);
+
+#endif

@@ -1,0 +1,924 @@
+/*
+ * mruby handlers with H2O::DB (issue 5, DESIGN §3/§7), against the real h2o-db, a real
+ * PostgreSQL (from scripts/test) and SQLite files: typed rows, transactions verified in
+ * the database, suspension (two 300 ms queries on one thread take ~300 ms), KeyError,
+ * config errors with the Ruby line, exceptions (500, logged, VM still usable), Fiber
+ * bookkeeping after 1000 requests and abandoned ones, the Rack env and response,
+ * fallthrough, JSON, blocking classes removed, db.for, H2O::DB::View, and the demo's
+ * notes API (demo/notes.rb).
+ */
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "harness.h"
+
+/* ---- the apps ---- */
+
+static const char TYPED_PG[] =
+    "proc do |env|\n"
+    "  db = H2O::DB.session(env)\n"
+    "  rows = db.query(\"SELECT $1::int AS i, $2::float8 AS f, $3::boolean AS t, $4::boolean AS b, $5::text AS n, \" \\\n"
+    "                  \"$6::text AS s, 9007199254740993::bigint AS big, 2.50::numeric AS num, '\\\\x00ff'::bytea AS bytes, \" \\\n"
+    "                  \"'{\\\"k\\\": [1]}'::jsonb AS j, 'NaN'::float8 AS nan\",\n"
+    "                  [42, 1.5, true, false, nil, \"h\\u00e9llo \\\"q\\\"\"])\n"
+    "  r = rows[0]\n"
+    "  types = r.keys.map { |k| \"#{k}:#{r[k].class}\" }.join(\",\")\n"
+    "  r[\"bytes\"] = r[\"bytes\"].bytes\n"
+    "  [200, {\"content-type\" => \"application/json\"}, [types, \"\\n\", H2O::DB.to_json(rows), \"\\n\"]]\n"
+    "end\n";
+
+static const char TYPED_SQLITE[] = "proc do |env|\n"
+                                   "  db = H2O::DB.session(env, \"sa_lite\")\n"
+                                   "  db.execute(\"DELETE FROM kv\")\n"
+                                   "  n = db.execute(\"INSERT INTO kv (k, i, f, s) VALUES ($1, $2, $3, $4), ($5, $6, $7, $8)\",\n"
+                                   "                 [\"a\", 41, 0.25, \"x\", \"b\", -7, nil, nil])\n"
+                                   "  rows = db.query(\"SELECT k, i + 1 AS i, f * 2 AS f, s FROM kv ORDER BY k\")\n"
+                                   "  types = rows[0].keys.map { |k| \"#{k}:#{rows[0][k].class}\" }.join(\",\")\n"
+                                   "  [200, {}, [\"#{n} \", types, \" \", JSON.generate(rows)]]\n"
+                                   "end\n";
+
+static const char TXN_RB[] = "proc do |env|\n"
+                             "  db = H2O::DB.session(env)\n"
+                             "  case env[\"QUERY_STRING\"]\n"
+                             "  when \"setup\"\n"
+                             "    db.execute(\"DROP TABLE IF EXISTS mrb_txn\")\n"
+                             "    db.execute(\"CREATE TABLE mrb_txn (id int PRIMARY KEY, note text)\")\n"
+                             "    [200, {}, [\"ready\"]]\n"
+                             "  when \"commit\"\n"
+                             "    r = db.transaction do\n"
+                             "      db.execute(\"INSERT INTO mrb_txn VALUES (1, 'one')\")\n"
+                             "      db.execute(\"INSERT INTO mrb_txn VALUES ($1, $2)\", [2, \"two\"])\n"
+                             "      :done\n"
+                             "    end\n"
+                             "    [200, {}, [\"committed #{r}\"]]\n"
+                             "  when \"rollback\"\n"
+                             "    begin\n"
+                             "      db.transaction do\n"
+                             "        db.execute(\"INSERT INTO mrb_txn VALUES (3, 'three')\")\n"
+                             "        raise \"changed my mind\"\n"
+                             "      end\n"
+                             "      [200, {}, [\"not reached\"]]\n"
+                             "    rescue RuntimeError => e\n"
+                             "      [200, {}, [\"rolled back: #{e.message}\"]]\n"
+                             "    end\n"
+                             "  when \"sqlerror\"\n"
+                             "    db.transaction do\n"
+                             "      db.execute(\"INSERT INTO mrb_txn VALUES (4, 'four')\")\n"
+                             "      db.execute(\"INSERT INTO mrb_txn VALUES (1, 'again')\")\n"
+                             "    end\n"
+                             "    [200, {}, [\"not reached\"]]\n"
+                             "  when \"uncaught\"\n"
+                             "    db.transaction do\n"
+                             "      db.execute(\"INSERT INTO mrb_txn VALUES (5, 'five')\")\n"
+                             "      raise ArgumentError, \"secret detail 5\"\n"
+                             "    end\n"
+                             "  when \"failed-commit\"\n"
+                             "    begin\n"
+                             "      db.transaction do\n"
+                             "        db.execute(\"INSERT INTO mrb_txn VALUES (6, 'six')\")\n"
+                             "        begin\n"
+                             "          db.execute(\"INSERT INTO mrb_txn VALUES (1, 'again')\")\n"
+                             "        rescue H2O::DB::Error\n"
+                             "        end\n"
+                             "      end\n"
+                             "      [200, {}, [\"committed?\"]]\n"
+                             "    rescue H2O::DB::Error => e\n"
+                             "      [200, {}, [e.sqlstate]]\n"
+                             "    end\n"
+                             "  when \"break\"\n"
+                             "    [1].each { db.transaction { db.execute(\"INSERT INTO mrb_txn VALUES (7, 'seven')\"); break } }\n"
+                             "    [200, {}, [\"left with break\"]]\n"
+                             "  when \"nested\"\n"
+                             "    begin\n"
+                             "      db.transaction { db.transaction { } }\n"
+                             "    rescue H2O::DB::Error => e\n"
+                             "      [200, {}, [e.sqlstate]]\n"
+                             "    end\n"
+                             "  end\n"
+                             "end\n";
+
+static const char ERRORS_RB[] = "proc do |env|\n"
+                                "  db = H2O::DB.session(env)\n"
+                                "  case env[\"PATH_INFO\"]\n"
+                                "  when \"/key\"\n"
+                                "    begin\n"
+                                "      H2O::DB.session(env, env[\"QUERY_STRING\"])\n"
+                                "      [200, {}, [\"attached\"]]\n"
+                                "    rescue H2O::DB::KeyError => e\n"
+                                "      [200, {}, [\"KeyError: #{e.message}\"]]\n"
+                                "    end\n"
+                                "  when \"/key-uncaught\"\n"
+                                "    H2O::DB.session(env, \"sa_nowhere\")\n"
+                                "  when \"/sqlstate\"\n"
+                                "    begin\n"
+                                "      db.query(\"SELECT * FROM mrb_no_such_table\")\n"
+                                "    rescue H2O::DB::Error => e\n"
+                                "      [200, {}, [\"#{e.class} #{e.sqlstate} #{e.status} #{e.message}\"]]\n"
+                                "    end\n"
+                                "  when \"/dberror\"\n"
+                                "    db.query(\"SELECT 1/0\")\n"
+                                "  when \"/typeerror\"\n"
+                                "    out = []\n"
+                                "    [[{}], [:sym], [1, [2]], \"notanarray\"].each do |params|\n"
+                                "      begin\n"
+                                "        db.query(\"SELECT $1\", params)\n"
+                                "        out << \"accepted\"\n"
+                                "      rescue TypeError => e\n"
+                                "        out << e.message\n"
+                                "      end\n"
+                                "    end\n"
+                                "    [200, {}, [out.join(\"\\n\")]]\n"
+                                "  when \"/several\"\n"
+                                "    begin\n"
+                                "      db.query(\"SELECT 1; SELECT 2\")\n"
+                                "    rescue ArgumentError => e\n"
+                                "      [200, {}, [\"refused: #{e.message}\"]]\n"
+                                "    end\n"
+                                "  when \"/boom\"\n"
+                                "    raise \"secret boom detail\"\n"
+                                "  when \"/boom-late\"\n"
+                                "    db.query(\"SELECT 1\")\n"
+                                "    raise NoMethodError, \"secret late detail\"\n"
+                                "  when \"/badresponse\"\n"
+                                "    42\n"
+                                "  when \"/order\"\n"
+                                "    db.execute(\"DROP TABLE IF EXISTS mrb_order\")\n"
+                                "    db.execute(\"CREATE TABLE mrb_order (n int)\")\n"
+                                "    (1..5).each { |i| db.execute(\"INSERT INTO mrb_order VALUES ($1)\", [i]) }\n"
+                                "    r = db.query(\"SELECT string_agg(n::text, ',') AS s FROM mrb_order\")[0]\n"
+                                "    [200, {}, [r[\"s\"]]]\n"
+                                "  when \"/sleep\"\n"
+                                "    db.query(\"SELECT pg_sleep(0.3)\")\n"
+                                "    [200, {}, [\"slept\"]]\n"
+                                "  when \"/longsleep\"\n"
+                                "    db.query(\"SELECT pg_sleep(1.5)\")\n"
+                                "    [200, {}, [\"slept long\"]]\n"
+                                "  when \"/one\"\n"
+                                "    [200, {}, [db.query(\"SELECT $1::int + 1 AS n\", [1])[0][\"n\"].to_s]]\n"
+                                "  else\n"
+                                "    [200, {}, [\"ok\"]]\n"
+                                "  end\n"
+                                "end\n";
+
+static const char RACK_RB[] =
+    "proc do |env|\n"
+    "  case env[\"QUERY_STRING\"]\n"
+    "  when \"input\"\n"
+    "    input = env[\"rack.input\"]\n"
+    "    first = input.gets\n"
+    "    rest = input.read\n"
+    "    input.rewind\n"
+    "    lines = []\n"
+    "    input.each { |l| lines << l }\n"
+    "    env[\"rack.errors\"].puts \"rack.errors line\"\n"
+    "    keys = %w(REQUEST_METHOD SCRIPT_NAME PATH_INFO QUERY_STRING SERVER_NAME SERVER_PORT SERVER_PROTOCOL\n"
+    "              REMOTE_ADDR CONTENT_TYPE CONTENT_LENGTH HTTP_HOST rack.url_scheme)\n"
+    "    out = keys.map { |k| \"#{k}=#{env[k]}\" }\n"
+    "    out << \"first=#{first.inspect} rest=#{rest.inspect} lines=#{lines.size} version=#{env['rack.version'].inspect}\"\n"
+    "    [200, {\"content-type\" => \"text/plain\"}, [out.join(\"\\n\"), \"\\n\"]]\n"
+    "  when \"headers\"\n"
+    "    body = Object.new\n"
+    "    def body.each; yield \"ab\"; yield \"cd\"; end\n"
+    "    def body.close; H2O::DB.__stderr(\"body closed\\n\"); end\n"
+    "    [201, {\"X-Multi\" => \"a\\nb\", \"Content-Length\" => \"999\", \"x-arr\" => [\"c\", \"d\"]}, body]\n"
+    "  when \"fall\"\n"
+    "    [399, {}, []]\n"
+    "  when \"fall-late\"\n"
+    "    H2O::DB.session(env).query(\"SELECT 1\")\n"
+    "    [399, {}, []]\n"
+    "  else\n"
+    "    [200, {}, [\"first handler\"]]\n"
+    "  end\n"
+    "end\n";
+
+static const char JSON_RB[] =
+    "proc do |env|\n"
+    "  obj = {\"s\" => \"q\\\"b\\\\n\\n\\t\\x01\\x1f/\", :sym => :val, \"u\" => \"h\\u00e9llo \\u2713 \\u{1F600}\",\n"
+    "         \"bad\" => \"a\\xffb\", \"ls\" => \"\\u2028\", \"a\" => [1, -2, 1.5, 1.0e20, 0.1, nil, true, false],\n"
+    "         \"nan\" => 0.0 / 0.0, \"inf\" => -1.0 / 0.0, \"h\" => {1 => \"x\"}, \"big\" => 4611686018427387903}\n"
+    "  deep = []\n"
+    "  cur = deep\n"
+    "  200.times { n = []; cur << n; cur = n }\n"
+    "  cycle = begin; JSON.generate(deep); \"no error\"; rescue ArgumentError => e; e.message; end\n"
+    "  [200, {\"content-type\" => \"application/json\"}, [JSON.generate(obj), \"\\n\", [1, \"x\"].to_json, \"\\n\", cycle]]\n"
+    "end\n";
+
+static const char SAFETY_RB[] = "proc do |env|\n"
+                                "  out = []\n"
+                                "  out << (Object.const_defined?(:TCPSocket) ? \"TCPSocket\" : \"-\")\n"
+                                "  out << (Object.const_defined?(:Socket) ? \"Socket\" : \"-\")\n"
+                                "  out << (IO.respond_to?(:popen) ? \"popen\" : \"-\")\n"
+                                "  out << (respond_to?(:`, true) ? \"backtick\" : \"-\")\n"
+                                "  path = env[\"QUERY_STRING\"]\n"
+                                "  out << begin; File.open(path, \"w\"); \"opened\"; rescue NotImplementedError; \"refused\"; end\n"
+                                "  out << (File.exist?(path) ? \"created\" : \"-\")\n"
+                                "  out << (File.open(__FILE__).read.include?(\"const_defined\") ? \"read\" : \"-\")\n"
+                                "  [200, {}, [out.join(\" \")]]\n"
+                                "end\n";
+
+static const char VIEW_RB[] = "class MrbView\n"
+                              "  include H2O::DB::View\n"
+                              "  def initialize(env)\n"
+                              "    @env = env\n"
+                              "  end\n"
+                              "  def response\n"
+                              "    a = sa_session(@env).query(\"SELECT current_database() AS d\")[0][\"d\"]\n"
+                              "    b = sa_session(\"sa_lite\").query(\"SELECT 2 AS two\")[0][\"two\"]\n"
+                              "    c = sa_session(@env, \"sa_off\").query(\"SELECT current_database() AS d\")[0][\"d\"]\n"
+                              "    [200, {}, [\"#{a} #{b} #{c}\"]]\n"
+                              "  end\n"
+                              "end\n"
+                              "proc { |env| MrbView.new(env).response }\n";
+
+static const char FOR_RB[] = "proc do |env|\n"
+                             "  db = H2O::DB.session(env)\n"
+                             "  audit = db.for(\"mrb_audit\")\n"
+                             "  a = audit.query(\"SELECT current_database() AS d\")[0][\"d\"]\n"
+                             "  b = db.for(\"anything_else\").query(\"SELECT current_database() AS d\")[0][\"d\"]\n"
+                             "  [200, {}, [\"#{a} #{b} #{db.for('anything_else').equal?(db)} #{audit.equal?(db)}\"]]\n"
+                             "end\n";
+
+static const char FIBERS_RB[] = "proc do |env|\n"
+                                "  GC.start\n"
+                                "  [200, {}, [\"#{H2O::DB.live_fibers} #{ObjectSpace.count_objects[:T_FIBER].to_i}\"]]\n"
+                                "end\n";
+
+static const char CONF[] = "listen: {host: 127.0.0.1, port: @PORT@}\n"
+                           "num-threads: 1\n"
+                           "db.bind:\n"
+                           "  - url: @PG@\n"
+                           "    binds: {mrb_audit: sa_off}\n"
+                           "  - url: sqlite:///lite.sqlite3\n"
+                           "    key: sa_lite\n"
+                           "    schema: lite.sql\n"
+                           "  - url: @PGDB2@\n"
+                           "    key: sa_off\n"
+                           "    middleware: OFF\n"
+                           "hosts:\n"
+                           "  default:\n"
+                           "    paths:\n"
+                           "      /typed:\n"
+                           "        mruby.handler-file: typed.rb\n"
+                           "      /lite:\n"
+                           "        mruby.handler-file: lite.rb\n"
+                           "      /txn:\n"
+                           "        mruby.handler-file: txn.rb\n"
+                           "      /e:\n"
+                           "        mruby.handler-file: errors.rb\n"
+                           "      /use:\n"
+                           "        db.use: sa_off\n"
+                           "        mruby.handler-file: errors.rb\n"
+                           "      /rack:\n"
+                           "        mruby.handler-file: rack.rb\n"
+                           "        mruby.handler: |\n"
+                           "          lambda { |env| [200, {}, [\"second handler #{env['QUERY_STRING']}\"]] }\n"
+                           "      /static:\n"
+                           "        mruby.handler-file: rack.rb\n"
+                           "        file.dir: @DIR@/www\n"
+                           "      /inline:\n"
+                           "        mruby.handler: |\n"
+                           "          # a comment line\n"
+                           "          proc { |env| [200, {\"content-type\" => \"text/plain\"}, [\"inline #{__LINE__}\"]] }\n"
+                           "      /json:\n"
+                           "        mruby.handler-file: json.rb\n"
+                           "      /safety:\n"
+                           "        mruby.handler-file: safety.rb\n"
+                           "      /view:\n"
+                           "        db.use: [sa_off]\n"
+                           "        mruby.handler-file: view.rb\n"
+                           "      /for:\n"
+                           "        mruby.handler-file: for.rb\n"
+                           "      /fibers:\n"
+                           "        mruby.handler-file: fibers.rb\n";
+
+/* ---- helpers ---- */
+
+static th_server_t server;
+static char *dir;
+
+static void setup(void)
+{
+    memset(&server, 0, sizeof(server));
+    dir = NULL;
+}
+
+static void teardown(void)
+{
+    if (server.pid > 0) {
+        kill(server.pid, SIGKILL);
+        server.pid = 0;
+    }
+    free(dir);
+    dir = NULL;
+}
+
+static void write_apps(const char *d)
+{
+    struct {
+        const char *name, *text;
+    } files[] = {{"typed.rb", TYPED_PG},
+                 {"lite.rb", TYPED_SQLITE},
+                 {"txn.rb", TXN_RB},
+                 {"errors.rb", ERRORS_RB},
+                 {"rack.rb", RACK_RB},
+                 {"json.rb", JSON_RB},
+                 {"safety.rb", SAFETY_RB},
+                 {"view.rb", VIEW_RB},
+                 {"for.rb", FOR_RB},
+                 {"fibers.rb", FIBERS_RB},
+                 {"lite.sql", "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, i INTEGER, f REAL, s TEXT);\n"}};
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); ++i)
+        free(th_write_file(d, files[i].name, files[i].text, 0));
+    char *www;
+    ck_assert(asprintf(&www, "%s/www", d) > 0);
+    mkdir(www, 0755);
+    free(th_write_file(www, "index.html", "static after fallthrough\n", 0));
+    free(www);
+}
+
+static void start(void)
+{
+    th_require_pg();
+    dir = th_tmpdir();
+    write_apps(dir);
+    int ret = th_server_start_in(&server, dir, CONF);
+    ck_assert_msg(ret == 0, "server did not start: %s", th_server_log(&server));
+}
+
+static void stop(void)
+{
+    int status = th_server_stop(&server, 15000);
+    char *log = th_server_log(&server);
+    ck_assert_msg(status == 0, "exit status %d; log: %s", status, log);
+    free(log);
+}
+
+static void request(th_response_t *res, int version, const char *method, const char *path, const char *body)
+{
+    char *url = th_url(&server, path);
+    ck_assert_msg(th_http(res, version, method, url, body) == 0, "%s %s failed (curl %d)", method != NULL ? method : "GET", path,
+                  res->curl_error);
+    free(url);
+}
+
+/* GET path; asserts the status and returns the body (malloc'd). */
+static char *get(const char *path, long status)
+{
+    th_response_t res;
+    request(&res, TH_HTTP1, NULL, path, NULL);
+    ck_assert_msg(res.status == status, "GET %s: status %ld, expected %ld; body: %s", path, res.status, status, res.body);
+    char *body = strdup(res.body);
+    th_response_free(&res);
+    return body;
+}
+
+static void expect_get(const char *path, long status, const char *body)
+{
+    char *got = get(path, status);
+    ck_assert_msg(strcmp(got, body) == 0, "GET %s: expected `%s`, got `%s`", path, body, got);
+    free(got);
+}
+
+static int log_contains(const char *needle)
+{
+    char *log = th_server_log(&server);
+    int found = strstr(log, needle) != NULL;
+    free(log);
+    return found;
+}
+
+static int log_has(void *needle)
+{
+    return log_contains(needle);
+}
+
+/* The line of `needle` in `text`, 1-based. */
+static int line_of(const char *text, const char *needle)
+{
+    const char *at = strstr(text, needle);
+    ck_assert_msg(at != NULL, "%s", needle);
+    int line = 1;
+    for (const char *p = text; p < at; ++p)
+        line += *p == '\n';
+    return line;
+}
+
+/* ---- tests ---- */
+
+START_TEST(query_with_params_returns_typed_rows)
+{
+    start();
+    expect_get("/typed", 200,
+               "i:Integer,f:Float,t:TrueClass,b:FalseClass,n:NilClass,s:String,big:Integer,num:String,bytes:String,j:String,"
+               "nan:Float\n"
+               "[{\"i\":42,\"f\":1.5,\"t\":true,\"b\":false,\"n\":null,\"s\":\"h\xc3\xa9llo \\\"q\\\"\",\"big\":9007199254740993,"
+               "\"num\":\"2.50\",\"bytes\":[0,255],\"j\":\"{\\\"k\\\": [1]}\",\"nan\":\"NaN\"}]\n");
+    /* the same over HTTP/2 */
+    th_response_t res;
+    request(&res, TH_HTTP2, NULL, "/typed", NULL);
+    ck_assert_int_eq(res.status, 200);
+    ck_assert_int_eq(res.http_version, 2);
+    ck_assert_msg(strstr(res.body, "\"i\":42") != NULL, "%s", res.body);
+    th_response_free(&res);
+    /* SQLite: values typed by what is stored */
+    expect_get("/lite", 200,
+               "2 k:String,i:Integer,f:Float,s:String "
+               "[{\"k\":\"a\",\"i\":42,\"f\":0.5,\"s\":\"x\"},{\"k\":\"b\",\"i\":-6,\"f\":null,\"s\":null}]");
+    stop();
+}
+END_TEST
+
+START_TEST(transaction_commits_or_rolls_back_in_the_database)
+{
+    start();
+    expect_get("/txn?setup", 200, "ready");
+    expect_get("/txn?commit", 200, "committed done");
+    ck_assert_int_eq(th_pg_count("SELECT count(*) FROM mrb_txn WHERE id IN (1, 2)"), 2);
+
+    expect_get("/txn?rollback", 200, "rolled back: changed my mind");
+    ck_assert_int_eq(th_pg_count("SELECT count(*) FROM mrb_txn WHERE id = 3"), 0);
+
+    /* a failed statement inside: rolled back, the H2O::DB::Error re-raised and answered as h2o_db_send_error does */
+    expect_get("/txn?sqlerror", 500, "database error (SQLSTATE 23505)\n");
+    ck_assert_int_eq(th_pg_count("SELECT count(*) FROM mrb_txn WHERE id = 4"), 0);
+
+    /* any other exception: rolled back, 500 without the detail, which goes to the log */
+    char *body = get("/txn?uncaught", 500);
+    ck_assert_msg(strstr(body, "secret") == NULL, "%s", body);
+    free(body);
+    ck_assert_int_eq(th_pg_count("SELECT count(*) FROM mrb_txn WHERE id = 5"), 0);
+    ck_assert_msg(th_wait_until(log_has, "secret detail 5 (ArgumentError)", 2000), "not logged");
+
+    /* a failed statement rescued inside the block: COMMIT is refused, the transaction rolled back */
+    expect_get("/txn?failed-commit", 200, "25P02");
+    ck_assert_int_eq(th_pg_count("SELECT count(*) FROM mrb_txn WHERE id = 6"), 0);
+
+    /* leaving the block with break commits; BEGIN inside a transaction is refused */
+    expect_get("/txn?break", 200, "left with break");
+    ck_assert_int_eq(th_pg_count("SELECT count(*) FROM mrb_txn WHERE id = 7"), 1);
+    expect_get("/txn?nested", 200, "25001");
+
+    /* nothing was left open: the session's next transaction works */
+    expect_get("/txn?commit", 500, "database error (SQLSTATE 23505)\n");
+    ck_assert_int_eq(th_pg_count("SELECT count(*) FROM mrb_txn"), 3);
+    stop();
+}
+END_TEST
+
+START_TEST(queries_suspend_the_fiber_not_the_thread)
+{
+    start();
+    expect_get("/e/one", 200, "2"); /* a connection is open */
+    char *url = th_url(&server, "/e/sleep");
+    const char *urls[] = {url, url};
+    for (int version = TH_HTTP1; version <= TH_HTTP2; ++version) {
+        th_response_t res[2];
+        double t0 = th_now_ms();
+        th_http_parallel(res, 2, version, urls);
+        double elapsed = th_now_ms() - t0;
+        for (int i = 0; i < 2; ++i) {
+            ck_assert_msg(res[i].curl_error == 0 && res[i].status == 200, "request %d: curl %d, status %ld", i, res[i].curl_error,
+                          res[i].status);
+            ck_assert_str_eq(res[i].body, "slept");
+            ck_assert_int_eq(res[i].http_version, version == TH_HTTP1 ? 11 : 2);
+            th_response_free(&res[i]);
+        }
+        /* one worker thread: 600 ms if the queries blocked it, ~300 ms when each suspends its Fiber */
+        ck_assert_msg(elapsed >= 290 && elapsed < 550, "HTTP/%d: two 300 ms queries took %.0f ms", version == TH_HTTP1 ? 1 : 2,
+                      elapsed);
+    }
+    free(url);
+    /* statements of one request run in order */
+    expect_get("/e/order", 200, "1,2,3,4,5");
+    stop();
+}
+END_TEST
+
+START_TEST(unattached_key_raises_key_error)
+{
+    start();
+    char *body = get("/e/key?sa_nowhere", 200);
+    ck_assert_msg(strncmp(body, "KeyError: no database session for key `sa_nowhere`", 50) == 0, "%s", body);
+    free(body);
+    /* middleware: OFF: not attached without db.use, attached with it */
+    body = get("/e/key?sa_off", 200);
+    ck_assert_msg(strncmp(body, "KeyError:", 9) == 0, "%s", body);
+    free(body);
+    expect_get("/use/key?sa_off", 200, "attached");
+    expect_get("/e/key?sa_main", 200, "attached");
+    /* uncaught: an ordinary exception (500, logged) */
+    body = get("/e/key-uncaught", 500);
+    ck_assert_str_eq(body, "Internal Server Error\n");
+    free(body);
+    ck_assert_msg(th_wait_until(log_has, "(H2O::DB::KeyError)", 2000), "not logged");
+    stop();
+}
+END_TEST
+
+START_TEST(db_errors_and_bad_arguments)
+{
+    start();
+    char *body = get("/e/sqlstate", 200);
+    ck_assert_msg(strncmp(body, "H2O::DB::Error 42P01 sql_error ", 31) == 0 && strstr(body, "mrb_no_such_table") != NULL, "%s",
+                  body);
+    free(body);
+    /* uncaught H2O::DB::Error: as h2o_db_send_error (no SQL, no message in the body) */
+    expect_get("/e/dberror", 500, "database error (SQLSTATE 22012)\n");
+    body = get("/e/typeerror", 200);
+    ck_assert_msg(strstr(body, "query parameter $1 is a Hash") != NULL && strstr(body, "query parameter $1 is a Symbol") != NULL &&
+                      strstr(body, "query parameter $2 is a Array") != NULL &&
+                      strstr(body, "query parameters come in an Array, not String") != NULL && strstr(body, "accepted") == NULL,
+                  "%s", body);
+    free(body);
+    body = get("/e/several", 200);
+    ck_assert_msg(strncmp(body, "refused: ", 9) == 0, "%s", body);
+    free(body);
+    stop();
+}
+END_TEST
+
+START_TEST(exception_answers_500_and_the_vm_stays_usable)
+{
+    start();
+    const char *paths[] = {"/e/boom", "/e/boom-late", "/e/badresponse"};
+    const char *logged[] = {"secret boom detail (RuntimeError)", "secret late detail (NoMethodError)", "(TypeError)"};
+    for (int i = 0; i < 3; ++i) {
+        for (int version = TH_HTTP1; version <= TH_HTTP2; ++version) {
+            th_response_t res;
+            request(&res, version, NULL, paths[i], NULL);
+            ck_assert_int_eq(res.status, 500);
+            ck_assert_msg(strstr(res.body, "secret") == NULL, "the error reached the client: %s", res.body);
+            th_response_free(&res);
+            /* the next request on the same (only) thread works, with and without a query */
+            expect_get("/e/ok", 200, "ok");
+            expect_get("/e/one", 200, "2");
+        }
+        ck_assert_msg(th_wait_until(log_has, (void *)logged[i], 2000), "`%s` not in the log", logged[i]);
+    }
+    /* the log names the handler and the Ruby backtrace */
+    ck_assert(log_contains("errors.rb:1) failed on GET /e/boom"));
+    char from[64];
+    snprintf(from, sizeof(from), "errors.rb:%d\n", line_of(ERRORS_RB, "raise \"secret boom detail\""));
+    ck_assert_msg(log_contains(from), "no `%s` in the log", from);
+    stop();
+}
+END_TEST
+
+START_TEST(config_errors_name_the_ruby_line)
+{
+    char *rbdir = th_tmpdir(), *out;
+    free(th_write_file(rbdir, "bad.rb", "proc do |env|\n  x = 1\n  y = = 2\nend\n", 0));
+    free(th_write_file(rbdir, "raises.rb", "def setup\n  raise 'no config here'\nend\nsetup\n", 0));
+    free(th_write_file(rbdir, "good.rb", "proc { |env| [200, {}, []] }\n", 0));
+    char *conf;
+    ck_assert(asprintf(&conf,
+                       "listen: 8080\n"
+                       "hosts:\n"
+                       "  default:\n"
+                       "    paths:\n"
+                       "      /good:\n"
+                       "        mruby.handler-file: %s/good.rb\n"
+                       "      /x:\n"
+                       "        mruby.handler: |\n"
+                       "          proc do |env|\n"
+                       "            x = = 1\n"
+                       "          end\n",
+                       rbdir) > 0);
+    ck_assert_int_eq(th_run_h2o_db("-t", conf, &out), 1);
+    /* the directive's place, then the Ruby line: line 10 of the config file */
+    ck_assert_msg(strstr(out, "h2o-db.conf:8:24: in command mruby.handler, Ruby syntax error at ") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "h2o-db.conf:10:") != NULL, "%s", out);
+    free(out);
+    free(conf);
+
+    struct {
+        const char *handler, *expect;
+    } bad[] = {
+        {"mruby.handler-file: @X@/bad.rb", "bad.rb:3:"},
+        {"mruby.handler-file: @X@/raises.rb", "raised no config here (RuntimeError)"},
+        {"mruby.handler-file: @X@/missing.rb", "cannot read"},
+        {"mruby.handler: 42", "must end with a Rack app (a proc, or an object with call(env)), not Integer"},
+        {"mruby.handler: \"proc { |env| \"", "h2o-db.conf:6:24: in command mruby.handler, Ruby syntax error at"},
+        {"mruby.handler: [a, b]", "argument cannot be a sequence"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); ++i) {
+        char *handler = strdup(bad[i].handler), *at = strstr(handler, "@X@");
+        if (at != NULL) {
+            *at = '\0';
+            char *h2;
+            ck_assert(asprintf(&h2, "%s%s%s", handler, rbdir, at + 3) > 0);
+            free(handler);
+            handler = h2;
+        }
+        ck_assert(asprintf(&conf, "listen: 8080\nhosts:\n  default:\n    paths:\n      /x:\n        %s\n", handler) > 0);
+        int status = th_run_h2o_db("-t", conf, &out);
+        ck_assert_msg(status == 1, "%s: exit %d: %s", handler, status, out);
+        ck_assert_msg(strstr(out, bad[i].expect) != NULL, "%s: expected `%s` in: %s", handler, bad[i].expect, out);
+        free(out);
+        free(conf);
+        free(handler);
+    }
+    /* and a good one passes */
+    ck_assert(asprintf(&conf, "listen: 8080\nhosts:\n  default:\n    paths:\n      /x:\n        mruby.handler-file: %s/good.rb\n",
+                       rbdir) > 0);
+    ck_assert_int_eq(th_run_h2o_db("-t", conf, &out), 0);
+    free(out);
+    free(conf);
+    free(rbdir);
+}
+END_TEST
+
+START_TEST(rack_env_input_and_response)
+{
+    start();
+    for (int version = TH_HTTP1; version <= TH_HTTP2; ++version) {
+        th_response_t res;
+        /* POST with a body and a repeated custom header */
+        request(&res, version, "POST", "/rack/sub/path?input", "line one\nline two\n");
+        ck_assert_int_eq(res.status, 200);
+        char expect[2048];
+        snprintf(expect, sizeof(expect),
+                 "REQUEST_METHOD=POST\nSCRIPT_NAME=/rack\nPATH_INFO=/sub/path\nQUERY_STRING=input\nSERVER_NAME=127.0.0.1\n"
+                 "SERVER_PORT=%d\nSERVER_PROTOCOL=%s\nREMOTE_ADDR=127.0.0.1\nCONTENT_TYPE=application/x-www-form-urlencoded\n"
+                 "CONTENT_LENGTH=18\nHTTP_HOST=127.0.0.1:%d\nrack.url_scheme=http\n"
+                 "first=\"line one\\n\" rest=\"line two\\n\" lines=2 version=[1, 3]\n",
+                 server.port, version == TH_HTTP1 ? "HTTP/1.1" : "HTTP/2", server.port);
+        ck_assert_str_eq(res.body, expect);
+        th_response_free(&res);
+    }
+    ck_assert_msg(th_wait_until(log_has, "rack.errors line\n", 2000), "rack.errors did not reach the log");
+
+    /* status, headers (multi-line and Array values), content-length computed (not chunked), body each + close */
+    th_response_t res;
+    request(&res, TH_HTTP1, NULL, "/rack?headers", NULL);
+    ck_assert_int_eq(res.status, 201);
+    ck_assert_str_eq(res.body, "abcd");
+    char *len = th_header(&res, "content-length");
+    ck_assert_ptr_nonnull(len);
+    ck_assert_str_eq(len, "4");
+    free(len);
+    ck_assert_msg(th_header(&res, "transfer-encoding") == NULL, "%s", res.headers);
+    ck_assert_msg(strstr(res.headers, "x-multi: a\r\n") != NULL && strstr(res.headers, "x-multi: b\r\n") != NULL &&
+                      strstr(res.headers, "x-arr: c\r\n") != NULL && strstr(res.headers, "x-arr: d\r\n") != NULL,
+                  "%s", res.headers);
+    th_response_free(&res);
+    ck_assert_msg(th_wait_until(log_has, "body closed\n", 2000), "body.close was not called");
+
+    /* inline source: __LINE__ is the config file's line */
+    char expect_inline[32];
+    snprintf(expect_inline, sizeof(expect_inline), "inline %d",
+             line_of(CONF, "proc { |env| [200, {\"content-type\" => \"text/plain\"}, [\"inline"));
+    expect_get("/inline", 200, expect_inline);
+    stop();
+}
+END_TEST
+
+START_TEST(status_399_falls_through_to_the_next_handler)
+{
+    start();
+    /* mruby.handler-file twice on one path: YAML order */
+    expect_get("/rack", 200, "first handler");
+    expect_get("/rack?fall", 200, "second handler fall");
+    /* after a suspension (deferred delegation), and to file.dir */
+    expect_get("/rack?fall-late", 200, "second handler fall-late");
+    expect_get("/static/index.html?fall", 200, "static after fallthrough\n");
+    expect_get("/static/index.html?fall-late", 200, "static after fallthrough\n");
+    th_response_t res;
+    request(&res, TH_HTTP2, NULL, "/static/index.html?fall-late", NULL);
+    ck_assert_int_eq(res.status, 200);
+    ck_assert_str_eq(res.body, "static after fallthrough\n");
+    th_response_free(&res);
+    expect_get("/fibers", 200, "1 1");
+    stop();
+}
+END_TEST
+
+START_TEST(json_encoder_escapes_strings)
+{
+    start();
+    expect_get("/json", 200,
+               "{\"s\":\"q\\\"b\\\\n\\n\\t\\u0001\\u001f/\",\"sym\":\"val\",\"u\":\"h\xc3\xa9llo \xe2\x9c\x93 \xf0\x9f\x98\x80\","
+               "\"bad\":\"a\xef\xbf\xbd"
+               "b\",\"ls\":\"\\u2028\",\"a\":[1,-2,1.5,1e+20,0.1,null,true,false],\"nan\":\"NaN\",\"inf\":\"-Infinity\","
+               "\"h\":{\"1\":\"x\"},\"big\":4611686018427387903}\n"
+               "[1,\"x\"]\n"
+               "to_json: nesting deeper than 100 (a cycle?)");
+    stop();
+}
+END_TEST
+
+START_TEST(blocking_classes_are_removed)
+{
+    start();
+    char *path, *q;
+    ck_assert(asprintf(&path, "%s/written-by-ruby", dir) > 0);
+    ck_assert(asprintf(&q, "/safety?%s", path) > 0);
+    expect_get(q, 200, "- - - - refused - read");
+    ck_assert_int_ne(access(path, F_OK), 0);
+    free(path);
+    free(q);
+    stop();
+}
+END_TEST
+
+START_TEST(view_mixin_and_db_for)
+{
+    start();
+    expect_get("/view", 200, "h2o_test 2 h2o_test2");
+    /* binds: {mrb_audit: sa_off}: that table's session is on the other database */
+    expect_get("/for", 200, "h2o_test2 h2o_test true false");
+    stop();
+}
+END_TEST
+
+static void *send_and_leave(int port, const char *path)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    ck_assert(connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+    char req[256];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+    ck_assert(send(fd, req, n, 0) == n);
+    usleep(100000); /* the query is running */
+    close(fd);
+    return NULL;
+}
+
+static void abandon_http2(int port, const char *path)
+{
+    char url[256];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
+    CURL *c = curl_easy_init();
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 150L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    CURLcode code = curl_easy_perform(c);
+    ck_assert_int_eq(code, CURLE_OPERATION_TIMEDOUT);
+    curl_easy_cleanup(c);
+}
+
+static int no_fibers_left(void *arg)
+{
+    th_response_t res;
+    char *url = th_url(&server, "/fibers");
+    int ok = th_http(&res, TH_HTTP1, NULL, url, NULL) == 0 && res.status == 200 && strcmp(res.body, "1 1") == 0;
+    if (!ok)
+        snprintf(arg, 64, "%s", res.body);
+    th_response_free(&res);
+    free(url);
+    return ok;
+}
+
+START_TEST(no_live_fibers_after_1000_requests)
+{
+    start();
+    expect_get("/fibers", 200, "1 1"); /* the caller's own */
+    const char *paths[] = {"/e/ok", "/e/one", "/e/boom", "/rack?fall-late", "/e/sqlstate", "/txn?nested", "/e/key?sa_x", "/for"};
+    char *urls[20];
+    for (int i = 0; i < 20; ++i)
+        urls[i] = th_url(&server, paths[i % 8]);
+    int answered = 0;
+    for (int batch = 0; batch < 50; ++batch) {
+        th_response_t res[20];
+        th_http_parallel(res, 20, batch % 2 == 0 ? TH_HTTP1 : TH_HTTP2, (const char *const *)urls);
+        for (int i = 0; i < 20; ++i) {
+            ck_assert_msg(res[i].curl_error == 0, "curl %d", res[i].curl_error);
+            ck_assert_msg(res[i].status == (i % 8 == 2 ? 500 : 200), "%s: %ld", paths[i % 8], res[i].status);
+            answered += res[i].status != 0;
+            th_response_free(&res[i]);
+        }
+    }
+    ck_assert_int_eq(answered, 1000);
+    for (int i = 0; i < 20; ++i)
+        free(urls[i]);
+    char got[64] = "";
+    ck_assert_msg(no_fibers_left(got), "after 1000 requests: live fibers, fiber objects = %s", got);
+
+    /* requests that end while their Fiber waits: HTTP/2 streams reset, HTTP/1 clients that leave */
+    for (int i = 0; i < 3; ++i) {
+        abandon_http2(server.port, "/e/longsleep");
+        send_and_leave(server.port, "/e/longsleep");
+    }
+    ck_assert_msg(th_wait_until(no_fibers_left, got, 5000), "after abandoned requests: %s", got);
+    /* and the thread still serves */
+    expect_get("/e/one", 200, "2");
+    stop();
+}
+END_TEST
+
+/* ---- the demo ---- */
+
+START_TEST(demo_notes_rb)
+{
+    /* demo/notes.rb from the source tree (this file is ../t/test_mruby.c from the build folder) */
+    char src[PATH_MAX], *demo, *conf, *body;
+    ck_assert(snprintf(src, sizeof(src), "%s/%s", __FILE__[0] == '/' ? "" : th_build_dir(), __FILE__) < (int)sizeof(src));
+    ck_assert(asprintf(&demo, "%s/../demo", dirname(src)) > 0);
+    ck_assert(asprintf(&conf,
+                       "listen: {host: 127.0.0.1, port: @PORT@}\n"
+                       "num-threads: 2\n"
+                       "db.bind:\n"
+                       "  url: sqlite:///notes.sqlite3\n"
+                       "  schema: %s/schema.sql\n"
+                       "hosts:\n"
+                       "  default:\n"
+                       "    paths:\n"
+                       "      /rb/notes:\n"
+                       "        mruby.handler-file: %s/notes.rb\n",
+                       demo, demo) > 0);
+    dir = th_tmpdir();
+    ck_assert_msg(th_server_start_in(&server, dir, conf) == 0, "%s", th_server_log(&server));
+    free(conf);
+
+    th_response_t res;
+    request(&res, TH_HTTP1, "POST", "/rb/notes", "Buy milk\nand \"bread\"\n");
+    ck_assert_int_eq(res.status, 201);
+    ck_assert_str_eq(res.body, "{\"id\":1}\n");
+    th_response_free(&res);
+    request(&res, TH_HTTP2, "POST", "/rb/notes", "second");
+    ck_assert_int_eq(res.status, 201);
+    ck_assert_str_eq(res.body, "{\"id\":2}\n");
+    th_response_free(&res);
+
+    body = get("/rb/notes", 200);
+    const char *first = "[{\"id\":1,\"title\":\"Buy milk\",\"body\":\"Buy milk\\nand \\\"bread\\\"\\n\",\"created_at\":\"";
+    ck_assert_msg(strncmp(body, first, strlen(first)) == 0 &&
+                      strstr(body, "{\"id\":2,\"title\":\"second\",\"body\":\"second\",\"created_at\":\"") != NULL,
+                  "%s", body);
+    free(body);
+    body = get("/rb/notes/2", 200);
+    ck_assert_msg(strncmp(body, "{\"id\":2,\"title\":\"second\",", 25) == 0, "%s", body);
+    free(body);
+
+    request(&res, TH_HTTP1, "DELETE", "/rb/notes/2", NULL);
+    ck_assert_int_eq(res.status, 204);
+    th_response_free(&res);
+    expect_get("/rb/notes/2", 404, "{\"error\":\"no such note\"}\n");
+    request(&res, TH_HTTP1, "DELETE", "/rb/notes/2", NULL);
+    ck_assert_int_eq(res.status, 404);
+    th_response_free(&res);
+    request(&res, TH_HTTP1, "POST", "/rb/notes", "");
+    ck_assert_int_eq(res.status, 400);
+    th_response_free(&res);
+    request(&res, TH_HTTP1, "PUT", "/rb/notes", "x");
+    ck_assert_int_eq(res.status, 405);
+    th_response_free(&res);
+    free(get("/rb/notes/abc", 404)); /* not ours: falls through (nothing else there) */
+    stop();
+    /* the writes and their counters (one transaction each), in the database file */
+    char *path;
+    sqlite3 *db;
+    sqlite3_stmt *stmt;
+    ck_assert(asprintf(&path, "%s/notes.sqlite3", dir) > 0);
+    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    ck_assert_int_eq(
+        sqlite3_prepare_v2(db, "SELECT notes_created, notes_deleted, (SELECT count(*) FROM notes) FROM stats", -1, &stmt, NULL),
+        SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(stmt), SQLITE_ROW);
+    ck_assert_int_eq(sqlite3_column_int(stmt, 0), 2);
+    ck_assert_int_eq(sqlite3_column_int(stmt, 1), 1);
+    ck_assert_int_eq(sqlite3_column_int(stmt, 2), 1);
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    free(path);
+    free(demo);
+}
+END_TEST
+
+int main(void)
+{
+    curl_global_init(CURL_GLOBAL_ALL);
+    Suite *s = suite_create("mruby");
+    TCase *tc = tcase_create("mruby");
+    tcase_set_timeout(tc, 120);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, query_with_params_returns_typed_rows);
+    tcase_add_test(tc, transaction_commits_or_rolls_back_in_the_database);
+    tcase_add_test(tc, queries_suspend_the_fiber_not_the_thread);
+    tcase_add_test(tc, unattached_key_raises_key_error);
+    tcase_add_test(tc, db_errors_and_bad_arguments);
+    tcase_add_test(tc, exception_answers_500_and_the_vm_stays_usable);
+    tcase_add_test(tc, config_errors_name_the_ruby_line);
+    tcase_add_test(tc, rack_env_input_and_response);
+    tcase_add_test(tc, status_399_falls_through_to_the_next_handler);
+    tcase_add_test(tc, json_encoder_escapes_strings);
+    tcase_add_test(tc, blocking_classes_are_removed);
+    tcase_add_test(tc, view_mixin_and_db_for);
+    tcase_add_test(tc, no_live_fibers_after_1000_requests);
+    tcase_add_test(tc, demo_notes_rb);
+    suite_add_tcase(s, tc);
+    int status = th_run_suite(s);
+    curl_global_cleanup();
+    return status;
+}

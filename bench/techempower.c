@@ -18,7 +18,7 @@
 #include "h2o_db.h"
 
 #define MAX_QUERIES 500
-#define WORLD_ROWS 10000
+#define WORLD_ROWS  10000
 
 static const char WORLD_SQL[] = "SELECT id, randomnumber AS \"randomNumber\" FROM world WHERE id = $1";
 static const char UPDATE_SQL[] = "UPDATE world SET randomnumber = $2 WHERE id = $1";
@@ -300,7 +300,8 @@ static void on_fortunes(h2o_db_result_t *r, void *data)
     cap += 6 * 41 + 64;
     qsort(f, n, sizeof(*f), by_message);
 
-    static const char head[] = "<!DOCTYPE html><html><head><title>Fortunes</title></head><body><table><tr><th>id</th><th>message</th></tr>",
+    static const char head[] =
+        "<!DOCTYPE html><html><head><title>Fortunes</title></head><body><table><tr><th>id</th><th>message</th></tr>",
                       tail[] = "</table></body></html>";
     char *html = h2o_mem_alloc_pool(&req->pool, cap + sizeof(head) + sizeof(tail));
     size_t len = 0;

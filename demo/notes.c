@@ -17,7 +17,7 @@
 #include "h2o_db.h"
 
 #define MAX_TITLE 200
-#define MAX_BODY (64 * 1024)
+#define MAX_BODY  (64 * 1024)
 
 struct call {
     h2o_req_t *req;

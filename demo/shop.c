@@ -169,9 +169,8 @@ static void on_begun(h2o_db_result_t *r, void *data)
     if (failed(o->req, r))
         return;
     const char *params[] = {o->user};
-    h2o_db_query(o->db,
-                 "INSERT INTO users (name) VALUES ($1) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id", 1,
-                 params, on_user, o);
+    h2o_db_query(o->db, "INSERT INTO users (name) VALUES ($1) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+                 1, params, on_user, o);
 }
 
 /* ---- GET ---- */
@@ -220,8 +219,8 @@ int shop_on_req(h2o_handler_t *self, h2o_req_t *req)
         o->user = field(req, "user");
         o->item = field(req, "item");
         if (o->user == NULL || o->item == NULL) {
-            h2o_send_error_400(req, "Bad Request", "give user and item (1 to 100 bytes each), e.g. POST /orders?user=alice&item=book\n",
-                               0);
+            h2o_send_error_400(req, "Bad Request",
+                               "give user and item (1 to 100 bytes each), e.g. POST /orders?user=alice&item=book\n", 0);
             return 0;
         }
         h2o_db_begin(db, on_begun, o);

@@ -54,9 +54,9 @@ void h2o_db_session_close(h2o_db_session_t *s);
  * callback runs exactly once, later, never from inside an h2o_db_* call. Non-zero means invalid
  * arguments (NULL session, several statements, ...): no callback runs. */
 int h2o_db_query(h2o_db_session_t *s, const char *sql, size_t nparams, const char *const *params, h2o_db_cb cb, void *data);
-int h2o_db_begin(h2o_db_session_t *s, h2o_db_cb cb, void *data);    /* error if already begun */
-int h2o_db_commit(h2o_db_session_t *s, h2o_db_cb cb, void *data);   /* error if not begun, and if the
-                                                                      transaction had failed */
+int h2o_db_begin(h2o_db_session_t *s, h2o_db_cb cb, void *data);  /* error if already begun */
+int h2o_db_commit(h2o_db_session_t *s, h2o_db_cb cb, void *data); /* error if not begun, and if the
+                                                                    transaction had failed */
 int h2o_db_rollback(h2o_db_session_t *s, h2o_db_cb cb, void *data);
 
 typedef enum {

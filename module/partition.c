@@ -229,8 +229,8 @@ static void on_prepared(h2o_db_result_t *r, void *data)
     if (!p->ok && c->message[0] == '\0') {
         c->failed = (size_t)(p - c->p);
         snprintf(c->message, sizeof(c->message),
-                 "two-phase commit: PREPARE TRANSACTION failed on `%s` (SQLSTATE %s); rolled back on every partition", p->s->bind->key,
-                 p->sqlstate);
+                 "two-phase commit: PREPARE TRANSACTION failed on `%s` (SQLSTATE %s); rolled back on every partition",
+                 p->s->bind->key, p->sqlstate);
     }
     if (--c->awaiting != 0)
         return;
@@ -241,8 +241,8 @@ static void on_prepared(h2o_db_result_t *r, void *data)
     /* every participant is prepared: record the decision, then commit them */
     c->phase = DECIDE;
     const char *params[] = {c->txn};
-    h2o_db_session_enqueue(c->root, H2O_DB_OP_QUERY, "INSERT INTO " H2O_DB_TWOPHASE_TABLE " (txn) VALUES ($1)", 1, params, 0, on_decided,
-                           c->p);
+    h2o_db_session_enqueue(c->root, H2O_DB_OP_QUERY, "INSERT INTO " H2O_DB_TWOPHASE_TABLE " (txn) VALUES ($1)", 1, params, 0,
+                           on_decided, c->p);
 }
 
 static void on_decided(h2o_db_result_t *r, void *data)

@@ -17,6 +17,9 @@
  * and is replaced when needed. When a connect fails and no connection is up, the
  * database is "down": waiting statements fail at once, new ones fail fast until
  * the back-off (50 ms doubling to 250 ms) allows the next attempt.
+ *
+ * pool_housekeeping.c keeps the pool over time: the retry after a failure, idle and
+ * old connections, min, leak reports, the gauges; and creates and destroys pools.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,26 +28,14 @@
 #include "session.h"
 
 /* a shared connection takes more statements only while its oldest one is this young */
-#define YOUNG_MS 10
+#define YOUNG_MS       10
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 250
-#define HOUSEKEEPING_MS 1000
 
 /* The cleanup ROLLBACK of a transaction whose request ended: its ring entry points here. */
 static h2o_db_op_t cleanup_op = {.kind = H2O_DB_OP_ROLLBACK, .sql = "ROLLBACK", .sql_len = 8};
 
-static void pool_service(h2o_db_pool_t *pool);
 static void conn_close(h2o_db_conn_t *conn);
-
-static void changed(h2o_db_pool_t *pool)
-{
-    h2o_db_flush_later(pool->thread, &pool->publisher);
-}
-
-static void on_publish(h2o_db_flusher_t *flusher)
-{
-    h2o_db_pool_publish(H2O_STRUCT_FROM_MEMBER(h2o_db_pool_t, publisher, flusher));
-}
 
 /* ---- connections ---- */
 
@@ -81,13 +72,13 @@ uint64_t h2o_db_conn_oldest_age(h2o_db_conn_t *conn, uint64_t now)
     return now > at ? now - at : 0;
 }
 
-static int conn_is_idle(h2o_db_conn_t *conn)
+int h2o_db_conn_is_idle(h2o_db_conn_t *conn)
 {
     return conn->state == H2O_DB_CONN_READY && conn->ring.count == 0 && conn->pinned == NULL && !conn->cleaning &&
            !conn->cancelling;
 }
 
-static int can_open(h2o_db_pool_t *pool)
+int h2o_db_pool_can_open(h2o_db_pool_t *pool)
 {
     h2o_db_bind_t *bind = pool->bind;
     if (pool->closing || pool->num_conns >= bind->pool.max)
@@ -97,7 +88,7 @@ static int can_open(h2o_db_pool_t *pool)
     return 1;
 }
 
-static h2o_db_conn_t *conn_open(h2o_db_pool_t *pool)
+h2o_db_conn_t *h2o_db_pool_open_conn(h2o_db_pool_t *pool)
 {
     h2o_db_bind_t *bind = pool->bind;
     if (bind->pool.max_total != 0) {
@@ -128,7 +119,7 @@ static void conn_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
     conn->ring.ops[idx] = op;
     conn->ring.sent_at[idx] = now;
     if (conn->ring.count++ == 0)
-        changed(pool);
+        h2o_db_pool_changed(pool);
     ++conn->statements;
     ++pool->stats.statements;
     if (op != &cleanup_op) {
@@ -209,8 +200,7 @@ static void on_wait_timeout(h2o_timeout_entry_t *entry)
     fail_head(s, H2O_DB_BUSY, "53300", "timed out waiting for a database connection (acquire-timeout)");
 }
 
-/* Fails every statement waiting for a connection of this pool (the database is down). */
-static void fail_waiting(h2o_db_pool_t *pool, h2o_db_status_t status, const char *sqlstate, const char *message)
+void h2o_db_pool_fail_waiting(h2o_db_pool_t *pool, h2o_db_status_t status, const char *sqlstate, const char *message)
 {
     while (!h2o_linklist_is_empty(&pool->waiting)) {
         h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, wait_link, pool->waiting.next);
@@ -225,7 +215,7 @@ static h2o_db_conn_t *find_idle(h2o_db_pool_t *pool)
 {
     for (h2o_linklist_t *n = pool->conns.next; n != &pool->conns; n = n->next) {
         h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, n);
-        if (conn_is_idle(conn))
+        if (h2o_db_conn_is_idle(conn))
             return conn;
     }
     return NULL;
@@ -251,7 +241,7 @@ static int maybe_connect(h2o_db_pool_t *pool)
 {
     if (pool->num_connecting > pool->num_waiting)
         return 0; /* enough connects under way for everybody waiting */
-    if (!can_open(pool))
+    if (!h2o_db_pool_can_open(pool))
         return 0;
     if (pool->down) {
         if (pool->num_connecting != 0)
@@ -259,7 +249,7 @@ static int maybe_connect(h2o_db_pool_t *pool)
         if (h2o_db_now(pool->thread) - pool->last_failure_at < pool->backoff_ms)
             return -1;
     }
-    conn_open(pool);
+    h2o_db_pool_open_conn(pool);
     return 0;
 }
 
@@ -286,7 +276,7 @@ static int place_autocommit(h2o_db_session_t *s, h2o_db_op_t *op)
         start_waiting(s, &conn->waiters);
         return 0;
     }
-    if ((conn = find_idle(pool)) != NULL || (!can_open(pool) && (conn = find_shared(pool)) != NULL)) {
+    if ((conn = find_idle(pool)) != NULL || (!h2o_db_pool_can_open(pool) && (conn = find_shared(pool)) != NULL)) {
         conn_send(conn, op);
         return 1;
     }
@@ -393,8 +383,7 @@ void h2o_db_pool_pump(h2o_db_session_t *s)
     }
 }
 
-/* Serves sessions waiting for any connection, oldest first. */
-static void pool_service(h2o_db_pool_t *pool)
+void h2o_db_pool_serve_waiting(h2o_db_pool_t *pool)
 {
     size_t budget = pool->num_waiting + 1;
     h2o_linklist_t *n = pool->waiting.next;
@@ -417,7 +406,7 @@ static void conn_progress(h2o_db_conn_t *conn)
     if (conn->state != H2O_DB_CONN_READY)
         return;
     if (conn->ring.count == 0)
-        changed(pool);
+        h2o_db_pool_changed(pool);
     while (!h2o_linklist_is_empty(&conn->waiters) && conn_has_room(conn)) {
         h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, wait_link, conn->waiters.next);
         stop_waiting(s);
@@ -432,7 +421,7 @@ static void conn_progress(h2o_db_conn_t *conn)
     }
     if (conn->ring.count == 0 && !conn->cleaning)
         conn->idle_since = h2o_db_now(pool->thread);
-    pool_service(pool);
+    h2o_db_pool_serve_waiting(pool);
 }
 
 /* ---- driver callbacks ---- */
@@ -442,13 +431,13 @@ void h2o_db_conn_connected(h2o_db_conn_t *conn)
     h2o_db_pool_t *pool = conn->pool;
     conn->state = H2O_DB_CONN_READY;
     --pool->num_connecting;
-    changed(pool);
+    h2o_db_pool_changed(pool);
     if (pool->down)
         ++pool->stats.reconnects;
     pool->down = 0;
     pool->backoff_ms = 0;
     conn->idle_since = h2o_db_now(pool->thread);
-    pool_service(pool);
+    h2o_db_pool_serve_waiting(pool);
 }
 
 static int any_ready(h2o_db_pool_t *pool)
@@ -458,8 +447,6 @@ static int any_ready(h2o_db_pool_t *pool)
             return 1;
     return 0;
 }
-
-static void on_retry(uv_timer_t *timer);
 
 /* The connection of s's transaction broke: the transaction is lost. */
 static void lose_transaction(h2o_db_session_t *s, h2o_db_conn_t *conn, const char *sqlstate)
@@ -473,6 +460,15 @@ static void lose_transaction(h2o_db_session_t *s, h2o_db_conn_t *conn, const cha
     }
     conn->pinned = NULL;
     --conn->pool->num_pinned;
+}
+
+void h2o_db_conn_log_failure(h2o_db_conn_t *conn, int connecting, const char *message)
+{
+    h2o_db_pool_t *pool = conn->pool;
+    if (connecting && !pool->down && !pool->closing)
+        fprintf(stderr, "h2o-db: [%s] cannot connect to %s: %s\n", pool->bind->key, pool->bind->url.display, message);
+    else if (!connecting && !pool->closing)
+        fprintf(stderr, "h2o-db: [%s] connection to %s lost: %s\n", pool->bind->key, pool->bind->url.display, message);
 }
 
 void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *message)
@@ -536,11 +532,9 @@ void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *m
         if (pool->backoff_ms > BACKOFF_MAX_MS)
             pool->backoff_ms = BACKOFF_MAX_MS;
         if (pool->num_connecting == 0)
-            fail_waiting(pool, H2O_DB_UNAVAILABLE, sqlstate, pool->last_error);
+            h2o_db_pool_fail_waiting(pool, H2O_DB_UNAVAILABLE, sqlstate, pool->last_error);
     }
-    if (!pool->closing && (pool->num_conns < pool->bind->pool.min || !h2o_linklist_is_empty(&pool->waiting)) &&
-        !uv_is_active((uv_handle_t *)&pool->retry_timer))
-        uv_timer_start(&pool->retry_timer, on_retry, pool->down ? pool->backoff_ms : 0, 0);
+    h2o_db_pool_retry_later(pool);
 }
 
 void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
@@ -577,6 +571,8 @@ void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
         }
         if (result->status != H2O_DB_OK || op->failed_commit)
             ++pool->stats.errors;
+        if (result->status == H2O_DB_TIMEOUT)
+            ++pool->stats.timeouts; /* the server's statement_timeout answered first */
         int alive = h2o_db_op_complete(op, result) == 0;
         if (alive && !h2o_linklist_is_empty(&s->pending) && s->pinned == NULL && s->outstanding == 0)
             h2o_db_pool_pump(s);
@@ -615,15 +611,14 @@ static void conn_close(h2o_db_conn_t *conn)
     }
     conn->state = H2O_DB_CONN_CLOSED;
     if (!pool->closing)
-        changed(pool);
+        h2o_db_pool_changed(pool);
     struct close_later *cl = calloc(1, sizeof(*cl));
     cl->later.cb = close_later_cb;
     cl->conn = conn;
     h2o_db_later(pool->thread, &cl->later);
 }
 
-/* Closes a connection that nobody uses (idle, or its statements were all abandoned). */
-static void conn_retire(h2o_db_conn_t *conn, uint64_t *counter)
+void h2o_db_conn_retire(h2o_db_conn_t *conn, uint64_t *counter)
 {
     ++*counter;
     conn_close(conn);
@@ -714,140 +709,7 @@ void h2o_db_pool_release(h2o_db_session_t *s)
     h2o_db_pool_detach(s, NULL);
 }
 
-/* ---- housekeeping ---- */
-
-static void ensure_min(h2o_db_pool_t *pool)
-{
-    while (!pool->closing && pool->num_conns < pool->bind->pool.min && can_open(pool)) {
-        if (pool->down && (pool->num_connecting != 0 || h2o_db_now(pool->thread) - pool->last_failure_at < pool->backoff_ms))
-            break;
-        conn_open(pool);
-    }
-}
-
-static void on_retry(uv_timer_t *timer)
-{
-    h2o_db_pool_t *pool = timer->data;
-    ensure_min(pool);
-    if (!h2o_linklist_is_empty(&pool->waiting)) {
-        if (pool->num_connecting == 0 && can_open(pool))
-            conn_open(pool);
-        pool_service(pool);
-    }
-}
-
-/* leak-threshold: a session has held its transaction's connection for too long; said once */
-static void report_leak(h2o_db_session_t *s, uint64_t now)
-{
-    h2o_db_pool_t *pool = s->pool;
-    s->leak_reported = 1;
-    ++pool->stats.leaks;
-    if (s->owner != NULL) {
-        h2o_req_t *req = s->owner->req;
-        fprintf(stderr, "h2o-db: [%s] a request has held a connection in a transaction for %.1f s (leak-threshold %.1f s): %.*s %.*s\n",
-                pool->bind->key, (now - s->pinned_at) / 1000.0, pool->bind->pool.leak_threshold / 1000.0, (int)req->method.len,
-                req->method.base, (int)req->path.len, req->path.base);
-    } else {
-        fprintf(stderr, "h2o-db: [%s] a session outside a request has held a connection in a transaction for %.1f s (leak-threshold "
-                        "%.1f s)\n",
-                pool->bind->key, (now - s->pinned_at) / 1000.0, pool->bind->pool.leak_threshold / 1000.0);
-    }
-}
-
-void h2o_db_pool_publish(h2o_db_pool_t *pool)
-{
-    size_t idle = 0, busy = 0;
-    for (h2o_linklist_t *n = pool->conns.next; n != &pool->conns; n = n->next) {
-        h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, n);
-        if (conn->state != H2O_DB_CONN_READY)
-            continue;
-        if (conn_is_idle(conn))
-            ++idle;
-        else
-            ++busy;
-    }
-    __atomic_store_n(&pool->gauges.idle, idle, __ATOMIC_RELAXED);
-    __atomic_store_n(&pool->gauges.busy, busy, __ATOMIC_RELAXED);
-}
-
-static void on_housekeeping(uv_timer_t *timer)
-{
-    h2o_db_pool_t *pool = timer->data;
-    h2o_db_pool_config_t *cfg = &pool->bind->pool;
-    uint64_t now = h2o_db_now(pool->thread);
-    for (h2o_linklist_t *n = pool->conns.next; n != &pool->conns;) {
-        h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, n);
-        n = n->next;
-        if (conn->pinned != NULL && cfg->leak_threshold != 0 && !conn->pinned->leak_reported &&
-            now - conn->pinned->pinned_at >= cfg->leak_threshold)
-            report_leak(conn->pinned, now);
-        if (!conn_is_idle(conn))
-            continue;
-        if (conn->retire_at != 0 && now >= conn->retire_at) {
-            conn_retire(conn, &pool->stats.closed_lifetime);
-        } else if (cfg->idle_timeout != 0 && now - conn->idle_since >= cfg->idle_timeout && pool->num_conns > cfg->min) {
-            conn_retire(conn, &pool->stats.closed_idle);
-        }
-    }
-    ensure_min(pool);
-    h2o_db_pool_publish(pool);
-}
-
-/* ---- life of a pool ---- */
-
-h2o_db_pool_t *h2o_db_pool_create(h2o_db_thread_t *thread, h2o_db_bind_t *bind)
-{
-    h2o_db_pool_t *pool = calloc(1, sizeof(*pool));
-    pool->bind = bind;
-    pool->thread = thread;
-    h2o_linklist_init_anchor(&pool->conns);
-    h2o_linklist_init_anchor(&pool->waiting);
-    pool->publisher.cb = on_publish;
-    h2o_timeout_init(thread->loop, &pool->acquire_timeout, bind->pool.acquire_timeout);
-    h2o_timeout_init(thread->loop, &pool->statement_timeout, bind->pool.statement_timeout);
-    h2o_timeout_init(thread->loop, &pool->request_timeout, bind->pool.request_timeout);
-    uv_timer_init(thread->loop, &pool->retry_timer);
-    pool->retry_timer.data = pool;
-    uv_timer_init(thread->loop, &pool->housekeeping);
-    pool->housekeeping.data = pool;
-    uv_timer_start(&pool->housekeeping, on_housekeeping, HOUSEKEEPING_MS, HOUSEKEEPING_MS);
-    uv_unref((uv_handle_t *)&pool->housekeeping);
-    ensure_min(pool);
-    return pool;
-}
-
 void h2o_db_session_wait_timeout_init(h2o_db_session_t *s)
 {
     s->wait_timeout.cb = on_wait_timeout;
-}
-
-static void on_pool_handle_closed(uv_handle_t *handle)
-{
-    h2o_db_pool_t *pool = handle->data;
-    if (--pool->closing == 1)
-        free(pool);
-}
-
-void h2o_db_pool_destroy(h2o_db_pool_t *pool)
-{
-    pool->closing = 1;
-    if (h2o_linklist_is_linked(&pool->publisher.link))
-        h2o_linklist_unlink(&pool->publisher.link);
-    fail_waiting(pool, H2O_DB_UNAVAILABLE, "57P01", "the server is shutting down");
-    while (!h2o_linklist_is_empty(&pool->conns)) {
-        h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, pool->conns.next);
-        if (conn->state == H2O_DB_CONN_CONNECTING)
-            --pool->num_connecting;
-        conn->state = H2O_DB_CONN_READY; /* so that h2o_db_conn_failed answers what is in flight */
-        h2o_db_conn_failed(conn, "57P01", "the server is shutting down");
-    }
-    pool->closing = 3; /* 1 + two timer handles */
-    uv_close((uv_handle_t *)&pool->retry_timer, on_pool_handle_closed);
-    uv_close((uv_handle_t *)&pool->housekeeping, on_pool_handle_closed);
-    /* libh2o's timeouts embed their uv_timer_t in the pool and close it without a callback; libuv
-     * finishes closes in the reverse order of uv_close(), so closing them last lets them finish
-     * before the callbacks above free the pool */
-    h2o_timeout_dispose(pool->thread->loop, &pool->acquire_timeout);
-    h2o_timeout_dispose(pool->thread->loop, &pool->statement_timeout);
-    h2o_timeout_dispose(pool->thread->loop, &pool->request_timeout);
 }

@@ -104,6 +104,9 @@ void h2o_db_session_wait_timeout_init(h2o_db_session_t *s);
 
 /* Called by drivers. */
 void h2o_db_conn_connected(h2o_db_conn_t *conn);
+/* Logs why a connection failed, before h2o_db_conn_failed: "cannot connect" while connecting (not
+ * again while the pool is down), "connection ... lost" otherwise; nothing while the pool closes. */
+void h2o_db_conn_log_failure(h2o_db_conn_t *conn, int connecting, const char *message);
 void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *message);
 void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result);
 void h2o_db_conn_cancelled(h2o_db_conn_t *conn);
@@ -114,5 +117,26 @@ void h2o_db_conn_dispose(h2o_db_conn_t *conn);
 
 /* Milliseconds a connection's oldest statement has been in flight (0 when none). */
 uint64_t h2o_db_conn_oldest_age(h2o_db_conn_t *conn, uint64_t now);
+
+/* Between pool.c (placement, driver callbacks) and pool_housekeeping.c (the pool over time). */
+
+/* pool.c: whether the pool may open one more connection (max, max-total) */
+int h2o_db_pool_can_open(h2o_db_pool_t *pool);
+/* pool.c: opens one (NULL when max-total was reached meanwhile) */
+h2o_db_conn_t *h2o_db_pool_open_conn(h2o_db_pool_t *pool);
+/* pool.c: ready, with nothing in flight, not pinned, nothing to clean */
+int h2o_db_conn_is_idle(h2o_db_conn_t *conn);
+/* pool.c: closes a connection that nobody uses (idle, or its statements were all abandoned),
+ * counting it in *counter */
+void h2o_db_conn_retire(h2o_db_conn_t *conn, uint64_t *counter);
+/* pool.c: serves the sessions waiting for any connection, oldest first */
+void h2o_db_pool_serve_waiting(h2o_db_pool_t *pool);
+/* pool.c: fails every statement waiting for a connection of this pool */
+void h2o_db_pool_fail_waiting(h2o_db_pool_t *pool, h2o_db_status_t status, const char *sqlstate, const char *message);
+/* pool_housekeeping.c: after a failure, retries (ensure min, serve who waits) when needed: at once,
+ * or after the back-off while the database is down */
+void h2o_db_pool_retry_later(h2o_db_pool_t *pool);
+/* pool_housekeeping.c: connections changed: the gauges are republished on this loop iteration */
+void h2o_db_pool_changed(h2o_db_pool_t *pool);
 
 #endif

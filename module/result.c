@@ -121,9 +121,7 @@ static size_t utf8_len(const unsigned char *s, size_t n)
     return len;
 }
 
-/* Writes s as a JSON string into dst (when dst != NULL); returns the length written. Invalid
- * UTF-8 becomes U+FFFD so that the document stays valid. */
-static size_t json_string(char *dst, const char *src, size_t n)
+size_t h2o_db_json_string(char *dst, const char *src, size_t n, int escape_separators)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *s = (const unsigned char *)src;
@@ -178,6 +176,14 @@ static size_t json_string(char *dst, const char *src, size_t n)
                 PUT('\xbf');
                 PUT('\xbd');
                 ++i;
+            } else if (escape_separators && len == 3 && c == 0xe2 && s[i + 1] == 0x80 && (s[i + 2] == 0xa8 || s[i + 2] == 0xa9)) {
+                PUT('\\');
+                PUT('u');
+                PUT('2');
+                PUT('0');
+                PUT('2');
+                PUT(s[i + 2] == 0xa8 ? '8' : '9');
+                i += 3;
             } else {
                 for (size_t k = 0; k < len; ++k)
                     PUT(s[i + k]);
@@ -217,14 +223,14 @@ static size_t json_value(char *dst, const h2o_db_result_t *r, size_t row, size_t
     case H2O_DB_TYPE_FLOAT:
     case H2O_DB_TYPE_NUMERIC:
         if (!is_json_number(v, n))
-            return json_string(dst, v, n);
+            return h2o_db_json_string(dst, v, n, 0);
         /* fallthrough */
     case H2O_DB_TYPE_JSON:
         if (dst != NULL)
             memcpy(dst, v, n);
         return n;
     default:
-        return json_string(dst, v, n);
+        return h2o_db_json_string(dst, v, n, 0);
     }
 }
 
@@ -246,7 +252,7 @@ static size_t json_rows(char *dst, const h2o_db_result_t *r)
             if (col != 0)
                 PUTS(",", 1);
             const char *name = r->cls->column_name(r, col);
-            out += json_string(dst != NULL ? dst + out : NULL, name, strlen(name));
+            out += h2o_db_json_string(dst != NULL ? dst + out : NULL, name, strlen(name), 0);
             PUTS(":", 1);
             out += json_value(dst != NULL ? dst + out : NULL, r, row, col);
         }

@@ -44,6 +44,12 @@ void h2o_db_result_init_ok(h2o_db_result_t *r, uint64_t affected);
 /* The type of a value (H2O_DB_TYPE_NULL for SQL NULL). */
 h2o_db_type_t h2o_db_result_type(const h2o_db_result_t *r, size_t row, size_t col);
 
+/* Writes src[0..n) as a JSON string, quotes included, into dst (when dst != NULL); returns its
+ * length. ", \ and control characters are escaped (\n, \r, \t, \b, \f, else \u00XX); invalid UTF-8
+ * becomes U+FFFD, so that the document stays valid; with escape_separators, U+2028 and U+2029
+ * become \u2028 and \u2029 (JSON that may be read as JavaScript). */
+size_t h2o_db_json_string(char *dst, const char *src, size_t n, int escape_separators);
+
 /* SQLSTATE → status: class 08 and 57P01..57P03 are UNAVAILABLE, 57014 TIMEOUT, 53300 BUSY. */
 h2o_db_status_t h2o_db_status_for_sqlstate(const char *sqlstate);
 

@@ -365,8 +365,8 @@ static int is_blank(const char *sql)
     return sql[strspn(sql, " \t\r\n\f\v;")] == '\0';
 }
 
-static h2o_db_op_t *new_op(h2o_db_session_t *s, h2o_db_op_kind_t kind, const char *sql, size_t nparams,
-                           const char *const *params, h2o_db_cb cb, void *data)
+static h2o_db_op_t *new_op(h2o_db_session_t *s, h2o_db_op_kind_t kind, const char *sql, size_t nparams, const char *const *params,
+                           h2o_db_cb cb, void *data)
 {
     size_t sql_len = sql != NULL ? strlen(sql) : 0, size = sizeof(h2o_db_op_t) + nparams * sizeof(char *) + sql_len + 1;
     for (size_t i = 0; i < nparams; ++i)
@@ -491,28 +491,30 @@ static int any_failed(h2o_db_session_t *root)
     return 0;
 }
 
+/* Ends the session's transaction (kind: COMMIT or ROLLBACK); one that touched other partitions
+ * ends through partition.c. */
+static int end_txn(h2o_db_session_t *s, h2o_db_op_kind_t kind, h2o_db_cb cb, void *data)
+{
+    if (s->touched != NULL)
+        return h2o_db_partition_commit(s, kind == H2O_DB_OP_ROLLBACK, cb, data);
+    h2o_db_op_t *op = new_op(s, kind, NULL, 0, NULL, cb, data);
+    s->txn_open = 0;
+    enqueue(s, op);
+    return 0;
+}
+
 int h2o_db_commit(h2o_db_session_t *s, h2o_db_cb cb, void *data)
 {
     if (!usable(s) || cb == NULL || !s->txn_open || s->implicit_txn || any_failed(s))
         return -1;
-    if (s->touched != NULL)
-        return h2o_db_partition_commit(s, 0, cb, data);
-    h2o_db_op_t *op = new_op(s, H2O_DB_OP_COMMIT, NULL, 0, NULL, cb, data);
-    s->txn_open = 0;
-    enqueue(s, op);
-    return 0;
+    return end_txn(s, H2O_DB_OP_COMMIT, cb, data);
 }
 
 int h2o_db_rollback(h2o_db_session_t *s, h2o_db_cb cb, void *data)
 {
     if (!usable(s) || cb == NULL || !s->txn_open || s->implicit_txn)
         return -1;
-    if (s->touched != NULL)
-        return h2o_db_partition_commit(s, 1, cb, data);
-    h2o_db_op_t *op = new_op(s, H2O_DB_OP_ROLLBACK, NULL, 0, NULL, cb, data);
-    s->txn_open = 0;
-    enqueue(s, op);
-    return 0;
+    return end_txn(s, H2O_DB_OP_ROLLBACK, cb, data);
 }
 
 /* ---- answers ---- */

@@ -25,11 +25,11 @@ struct st_h2o_db_op_t {
     h2o_db_conn_t *conn; /* while in flight */
     size_t ring_index;   /* its place in conn->ring while in flight */
     h2o_db_op_kind_t kind;
-    unsigned in_txn : 1;       /* issued between begin and commit/rollback */
+    unsigned in_txn : 1;        /* issued between begin and commit/rollback */
     unsigned failed_commit : 1; /* a COMMIT of a failed transaction: sent as ROLLBACK, answered as an error */
-    unsigned answered : 1;     /* for `done` ops: the result below is final */
-    unsigned heap : 1;         /* malloc'd (a session outside a request): freed once answered or dropped */
-    unsigned no_cache : 1;     /* one-off SQL (PREPARE TRANSACTION '...'): not for the statement cache */
+    unsigned answered : 1;      /* for `done` ops: the result below is final */
+    unsigned heap : 1;          /* malloc'd (a session outside a request): freed once answered or dropped */
+    unsigned no_cache : 1;      /* one-off SQL (PREPARE TRANSACTION '...'): not for the statement cache */
     const char *sql;
     size_t sql_len;
     size_t nparams;
@@ -74,7 +74,7 @@ struct st_h2o_db_session_t {
     unsigned leak_reported : 1;     /* leak-threshold said so already */
     h2o_db_status_t txn_status;     /* how the current transaction failed (with txn_failed) */
     char txn_sqlstate[6];
-    unsigned heap : 1;              /* a session outside a request (h2o_db_session_open) */
+    unsigned heap : 1;                 /* a session outside a request (h2o_db_session_open) */
     struct st_h2o_db_commit_t *commit; /* a commit across partitions in progress */
     /* once set (the client left, or request-timeout ran out), every statement is answered so */
     unsigned aborted : 1;

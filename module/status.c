@@ -110,7 +110,10 @@ static const struct {
     const char *name, *help;
     size_t offset;
 } counters[] = {
-#define C(f, h) {#f, h, offsetof(h2o_db_pool_stats_t, f)}
+#define C(f, h)                                                                                                                    \
+    {                                                                                                                              \
+#f, h, offsetof(h2o_db_pool_stats_t, f)                                                                                    \
+    }
     C(acquires, "statements placed on a connection"),
     C(waits, "statements that waited for a connection"),
     C(acquire_timeouts, "statements that gave up waiting (acquire-timeout)"),
@@ -179,9 +182,9 @@ static void render_json(struct out *o, const struct row *rows, size_t n, size_t 
              ",\"pool\":{\"max\":%u,\"min\":%u,\"max_total\":%u,\"queue\":%u,\"pipeline_depth\":%u,\"statement_cache\":%u,"
              "\"acquire_timeout\":%g,\"idle_timeout\":%g,\"max_lifetime\":%g,\"statement_timeout\":%g,\"request_timeout\":%g,"
              "\"leak_threshold\":%g}",
-             cfg->max, cfg->min, cfg->max_total, cfg->queue, cfg->pipeline_depth, cfg->statement_cache, cfg->acquire_timeout / 1000.0,
-             cfg->idle_timeout / 1000.0, cfg->max_lifetime / 1000.0, cfg->statement_timeout / 1000.0, cfg->request_timeout / 1000.0,
-             cfg->leak_threshold / 1000.0);
+             cfg->max, cfg->min, cfg->max_total, cfg->queue, cfg->pipeline_depth, cfg->statement_cache,
+             cfg->acquire_timeout / 1000.0, cfg->idle_timeout / 1000.0, cfg->max_lifetime / 1000.0, cfg->statement_timeout / 1000.0,
+             cfg->request_timeout / 1000.0, cfg->leak_threshold / 1000.0);
         outf(o, ",\"connections_all_threads\":%u,\"threads\":[", LOAD(bind->total_conns));
         int first = 1;
         for (size_t i = 0; i < n; ++i) {

@@ -169,7 +169,8 @@ int h2o_db_twophase_prepare(h2o_db_bind_t *bind)
         }
         PQclear(gids);
     }
-    if (exec_ok(conns[0], bind, "DELETE FROM " H2O_DB_TWOPHASE_TABLE " WHERE left(txn, length($1)) = $1", 1, prefix_param, NULL) != 0)
+    if (exec_ok(conns[0], bind, "DELETE FROM " H2O_DB_TWOPHASE_TABLE " WHERE left(txn, length($1)) = $1", 1, prefix_param, NULL) !=
+        0)
         goto Exit;
     ret = 0;
 Exit:
@@ -227,7 +228,8 @@ static void on_gids(h2o_db_result_t *result, void *data)
             struct step *next = malloc(sizeof(*next));
             *next = (struct step){r, st->index};
             ++r->awaiting;
-            h2o_db_op_t *op = h2o_db_session_enqueue(r->sessions[st->index], H2O_DB_OP_QUERY, sql, 0, NULL, 0, on_resolved_one, next);
+            h2o_db_op_t *op =
+                h2o_db_session_enqueue(r->sessions[st->index], H2O_DB_OP_QUERY, sql, 0, NULL, 0, on_resolved_one, next);
             op->no_cache = 1;
             fprintf(stderr, "h2o-db: [%s] twophase: %s prepared transaction %s left by an ended request\n", r->bind->key,
                     r->decided ? "committing" : "rolling back", gid);
@@ -245,9 +247,10 @@ static void query_gids(struct resolver *r)
         struct step *st = malloc(sizeof(*st));
         *st = (struct step){r, i};
         const char *params[] = {r->txn};
-        h2o_db_session_enqueue(r->sessions[i], H2O_DB_OP_QUERY,
-                               "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND left(gid, length($1)) = $1", 1,
-                               params, 0, on_gids, st);
+        h2o_db_session_enqueue(
+            r->sessions[i], H2O_DB_OP_QUERY,
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND left(gid, length($1)) = $1", 1, params, 0,
+            on_gids, st);
     }
 }
 

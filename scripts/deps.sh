@@ -1,7 +1,9 @@
-# Sourced by scripts/run and scripts/test: installs the Debian packages h2o-db needs
+# Sourced by scripts/run, scripts/test and scripts/fuzz: installs the Debian packages h2o-db needs
 # when some are missing (apt-get; through sudo when not root).
 H2O_DB_BUILD_PACKAGES="gcc pkg-config meson ninja-build libh2o-dev libuv1-dev libyaml-dev libssl-dev libpq-dev libsqlite3-dev libmruby-dev libmariadb-dev"
 H2O_DB_TEST_PACKAGES="check libcurl4-openssl-dev curl postgresql mariadb-server"
+# scripts/fuzz: clang and its libFuzzer/sanitizer runtimes
+H2O_DB_FUZZ_PACKAGES="clang libclang-rt-dev"
 
 h2o_db_install_packages() {
     missing=""

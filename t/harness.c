@@ -308,9 +308,10 @@ static CURL *make_easy(th_response_t *res, int version, const char *method, cons
     curl_easy_setopt(c, CURLOPT_HEADERDATA, res);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_HTTP_VERSION, version == TH_HTTP2                ? CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE
-                                              : version == TH_HTTP2_UPGRADE ? CURL_HTTP_VERSION_2_0
-                                                                            : CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(c, CURLOPT_HTTP_VERSION,
+                     version == TH_HTTP2           ? CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE
+                     : version == TH_HTTP2_UPGRADE ? CURL_HTTP_VERSION_2_0
+                                                   : CURL_HTTP_VERSION_1_1);
     if (method != NULL)
         curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     if (body != NULL) {

@@ -106,8 +106,8 @@ static char *get(const char *path, long expect_status)
     char *url = th_url(&server, path);
     int ret = th_http(&res, TH_HTTP1, NULL, url, NULL);
     ck_assert_msg(ret == 0, "GET %s: curl error %d; log:\n%s", path, res.curl_error, log_tail());
-    ck_assert_msg(res.status == expect_status, "GET %s: status %ld (expected %ld), body %s\nlog:\n%s", path, res.status, expect_status,
-                  res.body, log_tail());
+    ck_assert_msg(res.status == expect_status, "GET %s: status %ld (expected %ld), body %s\nlog:\n%s", path, res.status,
+                  expect_status, res.body, log_tail());
     char *body = strdup(res.body);
     th_response_free(&res);
     free(url);
@@ -145,10 +145,10 @@ static int num_results(const char *body)
 #define assert_result(body, i, status, part)                                                                                       \
     do {                                                                                                                           \
         char *r_ = result_at((body), (i));                                                                                         \
-        ck_assert_msg(strncmp(r_, "{\"status\":\"" status "\"", strlen("{\"status\":\"" status "\"")) == 0,                    \
+        ck_assert_msg(strncmp(r_, "{\"status\":\"" status "\"", strlen("{\"status\":\"" status "\"")) == 0,                        \
                       "result %d: expected %s, got %s (in %s)", (int)(i), status, r_, (body));                                     \
         const char *part_ = (part);                                                                                                \
-        ck_assert_msg(part_ == NULL || strstr(r_, part_) != NULL, "result %d: expected %s in %s (in %s)", (int)(i), part_, r_,    \
+        ck_assert_msg(part_ == NULL || strstr(r_, part_) != NULL, "result %d: expected %s in %s (in %s)", (int)(i), part_, r_,     \
                       (body));                                                                                                     \
         free(r_);                                                                                                                  \
     } while (0)
@@ -465,7 +465,8 @@ START_TEST(error_in_second_partition_rolls_back_both)
                   "KEY sa_main\n"
                   "COMMIT\n");
     ck_assert_int_eq(num_results(body), 4);
-    ck_assert_msg(strstr(body, "the transaction failed on `sa_lite` (SQLSTATE 23505); it was rolled back on every partition") != NULL,
+    ck_assert_msg(strstr(body, "the transaction failed on `sa_lite` (SQLSTATE 23505); it was rolled back on every partition") !=
+                      NULL,
                   "commit answer: %s", body);
     assert_result(body, 3, "SQL_ERROR", "\"sqlstate\":\"23505\""); /* the commit answers last */
     free(body);
@@ -527,7 +528,8 @@ START_TEST(commit_order_and_partial_failure)
     s = fmt(txn, "second", "second", "sa_main2");
     body = script_at("/script?key=sa_main2", s);
     ck_assert_int_eq(num_results(body), 5);
-    assert_result(body, 4, "SQL_ERROR", "COMMIT failed on `sa_pg2` (SQLSTATE 23505): committed: sa_main2, sa_lite; rolled back: none");
+    assert_result(body, 4, "SQL_ERROR",
+                  "COMMIT failed on `sa_pg2` (SQLSTATE 23505): committed: sa_main2, sa_lite; rolled back: none");
     free(body);
     free(s);
     ck_assert_int_eq(pg1("SELECT count(*) FROM to_main WHERE v = 'second'"), 1);
@@ -594,7 +596,6 @@ START_TEST(sqlite_write_lock_is_held_across_the_transaction)
 END_TEST
 
 /* ---- twophase: ON across the two PostgreSQL databases ---- */
-
 
 /* rolls back what a failed test may have left prepared */
 static void rollback_prepared_like(const char *url, const char *pattern)

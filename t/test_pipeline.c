@@ -82,7 +82,8 @@ START_TEST(pipelined_statements_each_get_their_own_result)
     for (int i = 0; i < N; ++i) {
         char expect[64];
         snprintf(expect, sizeof(expect), "[{\"id\":%d}]", 1000 + i);
-        ck_assert_msg(res[i].status == 200, "request %d: status %ld (curl %d): %s", i, res[i].status, res[i].curl_error, res[i].body);
+        ck_assert_msg(res[i].status == 200, "request %d: status %ld (curl %d): %s", i, res[i].status, res[i].curl_error,
+                      res[i].body);
         ck_assert_str_eq(res[i].body, expect);
         th_response_free(&res[i]);
         free(urls[i]);

@@ -14,10 +14,10 @@ typedef struct st_h2o_db_driver_t h2o_db_driver_t;
 
 /* pool: {...} of a db.bind; times in milliseconds (the config says seconds) */
 typedef struct st_h2o_db_pool_config_t {
-    unsigned max;        /* connections per thread, >= 1 */
-    unsigned max_total;  /* over all threads; 0 = no cap */
-    unsigned min;        /* kept open per thread */
-    unsigned queue;      /* waiting statements per thread */
+    unsigned max;       /* connections per thread, >= 1 */
+    unsigned max_total; /* over all threads; 0 = no cap */
+    unsigned min;       /* kept open per thread */
+    unsigned queue;     /* waiting statements per thread */
     unsigned pipeline_depth;
     unsigned statement_cache;
     uint64_t acquire_timeout;

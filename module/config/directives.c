@@ -204,11 +204,12 @@ static int parse_pool(h2o_configurator_command_t *cmd, yoml_t *node, h2o_db_pool
         } else if (strcmp(name, "connect-at-start") == 0) {
             ret = (pool->connect_at_start = h2o_db_config_flag(cmd, v)) < 0 ? -1 : 0;
         } else {
-            h2o_configurator_errprintf(cmd, k,
-                                       "unknown pool option `%s` (known: max, max-total, min, acquire-timeout, queue, idle-timeout, "
-                                       "max-lifetime, statement-timeout, request-timeout, leak-threshold, pipeline-depth, statement-cache, "
-                                       "connect-at-start)",
-                                       name);
+            h2o_configurator_errprintf(
+                cmd, k,
+                "unknown pool option `%s` (known: max, max-total, min, acquire-timeout, queue, idle-timeout, "
+                "max-lifetime, statement-timeout, request-timeout, leak-threshold, pipeline-depth, statement-cache, "
+                "connect-at-start)",
+                name);
             return -1;
         }
         if (ret != 0)
@@ -272,16 +273,16 @@ static h2o_db_bind_t *parse_bind(h2o_configurator_command_t *cmd, h2o_configurat
     for (size_t i = 0; i < node->data.mapping.size; ++i) {
         yoml_t *k = node->data.mapping.elements[i].key, *v = node->data.mapping.elements[i].value;
         const char *name = k->type == YOML_TYPE_SCALAR ? k->data.scalar : "";
-        yoml_t **slot = strcmp(name, "url") == 0               ? &url
-                        : strcmp(name, "key") == 0             ? &key
-                        : strcmp(name, "middleware") == 0      ? &middleware
-                        : strcmp(name, "pool") == 0            ? &pool
-                        : strcmp(name, "on-connect") == 0      ? &on_connect
-                        : strcmp(name, "schema") == 0          ? &schema
-                        : strcmp(name, "binds") == 0           ? &binds
-                        : strcmp(name, "twophase") == 0        ? &twophase
-                        : strcmp(name, "password-file") == 0   ? &password_file
-                                                               : NULL;
+        yoml_t **slot = strcmp(name, "url") == 0             ? &url
+                        : strcmp(name, "key") == 0           ? &key
+                        : strcmp(name, "middleware") == 0    ? &middleware
+                        : strcmp(name, "pool") == 0          ? &pool
+                        : strcmp(name, "on-connect") == 0    ? &on_connect
+                        : strcmp(name, "schema") == 0        ? &schema
+                        : strcmp(name, "binds") == 0         ? &binds
+                        : strcmp(name, "twophase") == 0      ? &twophase
+                        : strcmp(name, "password-file") == 0 ? &password_file
+                                                             : NULL;
         if (slot == NULL) {
             h2o_configurator_errprintf(cmd, k,
                                        "unknown attribute `%s` (known: url, key, middleware, pool, on-connect, schema, binds, "
@@ -308,7 +309,8 @@ static h2o_db_bind_t *parse_bind(h2o_configurator_command_t *cmd, h2o_configurat
     if (key != NULL) {
         if ((s = expect_scalar(cmd, key, "key")) == NULL)
             goto Error;
-        if (s[0] == '\0' || strlen(s) > 63 || strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.") != strlen(s)) {
+        if (s[0] == '\0' || strlen(s) > 63 ||
+            strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.") != strlen(s)) {
             h2o_configurator_errprintf(cmd, key, "key must be 1 to 63 letters, digits, _ - or ., not `%s`", s);
             goto Error;
         }
@@ -362,7 +364,8 @@ static h2o_db_bind_t *parse_bind(h2o_configurator_command_t *cmd, h2o_configurat
         goto Error;
     }
     if (bind->twophase && bind->url.backend != H2O_DB_BACKEND_POSTGRES) {
-        h2o_configurator_errprintf(cmd, twophase, "twophase: ON needs PostgreSQL, but this bind is %s, which cannot prepare transactions",
+        h2o_configurator_errprintf(cmd, twophase,
+                                   "twophase: ON needs PostgreSQL, but this bind is %s, which cannot prepare transactions",
                                    bind->url.display);
         goto Error;
     }
@@ -379,7 +382,8 @@ static int add_bind(h2o_configurator_command_t *cmd, h2o_configurator_context_t 
     if (bind == NULL)
         return -1;
     if ((other = find_visible(self, bind->key, self->depth)) != NULL) {
-        h2o_configurator_errprintf(cmd, node, "duplicate app key `%s`: already bound at %s:%zu:%zu (%s); give this bind another `key`",
+        h2o_configurator_errprintf(cmd, node,
+                                   "duplicate app key `%s`: already bound at %s:%zu:%zu (%s); give this bind another `key`",
                                    bind->key, other->filename, other->line + 1, other->column + 1, other->scope);
         h2o_db_bind_free(bind);
         return -1;
@@ -504,8 +508,9 @@ static int resolve_partitions(struct db_configurator *self, struct frame *f)
             h2o_db_partition_t *p = bind->partitions.entries + j;
             h2o_db_bind_t *target = find_visible(self, p->key, self->depth);
             if (target == NULL) {
-                fprintf(stderr, "%s: in command db.bind, binds: unknown key `%s` for table `%s`: no db.bind with this key is "
-                                "visible from %s\n",
+                fprintf(stderr,
+                        "%s: in command db.bind, binds: unknown key `%s` for table `%s`: no db.bind with this key is "
+                        "visible from %s\n",
                         p->where, p->key, p->table, bind->scope);
                 return -1;
             }
@@ -515,8 +520,9 @@ static int resolve_partitions(struct db_configurator *self, struct frame *f)
                 return -1;
             }
             if (bind->twophase && target->url.backend != H2O_DB_BACKEND_POSTGRES) {
-                fprintf(stderr, "%s: in command db.bind, twophase: ON needs PostgreSQL partitions, but `%s` is %s, which cannot "
-                                "prepare transactions\n",
+                fprintf(stderr,
+                        "%s: in command db.bind, twophase: ON needs PostgreSQL partitions, but `%s` is %s, which cannot "
+                        "prepare transactions\n",
                         p->where, p->key, target->url.display);
                 return -1;
             }
@@ -589,8 +595,8 @@ void h2o_db_register_configurator(h2o_globalconf_t *conf)
     struct db_configurator *c = (void *)h2o_configurator_create(conf, sizeof(*c));
     c->super.enter = on_level_enter;
     c->super.exit = on_level_exit;
-    h2o_configurator_define_command(&c->super, "db.bind",
-                                    H2O_CONFIGURATOR_FLAG_GLOBAL | H2O_CONFIGURATOR_FLAG_HOST | H2O_CONFIGURATOR_FLAG_PATH, on_db_bind);
+    h2o_configurator_define_command(
+        &c->super, "db.bind", H2O_CONFIGURATOR_FLAG_GLOBAL | H2O_CONFIGURATOR_FLAG_HOST | H2O_CONFIGURATOR_FLAG_PATH, on_db_bind);
     h2o_configurator_define_command(&c->super, "db.use",
                                     H2O_CONFIGURATOR_FLAG_HOST | H2O_CONFIGURATOR_FLAG_PATH | H2O_CONFIGURATOR_FLAG_SEMI_DEFERRED,
                                     on_db_use);

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <strings.h>
 #include "config/url.h"
 
@@ -33,95 +34,132 @@ static int fail(char *err, size_t errsz, const char *fmt, ...)
     return -1;
 }
 
-/* Where the authority (user:password@host...) of a URL ends. */
-static const char *authority_end(const char *authority)
+/* Whether s[0..n) is the literal lit. */
+static int span_is(const char *s, size_t n, const char *lit)
 {
-    return authority + strcspn(authority, "/?#");
+    return n == strlen(lit) && strncmp(s, lit, n) == 0;
 }
 
-char *h2o_db_url_mask_password(const char *url)
+/* Where the authority (user:password@host...) of a URL ends. */
+/* Where the password of a URL is, by the loosest of the grammars that read it: libpq takes the
+ * user information up to the first '@' before any '/', SQLAlchemy up to the first '@' even past a
+ * '/'. Taking the first '@' anywhere after "://" covers both: a password is never shown, at
+ * worst a little more is hidden. *at is that '@' (NULL: none), *colon the ':' before the password
+ * (NULL: none). */
+static void split_userinfo(const char *authority, const char **colon, const char **at)
 {
-    size_t len = strlen(url);
-    char *out = malloc(len * 2 + 16), *dst = out;
-    const char *p = url, *sep = strstr(url, "://");
+    *at = strchr(authority, '@');
+    *colon = *at != NULL ? memchr(authority, ':', *at - authority) : NULL;
+}
 
-    if (sep != NULL) {
-        const char *auth = sep + 3, *end = authority_end(auth), *at = NULL;
-        for (const char *q = auth; q < end; ++q)
-            if (*q == '@')
-                at = q;
-        const char *colon = at != NULL ? memchr(auth, ':', at - auth) : NULL;
-        if (colon != NULL) {
-            memcpy(dst, url, colon + 1 - url);
-            dst += colon + 1 - url;
-            memcpy(dst, "***", 3);
-            dst += 3;
-            p = at;
-        }
-    }
-    /* password=... in the query string */
-    const char *query = strchr(p, '?');
-    if (query == NULL) {
-        strcpy(dst, p);
-        return out;
-    }
-    memcpy(dst, p, query - p);
-    dst += query - p;
-    p = query;
-    while (*p != '\0') {
-        *dst++ = *p++; /* '?' or '&' */
-        size_t n = strcspn(p, "&#");
-        if (n >= 9 && strncmp(p, "password=", 9) == 0) {
-            memcpy(dst, "password=***", 12);
-            dst += 12;
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* Percent-decodes n bytes of s into a malloc'd string. */
+static char *decode(const char *s, size_t n)
+{
+    char *out = malloc(n + 1), *dst = out;
+    for (size_t i = 0; i < n; ++i) {
+        if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
+            *dst++ = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+            i += 2;
         } else {
-            memcpy(dst, p, n);
-            dst += n;
-        }
-        p += n;
-        if (*p == '#') {
-            strcpy(dst, p);
-            return out;
+            *dst++ = s[i];
         }
     }
     *dst = '\0';
     return out;
 }
 
-/* The password as written in the URL (user:PASSWORD@ or password=PASSWORD), or NULL; malloc'd. */
-static char *find_password(const char *url)
+/* Whether a query parameter's name (as libpq reads it: percent-decoded) names a secret. */
+static int is_secret_param(const char *name, size_t n)
 {
-    const char *sep = strstr(url, "://");
-    if (sep != NULL) {
-        const char *auth = sep + 3, *end = authority_end(auth), *at = NULL;
-        for (const char *q = auth; q < end; ++q)
-            if (*q == '@')
-                at = q;
-        const char *colon = at != NULL ? memchr(auth, ':', at - auth) : NULL;
-        if (colon != NULL && at > colon + 1)
-            return strndup(colon + 1, at - colon - 1);
-    }
-    const char *pw = strstr(url, "password=");
-    if (pw != NULL && (pw[-1] == '?' || pw[-1] == '&'))
-        return strndup(pw + 9, strcspn(pw + 9, "&#"));
-    return NULL;
+    char *decoded = decode(name, n);
+    int secret = strcmp(decoded, "password") == 0 || strcmp(decoded, "sslpassword") == 0;
+    free(decoded);
+    return secret;
 }
 
-/* Replaces every occurrence of `secret` in msg by "***" (libpq may quote what it could not parse). */
-static void scrub(char *msg, const char *secret)
+/* Calls cb for each secret of the URL: the user information's password and the values of
+ * password= and sslpassword= (query parameters are separated by '&' only: libpq has no fragment). */
+static void each_secret(const char *url, void (*cb)(const char *s, size_t n, void *arg), void *arg)
 {
-    size_t n;
-    if (secret == NULL || (n = strlen(secret)) < 1)
+    const char *sep = strstr(url, "://"), *p = url;
+    if (sep != NULL) {
+        const char *colon, *at;
+        split_userinfo(sep + 3, &colon, &at);
+        if (colon != NULL)
+            cb(colon + 1, at - colon - 1, arg);
+        if (at != NULL)
+            p = at;
+    }
+    const char *query = strchr(p, '?');
+    for (p = query; p != NULL && *p != '\0';) {
+        ++p; /* '?' or '&' */
+        size_t n = strcspn(p, "&"), name_len = strcspn(p, "=&");
+        if (name_len < n && is_secret_param(p, name_len))
+            cb(p + name_len + 1, n - name_len - 1, arg);
+        p += n;
+    }
+}
+
+struct masker {
+    const char *url;
+    char *out;
+    size_t len;
+    const char *copied; /* url is copied up to here */
+};
+
+static void mask_one(const char *s, size_t n, void *arg)
+{
+    struct masker *m = arg;
+    memcpy(m->out + m->len, m->copied, s - m->copied);
+    m->len += s - m->copied;
+    memcpy(m->out + m->len, "***", 3);
+    m->len += 3;
+    m->copied = s + n;
+}
+
+char *h2o_db_url_mask_password(const char *url)
+{
+    size_t len = strlen(url);
+    struct masker m = {url, malloc(len * 4 + 16), 0, url};
+    each_secret(url, mask_one, &m);
+    strcpy(m.out + m.len, m.copied);
+    return m.out;
+}
+
+/* Replaces every occurrence of secret (n bytes) in msg by "***" (libpq may quote what it could not parse). */
+static void scrub_span(char *msg, const char *secret, size_t n)
+{
+    if (n == 0)
         return;
-    char *hit;
-    while ((hit = strstr(msg, secret)) != NULL) {
+    for (char *hit = msg; (hit = memmem(hit, strlen(hit), secret, n)) != NULL;) {
         if (n >= 3) {
             memcpy(hit, "***", 3);
             memmove(hit + 3, hit + n, strlen(hit + n) + 1);
+            hit += 3;
         } else {
             memset(hit, '*', n);
+            hit += n;
         }
     }
+}
+
+static void scrub_one(const char *s, size_t n, void *arg)
+{
+    char *msg = arg, *decoded = decode(s, n);
+    scrub_span(msg, s, n);
+    scrub_span(msg, decoded, strlen(decoded));
+    free(decoded);
+}
+
+/* Removes every secret of url, as written and percent-decoded, from msg. */
+static void scrub(char *msg, const char *url)
+{
+    each_secret(url, scrub_one, msg);
 }
 
 /* asyncpg (and psycopg) spellings that libpq does not understand */
@@ -155,28 +193,28 @@ static char *postgres_conninfo(const char *rest, char *err, size_t errsz)
         *dst++ = *p++;
         size_t n = strcspn(p, "&#"), name_len = strcspn(p, "=&#");
         for (size_t i = 0; i < sizeof(foreign_params) / sizeof(foreign_params[0]); ++i) {
-            if (strlen(foreign_params[i].name) == name_len && strncmp(p, foreign_params[i].name, name_len) == 0) {
+            if (span_is(p, name_len, foreign_params[i].name)) {
                 fail(err, errsz, "the URL parameter `%s` is asyncpg's; libpq does not know it: use %s", foreign_params[i].name,
                      foreign_params[i].instead);
                 free(out);
                 return NULL;
             }
         }
-        if (name_len == 3 && strncmp(p, "ssl", 3) == 0 && p[3] == '=') {
+        if (span_is(p, name_len, "ssl") && p[3] == '=') {
             const char *v = p + 4;
             size_t vlen = n - 4;
             const char *mode = NULL;
-            if ((vlen == 4 && strncmp(v, "true", 4) == 0) || (vlen == 7 && strncmp(v, "require", 7) == 0))
+            if (span_is(v, vlen, "true") || span_is(v, vlen, "require"))
                 mode = "require";
-            else if ((vlen == 5 && strncmp(v, "false", 5) == 0) || (vlen == 7 && strncmp(v, "disable", 7) == 0))
+            else if (span_is(v, vlen, "false") || span_is(v, vlen, "disable"))
                 mode = "disable";
-            else if (vlen == 6 && strncmp(v, "prefer", 6) == 0)
+            else if (span_is(v, vlen, "prefer"))
                 mode = "prefer";
-            else if (vlen == 5 && strncmp(v, "allow", 5) == 0)
+            else if (span_is(v, vlen, "allow"))
                 mode = "allow";
-            else if (vlen == 9 && strncmp(v, "verify-ca", 9) == 0)
+            else if (span_is(v, vlen, "verify-ca"))
                 mode = "verify-ca";
-            else if (vlen == 11 && strncmp(v, "verify-full", 11) == 0)
+            else if (span_is(v, vlen, "verify-full"))
                 mode = "verify-full";
             if (mode == NULL) {
                 fail(err, errsz, "ssl=%.*s: expected true, false, disable, allow, prefer, require, verify-ca or verify-full",
@@ -203,13 +241,11 @@ static int parse_postgres(const char *url, const char *rest, h2o_db_url_t *out, 
     char *errmsg = NULL;
     PQconninfoOption *opts = PQconninfoParse(out->conninfo, &errmsg);
     if (opts == NULL) {
-        char *password = find_password(url);
         if (errmsg != NULL) {
             errmsg[strcspn(errmsg, "\n")] = '\0';
-            scrub(errmsg, password);
+            scrub(errmsg, url);
         }
         fail(err, errsz, "invalid PostgreSQL URL: %s", errmsg != NULL ? errmsg : "out of memory");
-        free(password);
         PQfreemem(errmsg);
         return -1;
     }
@@ -246,16 +282,16 @@ static int parse_sqlite(const char *rest, const char *config_dir, const char *ke
     if (path[path_len] == '?') {
         for (const char *p = path + path_len + 1; *p != '\0';) {
             size_t n = strcspn(p, "&");
-            if (n == 7 && strncmp(p, "mode=ro", 7) == 0)
+            if (span_is(p, n, "mode=ro"))
                 out->sqlite_readonly = 1;
-            else if (!(n == 7 && strncmp(p, "mode=rw", 7) == 0) && !(n == 8 && strncmp(p, "mode=rwc", 8) == 0))
+            else if (!span_is(p, n, "mode=rw") && !span_is(p, n, "mode=rwc"))
                 return fail(err, errsz, "unknown SQLite URL parameter `%.*s` (known: mode=ro, mode=rw, mode=rwc)", (int)n, p);
             p += n;
             if (*p == '&')
                 ++p;
         }
     }
-    if (path_len == 0 || (path_len == 8 && strncmp(path, ":memory:", 8) == 0)) {
+    if (path_len == 0 || span_is(path, path_len, ":memory:")) {
         size_t n = strlen(key) + 16;
         out->memory_name = malloc(n);
         snprintf(out->memory_name, n, "/h2o-db-%s", key);
@@ -263,21 +299,41 @@ static int parse_sqlite(const char *rest, const char *config_dir, const char *ke
     }
     if (memchr(path, '\0', path_len) != NULL)
         return fail(err, errsz, "invalid SQLite path");
-    if (path[0] == '/' || config_dir == NULL) {
+    if (path[0] == '/') {
         out->sqlite_path = strndup(path, path_len);
-    } else {
-        size_t n = strlen(config_dir) + 1 + path_len + 1;
-        out->sqlite_path = malloc(n);
-        snprintf(out->sqlite_path, n, "%s/%.*s", config_dir, (int)path_len, path);
+        return 0;
     }
+    /* relative to the config file's folder, made absolute: SQLite (built with SQLITE_USE_URI on
+     * Debian) would take a path that starts with "file:" as a URI and decode %2e%2e */
+    char cwd[4096] = ".";
+    const char *dir = config_dir != NULL ? config_dir : ".";
+    if (dir[0] != '/' && getcwd(cwd, sizeof(cwd)) == NULL)
+        return fail(err, errsz, "cannot find the current folder to resolve the SQLite path");
+    size_t n = strlen(cwd) + 1 + strlen(dir) + 1 + path_len + 1;
+    out->sqlite_path = malloc(n);
+    if (dir[0] == '/')
+        snprintf(out->sqlite_path, n, "%s/%.*s", dir, (int)path_len, path);
+    else
+        snprintf(out->sqlite_path, n, "%s/%s/%.*s", cwd, dir, (int)path_len, path);
     return 0;
 }
 
 /* ---- MySQL / MariaDB ---- */
 
-static int hexval(char c)
+/* Where the authority (user:password@host:port) of a MySQL URL ends. */
+static const char *authority_end(const char *authority)
 {
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    return authority + strcspn(authority, "/?#");
+}
+
+/* SQLAlchemy's reading of USER[:PASSWORD]@: the user holds no ':' '/' '?', the password no '@'. */
+static void mysql_userinfo(const char *rest, const char **colon, const char **at)
+{
+    split_userinfo(rest, colon, at);
+    const char *user_end = *colon != NULL ? *colon : *at;
+    if (*at != NULL && memchr(rest, '/', user_end - rest) == NULL && memchr(rest, '?', user_end - rest) == NULL)
+        return;
+    *colon = *at = NULL;
 }
 
 /* Percent-decodes s[0..len) into a new string; NULL when an escape is malformed or decodes to NUL. */
@@ -404,12 +460,10 @@ static int parse_mysql_param(const char *name, const char *value, const char *co
 static int parse_mysql(const char *rest, const char *config_dir, h2o_db_url_t *out, char *err, size_t errsz)
 {
     out->backend = H2O_DB_BACKEND_MYSQL;
-    const char *auth_end = authority_end(rest), *at = NULL, *hostpart = rest;
-    for (const char *q = rest; q < auth_end; ++q)
-        if (*q == '@')
-            at = q;
+    const char *hostpart = rest, *colon, *at;
+    mysql_userinfo(rest, &colon, &at);
+    const char *auth_end = authority_end(at != NULL ? at + 1 : rest);
     if (at != NULL) {
-        const char *colon = memchr(rest, ':', at - rest);
         const char *user_end = colon != NULL ? colon : at;
         if (user_end > rest && (out->mysql.user = percent_decode(rest, user_end - rest)) == NULL)
             return fail(err, errsz, "the user name in the MySQL URL has a malformed %%-escape");
@@ -432,12 +486,12 @@ static int parse_mysql(const char *rest, const char *config_dir, h2o_db_url_t *o
             port_start = host_end + 1;
         }
     } else {
-        const char *colon = memchr(hostpart, ':', auth_end - hostpart);
-        host_end = colon != NULL ? colon : auth_end;
+        const char *port_colon = memchr(hostpart, ':', auth_end - hostpart);
+        host_end = port_colon != NULL ? port_colon : auth_end;
         if (host_end > hostpart && (out->mysql.host = percent_decode(hostpart, host_end - hostpart)) == NULL)
             return fail(err, errsz, "the host in the MySQL URL has a malformed %%-escape");
-        if (colon != NULL)
-            port_start = colon + 1;
+        if (port_colon != NULL)
+            port_start = port_colon + 1;
     }
     if (port_start != NULL) {
         unsigned long port = 0;
@@ -504,7 +558,8 @@ int h2o_db_url_parse(const char *url, const char *config_dir, const char *key, h
 
     const char *sep = strstr(url, "://");
     if (sep == NULL || sep == url) {
-        fail(err, errsz, "`%s` is not a database URL: expected SCHEME://..., e.g. postgresql://user@host/db or sqlite:///file.sqlite3",
+        fail(err, errsz,
+             "`%s` is not a database URL: expected SCHEME://..., e.g. postgresql://user@host/db or sqlite:///file.sqlite3",
              out->display);
         goto Error;
     }
@@ -512,11 +567,12 @@ int h2o_db_url_parse(const char *url, const char *config_dir, const char *key, h
     const char *rest = sep + 3;
     for (const char *p = url; p < sep; ++p) {
         if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '+' || *p == '-' || *p == '.')) {
-            fail(err, errsz, "`%s` is not a database URL: the scheme may hold only lower-case letters, digits, + - .", out->display);
+            fail(err, errsz, "`%s` is not a database URL: the scheme may hold only lower-case letters, digits, + - .",
+                 out->display);
             goto Error;
         }
     }
-#define SCHEME_IS(s) (scheme_len == sizeof(s) - 1 && strncmp(url, s, scheme_len) == 0)
+#define SCHEME_IS(s) span_is(url, scheme_len, s)
     if (SCHEME_IS("postgresql") || SCHEME_IS("postgres")) {
         if (parse_postgres(url, rest, out, err, errsz) != 0)
             goto Error;

@@ -20,7 +20,7 @@ typedef struct st_h2o_db_url_t {
     char *sqlite_path;
     char *memory_name;
     int sqlite_readonly;
-    /* MySQL / MariaDB (driver/mysql.c): the URL's parts, percent-decoded; NULL when absent */
+    /* MySQL / MariaDB (driver/mysql_conn.c): the URL's parts, percent-decoded; NULL when absent */
     struct {
         char *user, *password, *host, *database;
         unsigned port;            /* 0: 3306 */

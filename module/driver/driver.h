@@ -1,5 +1,5 @@
 /*
- * The driver interface: one per backend (driver/postgres.c, driver/sqlite.c).
+ * The driver interface: one per backend (driver/postgres.c, driver/sqlite.c, driver/mysql.c).
  *
  * A connection is an ordered pipe. The pool (pool.c) decides which statement
  * goes to which connection; the driver moves statements to the database and

@@ -3,78 +3,33 @@
  *
  * One connection's life, top to bottom:
  *   resolve   host names go through uv_getaddrinfo (libpq would resolve them
- *             synchronously) and reach libpq as hostaddr=
+ *             synchronously) and reach libpq as hostaddr=      (postgres_connect.c)
  *   connect   PQconnectStartParams + PQconnectPoll driven by a uv_poll on PQsocket
  *             (re-created whenever libpq switches sockets, e.g. between hosts)
  *   setup     statement_timeout and on-connect, with the simple protocol
  *   ready     pipeline mode: each statement is PQsendQueryParams + PQpipelineSync,
  *             so that one failing statement never affects the next; results are
- *             read in order and handed to the pool one statement at a time
+ *             read in order and handed to the pool one statement at a time (here)
  *
  * A connection whose socket breaks, or whose results stop making sense, is
  * failed and closed; it is never reused.
  */
-#include <arpa/inet.h>
 #include <sys/stat.h>
-#include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "driver/driver.h"
-#include "driver/stmt_cache.h"
-#include "pool.h"
+#include "driver/postgres.h"
 #include "session.h"
-
-#define CONNECT_TIMEOUT_MS 10000
-
-enum { PHASE_RESOLVE, PHASE_CONNECT, PHASE_SETUP, PHASE_READY, PHASE_BROKEN };
-
-struct segment {
-    int internal;               /* our DEALLOCATE */
-    int commit;                 /* a plain COMMIT: PostgreSQL answers "ROLLBACK" if the transaction had failed */
-    h2o_db_stmt_t *stmt;        /* the cached statement it executes (NULL once evicted) */
-    int prepared;               /* it also sends the PREPARE of stmt */
-    int prepare_failed;
-    unsigned results;           /* results seen so far */
-};
-
-struct pg_conn {
-    h2o_db_conn_t super;
-    PGconn *pg;
-    int phase;
-    uv_poll_t *poll; /* on PQsocket(); heap-allocated, closed asynchronously */
-    int poll_fd;
-    ino_t poll_ino;
-    int poll_events;
-    uv_timer_t connect_timer;
-    /* resolving host names */
-    uv_getaddrinfo_t gai;
-    char **hosts;       /* the host= list, split */
-    char **hostaddrs;   /* what they resolved to ("" for unix sockets) */
-    size_t num_hosts, resolving;
-    /* one "segment" per Sync sent: a statement (its result goes to the pool) or our own
-     * DEALLOCATE (its result is dropped), in the order sent */
-    struct segment *segs;
-    size_t seg_head, seg_count, seg_capacity;
-    PGresult *kept; /* the result the head segment will answer with */
-    h2o_db_stmt_cache_t cache;
-    int quiet_evict; /* evicting a statement the server does not have: no DEALLOCATE */
-    h2o_db_flusher_t flusher;
-    h2o_db_later_t fail_later; /* a failure noticed inside send(): reported on the next iteration */
-    char fail_message[256];
-    int handles_open;
-    struct cancel_work *cancel; /* under way on the thread pool */
-};
 
 /* PQcancel blocks (it opens a connection of its own): it runs on libuv's thread pool */
 struct cancel_work {
     uv_work_t work;
     PGcancel *cancel;
-    struct pg_conn *conn; /* NULL once the connection is gone */
+    h2o_db_pg_conn_t *conn; /* NULL once the connection is gone */
 };
 
 static void on_poll(uv_poll_t *poll, int status, int events);
-static void process_results(struct pg_conn *c);
+static void process_results(h2o_db_pg_conn_t *c);
 static void on_flush(h2o_db_flusher_t *flusher);
 static void on_evict(void *ctx, h2o_db_stmt_t *stmt);
 
@@ -160,53 +115,48 @@ static void result_from_pg(h2o_db_result_t *r, PGresult *res)
 
 /* ---- failure ---- */
 
-/* The first line of libpq's error message (it never holds a password). */
-static void copy_error(char *dst, size_t size, const char *msg)
+void h2o_db_pg_copy_error(char *dst, size_t size, const char *msg)
 {
     snprintf(dst, size, "%s", msg != NULL && *msg ? msg : "connection failure");
     dst[strcspn(dst, "\n")] = '\0';
 }
 
-static void fail(struct pg_conn *c, const char *sqlstate, const char *message)
+void h2o_db_pg_fail(h2o_db_pg_conn_t *c, const char *sqlstate, const char *message)
 {
-    if (c->phase == PHASE_BROKEN)
+    if (c->phase == H2O_DB_PG_BROKEN)
         return;
-    int connecting = c->phase != PHASE_READY;
-    c->phase = PHASE_BROKEN;
+    int connecting = c->phase != H2O_DB_PG_READY;
+    c->phase = H2O_DB_PG_BROKEN;
     if (c->poll != NULL)
         uv_poll_stop(c->poll);
     uv_timer_stop(&c->connect_timer);
-    h2o_db_pool_t *pool = c->super.pool;
-    if (connecting && !pool->down && !pool->closing)
-        fprintf(stderr, "h2o-db: [%s] cannot connect to %s: %s\n", pool->bind->key, pool->bind->url.display, message);
-    else if (!connecting && !pool->closing)
-        fprintf(stderr, "h2o-db: [%s] connection to %s lost: %s\n", pool->bind->key, pool->bind->url.display, message);
+    h2o_db_conn_log_failure(&c->super, connecting, message);
     h2o_db_conn_failed(&c->super, sqlstate, message);
 }
 
-static void fail_from_libpq(struct pg_conn *c, const char *sqlstate)
+void h2o_db_pg_fail_from_libpq(h2o_db_pg_conn_t *c, const char *sqlstate)
 {
     char msg[256];
-    copy_error(msg, sizeof(msg), PQerrorMessage(c->pg));
-    fail(c, sqlstate, msg);
+    h2o_db_pg_copy_error(msg, sizeof(msg), PQerrorMessage(c->pg));
+    h2o_db_pg_fail(c, sqlstate, msg);
 }
 
 static void on_fail_later(h2o_db_later_t *later)
 {
-    struct pg_conn *c = H2O_STRUCT_FROM_MEMBER(struct pg_conn, fail_later, later);
-    fail(c, "08006", c->fail_message);
+    h2o_db_pg_conn_t *c = H2O_STRUCT_FROM_MEMBER(h2o_db_pg_conn_t, fail_later, later);
+    h2o_db_pg_fail(c, "08006", c->fail_message);
 }
 
 /* ---- polling ---- */
 
-static void watch(struct pg_conn *c, int events)
+void h2o_db_pg_watch(h2o_db_pg_conn_t *c, int events)
 {
     int fd = PQsocket(c->pg);
     if (fd < 0) {
-        fail_from_libpq(c, "08006");
+        h2o_db_pg_fail_from_libpq(c, "08006");
         return;
     }
-    if (c->poll != NULL && c->phase != PHASE_READY) {
+    if (c->poll != NULL && c->phase != H2O_DB_PG_READY) {
         /* while connecting libpq may move to another socket (the next host, a retry without SSL),
          * often under the same number: tell sockets apart by inode */
         struct stat st;
@@ -220,7 +170,7 @@ static void watch(struct pg_conn *c, int events)
         if (uv_poll_init(c->super.pool->thread->loop, c->poll, fd) != 0) {
             free(c->poll);
             c->poll = NULL;
-            fail(c, "08006", "cannot watch the database socket");
+            h2o_db_pg_fail(c, "08006", "cannot watch the database socket");
             return;
         }
         c->poll->data = c;
@@ -235,306 +185,50 @@ static void watch(struct pg_conn *c, int events)
     }
 }
 
-/* ---- connect ---- */
-
-static void on_connect_timeout(uv_timer_t *timer)
-{
-    struct pg_conn *c = timer->data;
-    fail(c, "08001", "timed out while connecting to the database");
-}
-
-static void enter_ready(struct pg_conn *c)
-{
-    if (!PQenterPipelineMode(c->pg)) {
-        fail_from_libpq(c, "08006");
-        return;
-    }
-    c->phase = PHASE_READY;
-    uv_timer_stop(&c->connect_timer);
-    watch(c, UV_READABLE);
-    h2o_db_conn_connected(&c->super);
-}
-
-/* NOTICE and WARNING messages (e.g. "there is no transaction in progress") are not errors:
- * they would only flood the error log */
-static void ignore_notice(void *arg, const char *message)
-{
-}
-
-static void start_setup(struct pg_conn *c)
-{
-    h2o_db_bind_t *bind = c->super.pool->bind;
-    PQsetnonblocking(c->pg, 1);
-    PQsetNoticeProcessor(c->pg, ignore_notice, NULL);
-    char timeout_sql[64] = "";
-    if (bind->pool.statement_timeout != 0)
-        snprintf(timeout_sql, sizeof(timeout_sql), "SET statement_timeout = %llu;",
-                 (unsigned long long)bind->pool.statement_timeout);
-    if (timeout_sql[0] == '\0' && bind->on_connect == NULL) {
-        enter_ready(c);
-        return;
-    }
-    size_t len = strlen(timeout_sql) + (bind->on_connect != NULL ? strlen(bind->on_connect) : 0) + 1;
-    char *sql = malloc(len);
-    snprintf(sql, len, "%s%s", timeout_sql, bind->on_connect != NULL ? bind->on_connect : "");
-    int ok = PQsendQuery(c->pg, sql);
-    free(sql);
-    if (!ok) {
-        fail_from_libpq(c, "08006");
-        return;
-    }
-    c->phase = PHASE_SETUP;
-    watch(c, PQflush(c->pg) == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
-}
-
-static void continue_setup(struct pg_conn *c, int events)
-{
-    if ((events & UV_WRITABLE) != 0 && PQflush(c->pg) == 0)
-        watch(c, UV_READABLE);
-    if ((events & UV_READABLE) == 0)
-        return;
-    if (!PQconsumeInput(c->pg)) {
-        fail_from_libpq(c, "08006");
-        return;
-    }
-    while (!PQisBusy(c->pg)) {
-        PGresult *res = PQgetResult(c->pg);
-        if (res == NULL) {
-            enter_ready(c);
-            return;
-        }
-        ExecStatusType st = PQresultStatus(res);
-        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) {
-            char msg[300];
-            const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY), *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-            snprintf(msg, sizeof(msg), "on-connect failed: %s", primary != NULL ? primary : "error");
-            PQclear(res);
-            /* a broken setup statement is a configuration problem: report it as the database refusing */
-            fail(c, state != NULL ? state : "08006", msg);
-            return;
-        }
-        PQclear(res);
-    }
-}
-
-static void poll_connect(struct pg_conn *c)
-{
-    switch (PQconnectPoll(c->pg)) {
-    case PGRES_POLLING_READING:
-        watch(c, UV_READABLE);
-        break;
-    case PGRES_POLLING_WRITING:
-        watch(c, UV_WRITABLE);
-        break;
-    case PGRES_POLLING_OK:
-        start_setup(c);
-        break;
-    default:
-        fail_from_libpq(c, "08001");
-        break;
-    }
-}
-
-static char *join(char **items, size_t n)
-{
-    size_t len = 1;
-    for (size_t i = 0; i < n; ++i)
-        len += strlen(items[i]) + 1;
-    char *out = malloc(len), *p = out;
-    for (size_t i = 0; i < n; ++i)
-        p += sprintf(p, "%s%s", i != 0 ? "," : "", items[i]);
-    *p = '\0';
-    return out;
-}
-
-static void start_connect(struct pg_conn *c)
-{
-    h2o_db_bind_t *bind = c->super.pool->bind;
-    const char *keys[10], *values[10];
-    size_t n = 0;
-    char *hostaddr = NULL;
-    /* notice a peer that vanished without closing (the URL may override these) */
-    keys[n] = "keepalives", values[n++] = "1";
-    keys[n] = "keepalives_idle", values[n++] = "30";
-    keys[n] = "keepalives_interval", values[n++] = "10";
-    keys[n] = "keepalives_count", values[n++] = "3";
-    keys[n] = "dbname", values[n++] = bind->url.conninfo;
-    keys[n] = "fallback_application_name", values[n++] = "h2o-db";
-    if (c->hostaddrs != NULL) {
-        hostaddr = join(c->hostaddrs, c->num_hosts);
-        keys[n] = "hostaddr", values[n++] = hostaddr;
-    }
-    if (bind->password != NULL)
-        keys[n] = "password", values[n++] = bind->password;
-    keys[n] = NULL, values[n] = NULL;
-    c->pg = PQconnectStartParams(keys, values, 1);
-    free(hostaddr);
-    c->phase = PHASE_CONNECT;
-    if (c->pg == NULL) {
-        fail(c, "08001", "out of memory");
-        return;
-    }
-    if (PQstatus(c->pg) == CONNECTION_BAD) {
-        fail_from_libpq(c, "08001");
-        return;
-    }
-    /* "as if PQconnectPoll had last returned PGRES_POLLING_WRITING" */
-    watch(c, UV_WRITABLE);
-}
-
-static void resolve_next(struct pg_conn *c);
-
-static void free_conn(struct pg_conn *c);
-
-static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
-{
-    struct pg_conn *c = req->data;
-    if (--c->handles_open == 0) {
-        /* closed while resolving */
-        uv_freeaddrinfo(res);
-        free_conn(c);
-        return;
-    }
-    if (c->phase == PHASE_BROKEN) {
-        uv_freeaddrinfo(res);
-        return;
-    }
-    if (status != 0 || res == NULL) {
-        char msg[300];
-        snprintf(msg, sizeof(msg), "could not resolve host \"%s\": %s", c->hosts[c->resolving], uv_strerror(status));
-        uv_freeaddrinfo(res);
-        fail(c, "08001", msg);
-        return;
-    }
-    char buf[INET6_ADDRSTRLEN] = "";
-    if (res->ai_family == AF_INET)
-        inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, buf, sizeof(buf));
-    else
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr, buf, sizeof(buf));
-    uv_freeaddrinfo(res);
-    free(c->hostaddrs[c->resolving]);
-    c->hostaddrs[c->resolving] = strdup(buf);
-    ++c->resolving;
-    resolve_next(c);
-}
-
-static int is_numeric_host(const char *h)
-{
-    unsigned char buf[sizeof(struct in6_addr)];
-    return inet_pton(AF_INET, h, buf) == 1 || inet_pton(AF_INET6, h, buf) == 1;
-}
-
-static void resolve_next(struct pg_conn *c)
-{
-    for (; c->resolving < c->num_hosts; ++c->resolving) {
-        const char *h = c->hosts[c->resolving];
-        if (h[0] == '\0' || h[0] == '/' || h[0] == '@' || is_numeric_host(h))
-            continue;
-        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-        c->gai.data = c;
-        ++c->handles_open;
-        if (uv_getaddrinfo(c->super.pool->thread->loop, &c->gai, on_resolved, h, NULL, &hints) != 0) {
-            --c->handles_open;
-            fail(c, "08001", "cannot start resolving the database host");
-        }
-        return;
-    }
-    start_connect(c);
-}
-
-/* Splits host= of the URL; returns 1 when some host name needs resolving. */
-static int plan_resolve(struct pg_conn *c)
-{
-    PQconninfoOption *opts = PQconninfoParse(c->super.pool->bind->url.conninfo, NULL);
-    const char *host = NULL, *hostaddr = NULL;
-    int need = 0;
-    for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; ++o) {
-        if (strcmp(o->keyword, "host") == 0)
-            host = o->val;
-        else if (strcmp(o->keyword, "hostaddr") == 0)
-            hostaddr = o->val;
-    }
-    if (host != NULL && *host != '\0' && (hostaddr == NULL || *hostaddr == '\0')) {
-        for (const char *p = host;;) {
-            size_t len = strcspn(p, ",");
-            c->hosts = realloc(c->hosts, sizeof(char *) * (c->num_hosts + 1));
-            c->hostaddrs = realloc(c->hostaddrs, sizeof(char *) * (c->num_hosts + 1));
-            c->hosts[c->num_hosts] = strndup(p, len);
-            c->hostaddrs[c->num_hosts] = strdup(is_numeric_host(c->hosts[c->num_hosts]) ? c->hosts[c->num_hosts] : "");
-            const char *h = c->hosts[c->num_hosts];
-            if (!(h[0] == '\0' || h[0] == '/' || h[0] == '@' || is_numeric_host(h)))
-                need = 1;
-            ++c->num_hosts;
-            if (p[len] == '\0')
-                break;
-            p += len + 1;
-        }
-    }
-    PQconninfoFree(opts);
-    if (!need) {
-        /* nothing to resolve: let libpq take host= as it is */
-        for (size_t i = 0; i < c->num_hosts; ++i) {
-            free(c->hosts[i]);
-            free(c->hostaddrs[i]);
-        }
-        free(c->hosts);
-        free(c->hostaddrs);
-        c->hosts = c->hostaddrs = NULL;
-        c->num_hosts = 0;
-    }
-    return need;
-}
+/* ---- open ---- */
 
 static h2o_db_conn_t *pg_open(h2o_db_pool_t *pool)
 {
-    struct pg_conn *c = calloc(1, sizeof(*c));
+    h2o_db_pg_conn_t *c = calloc(1, sizeof(*c));
     h2o_db_conn_init(&c->super, pool);
-    uv_timer_init(pool->thread->loop, &c->connect_timer);
-    c->connect_timer.data = c;
-    c->handles_open = 1;
     c->fail_later.cb = on_fail_later;
     c->flusher.cb = on_flush;
     c->seg_capacity = 16;
     c->segs = malloc(sizeof(*c->segs) * c->seg_capacity);
     h2o_db_stmt_cache_init(&c->cache, pool->bind->pool.statement_cache, on_evict, c);
-    uv_timer_start(&c->connect_timer, on_connect_timeout, CONNECT_TIMEOUT_MS, 0);
-    c->phase = PHASE_RESOLVE;
-    if (plan_resolve(c))
-        resolve_next(c);
-    else
-        start_connect(c);
+    h2o_db_pg_connect(c);
     return &c->super;
 }
 
 /* ---- statements ---- */
 
-static void flush(struct pg_conn *c)
+static void flush(h2o_db_pg_conn_t *c)
 {
-    if (c->phase != PHASE_READY)
+    if (c->phase != H2O_DB_PG_READY)
         return;
     switch (PQflush(c->pg)) {
     case 0:
-        watch(c, UV_READABLE);
+        h2o_db_pg_watch(c, UV_READABLE);
         break;
     case 1:
-        watch(c, UV_READABLE | UV_WRITABLE);
+        h2o_db_pg_watch(c, UV_READABLE | UV_WRITABLE);
         break;
     default:
-        fail_from_libpq(c, "08006");
+        h2o_db_pg_fail_from_libpq(c, "08006");
         break;
     }
 }
 
 static void on_flush(h2o_db_flusher_t *flusher)
 {
-    flush(H2O_STRUCT_FROM_MEMBER(struct pg_conn, flusher, flusher));
+    flush(H2O_STRUCT_FROM_MEMBER(h2o_db_pg_conn_t, flusher, flusher));
 }
 
-static struct segment *push_segment(struct pg_conn *c)
+static h2o_db_pg_segment_t *push_segment(h2o_db_pg_conn_t *c)
 {
     if (c->seg_count == c->seg_capacity) {
         size_t cap = c->seg_capacity * 2;
-        struct segment *segs = malloc(sizeof(*segs) * cap);
+        h2o_db_pg_segment_t *segs = malloc(sizeof(*segs) * cap);
         for (size_t i = 0; i < c->seg_count; ++i)
             segs[i] = c->segs[(c->seg_head + i) % c->seg_capacity];
         free(c->segs);
@@ -542,15 +236,15 @@ static struct segment *push_segment(struct pg_conn *c)
         c->seg_head = 0;
         c->seg_capacity = cap;
     }
-    struct segment *seg = c->segs + (c->seg_head + c->seg_count++) % c->seg_capacity;
+    h2o_db_pg_segment_t *seg = c->segs + (c->seg_head + c->seg_count++) % c->seg_capacity;
     memset(seg, 0, sizeof(*seg));
     return seg;
 }
 
-static void send_failed(struct pg_conn *c)
+static void send_failed(h2o_db_pg_conn_t *c)
 {
     /* reported on the next iteration: no callback may run inside h2o_db_query() */
-    copy_error(c->fail_message, sizeof(c->fail_message), PQerrorMessage(c->pg));
+    h2o_db_pg_copy_error(c->fail_message, sizeof(c->fail_message), PQerrorMessage(c->pg));
     h2o_db_later(c->super.pool->thread, &c->fail_later);
 }
 
@@ -574,13 +268,13 @@ static void stmt_name(char *buf, size_t size, const h2o_db_stmt_t *stmt)
 /* A statement leaves the cache: forget it in the segments in flight, and drop it on the server. */
 static void on_evict(void *ctx, h2o_db_stmt_t *stmt)
 {
-    struct pg_conn *c = ctx;
+    h2o_db_pg_conn_t *c = ctx;
     for (size_t i = 0; i < c->seg_count; ++i) {
-        struct segment *seg = c->segs + (c->seg_head + i) % c->seg_capacity;
+        h2o_db_pg_segment_t *seg = c->segs + (c->seg_head + i) % c->seg_capacity;
         if (seg->stmt == stmt)
             seg->stmt = NULL;
     }
-    if (c->quiet_evict || c->phase != PHASE_READY)
+    if (c->quiet_evict || c->phase != H2O_DB_PG_READY)
         return;
     char sql[64];
     snprintf(sql, sizeof(sql), "DEALLOCATE h2o_db_%llu", (unsigned long long)stmt->id);
@@ -591,10 +285,10 @@ static void on_evict(void *ctx, h2o_db_stmt_t *stmt)
 
 static void pg_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
 {
-    struct pg_conn *c = (struct pg_conn *)conn;
+    h2o_db_pg_conn_t *c = (h2o_db_pg_conn_t *)conn;
     h2o_db_pool_t *pool = conn->pool;
     const char *sql = h2o_db_op_sql(op, "BEGIN");
-    if (c->phase != PHASE_READY)
+    if (c->phase != H2O_DB_PG_READY)
         return; /* failing already: the pool answers everything in flight */
 
     int ok;
@@ -611,7 +305,7 @@ static void pg_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
                 goto Unnamed;
             prepare = 1;
         }
-        struct segment *seg = push_segment(c);
+        h2o_db_pg_segment_t *seg = push_segment(c);
         seg->stmt = stmt;
         seg->prepared = prepare;
         stmt_name(name, sizeof(name), stmt);
@@ -636,9 +330,9 @@ static int is_error(ExecStatusType st)
 }
 
 /* The head segment's Sync arrived: answer (or drop) and keep the cache true. */
-static void finish_segment(struct pg_conn *c)
+static void finish_segment(h2o_db_pg_conn_t *c)
 {
-    struct segment seg = c->segs[c->seg_head];
+    h2o_db_pg_segment_t seg = c->segs[c->seg_head];
     PGresult *kept = c->kept;
     c->kept = NULL;
     c->seg_head = (c->seg_head + 1) % c->seg_capacity;
@@ -666,7 +360,8 @@ static void finish_segment(struct pg_conn *c)
     h2o_db_result_t r;
     if (seg.commit && kept != NULL && sqlstate == NULL && strcmp(PQcmdStatus(kept), "ROLLBACK") == 0)
         /* the transaction had failed (its error was still on the way when COMMIT was sent) */
-        h2o_db_result_init_error(&r, H2O_DB_SQL_ERROR, "25P02", "the transaction had failed, so it was rolled back instead of committed");
+        h2o_db_result_init_error(&r, H2O_DB_SQL_ERROR, "25P02",
+                                 "the transaction had failed, so it was rolled back instead of committed");
     else if (kept != NULL)
         result_from_pg(&r, kept);
     else
@@ -676,10 +371,10 @@ static void finish_segment(struct pg_conn *c)
 }
 
 /* Reads every result that has arrived and hands each statement's over, in order. */
-static void process_results(struct pg_conn *c)
+static void process_results(h2o_db_pg_conn_t *c)
 {
     int nulls = 0;
-    while (c->phase == PHASE_READY && c->super.state == H2O_DB_CONN_READY && c->seg_count != 0 && !PQisBusy(c->pg)) {
+    while (c->phase == H2O_DB_PG_READY && c->super.state == H2O_DB_CONN_READY && c->seg_count != 0 && !PQisBusy(c->pg)) {
         PGresult *res = PQgetResult(c->pg);
         if (res == NULL) {
             /* the end of one command's results; two in a row: nothing more has arrived */
@@ -694,7 +389,7 @@ static void process_results(struct pg_conn *c)
             finish_segment(c);
             continue;
         }
-        struct segment *seg = c->segs + c->seg_head;
+        h2o_db_pg_segment_t *seg = c->segs + c->seg_head;
         if (is_error(st) && seg->prepared && seg->results == 0)
             seg->prepare_failed = 1;
         ++seg->results;
@@ -708,35 +403,37 @@ static void process_results(struct pg_conn *c)
             c->kept = res;
         }
     }
-    if (c->phase == PHASE_READY && PQstatus(c->pg) == CONNECTION_BAD)
-        fail_from_libpq(c, "08006");
+    if (c->phase == H2O_DB_PG_READY && PQstatus(c->pg) == CONNECTION_BAD)
+        h2o_db_pg_fail_from_libpq(c, "08006");
 }
 
 static void on_poll(uv_poll_t *poll, int status, int events)
 {
-    struct pg_conn *c = poll->data;
-    if (c == NULL || c->phase == PHASE_BROKEN)
+    h2o_db_pg_conn_t *c = poll->data;
+    if (c == NULL || c->phase == H2O_DB_PG_BROKEN)
         return;
-    if (c->phase == PHASE_CONNECT) {
+    if (c->phase == H2O_DB_PG_CONNECT) {
         /* an error on the socket (a refused connect shows as POLLERR) is libpq's to judge: it
          * moves on to the next host, or reports the failure */
-        poll_connect(c);
+        if (status < 0)
+            c->poll_events = 0; /* libuv stopped the handle on POLLERR: watching again must restart it */
+        h2o_db_pg_poll_connect(c);
         return;
     }
     if (status < 0) {
-        fail(c, "08006", uv_strerror(status));
+        h2o_db_pg_fail(c, "08006", uv_strerror(status));
         return;
     }
     switch (c->phase) {
-    case PHASE_SETUP:
-        continue_setup(c, events);
+    case H2O_DB_PG_SETUP:
+        h2o_db_pg_continue_setup(c, events);
         return;
-    case PHASE_READY:
+    case H2O_DB_PG_READY:
         if ((events & UV_WRITABLE) != 0)
             flush(c);
         if ((events & UV_READABLE) != 0) {
             if (!PQconsumeInput(c->pg)) {
-                fail_from_libpq(c, "08006");
+                h2o_db_pg_fail_from_libpq(c, "08006");
                 return;
             }
             if (c->seg_count == 0) {
@@ -745,7 +442,7 @@ static void on_poll(uv_poll_t *poll, int status, int events)
                 while (!PQisBusy(c->pg) && (res = PQgetResult(c->pg)) != NULL)
                     PQclear(res);
                 if (PQstatus(c->pg) == CONNECTION_BAD)
-                    fail_from_libpq(c, "57P01");
+                    h2o_db_pg_fail_from_libpq(c, "57P01");
                 return;
             }
             process_results(c);
@@ -768,7 +465,7 @@ static void run_cancel(uv_work_t *work)
 static void after_cancel(uv_work_t *work, int status)
 {
     struct cancel_work *cw = (struct cancel_work *)work;
-    struct pg_conn *c = cw->conn;
+    h2o_db_pg_conn_t *c = cw->conn;
     PQfreeCancel(cw->cancel);
     free(cw);
     if (c == NULL)
@@ -779,8 +476,8 @@ static void after_cancel(uv_work_t *work, int status)
 
 static void pg_cancel(h2o_db_conn_t *conn)
 {
-    struct pg_conn *c = (struct pg_conn *)conn;
-    PGcancel *cancel = c->phase == PHASE_READY && c->cancel == NULL ? PQgetCancel(c->pg) : NULL;
+    h2o_db_pg_conn_t *c = (h2o_db_pg_conn_t *)conn;
+    PGcancel *cancel = c->phase == H2O_DB_PG_READY && c->cancel == NULL ? PQgetCancel(c->pg) : NULL;
     if (cancel == NULL) {
         h2o_db_conn_cancelled(conn);
         return;
@@ -799,7 +496,7 @@ static void pg_cancel(h2o_db_conn_t *conn)
 
 /* ---- close ---- */
 
-static void free_conn(struct pg_conn *c)
+void h2o_db_pg_free_conn(h2o_db_pg_conn_t *c)
 {
     c->quiet_evict = 1;
     h2o_db_stmt_cache_dispose(&c->cache);
@@ -818,9 +515,9 @@ static void free_conn(struct pg_conn *c)
 
 static void on_closed(uv_handle_t *handle)
 {
-    struct pg_conn *c = handle->data;
+    h2o_db_pg_conn_t *c = handle->data;
     if (--c->handles_open == 0)
-        free_conn(c);
+        h2o_db_pg_free_conn(c);
 }
 
 static void on_poll_closed(uv_handle_t *handle)
@@ -830,8 +527,8 @@ static void on_poll_closed(uv_handle_t *handle)
 
 static void pg_close(h2o_db_conn_t *conn)
 {
-    struct pg_conn *c = (struct pg_conn *)conn;
-    c->phase = PHASE_BROKEN;
+    h2o_db_pg_conn_t *c = (h2o_db_pg_conn_t *)conn;
+    c->phase = H2O_DB_PG_BROKEN;
     if (c->cancel != NULL) {
         c->cancel->conn = NULL;
         c->cancel = NULL;
@@ -854,42 +551,7 @@ static void pg_close(h2o_db_conn_t *conn)
     uv_close((uv_handle_t *)&c->connect_timer, on_closed);
 }
 
-/* ---- start-up ---- */
-
-static PGconn *connect_blocking(h2o_db_bind_t *bind, char *err, size_t errsz)
-{
-    const char *keys[] = {"dbname", "fallback_application_name", bind->password != NULL ? "password" : NULL, NULL};
-    const char *values[] = {bind->url.conninfo, "h2o-db", bind->password, NULL};
-    PGconn *pg = PQconnectdbParams(keys, values, 1);
-    if (PQstatus(pg) != CONNECTION_OK) {
-        char msg[256];
-        copy_error(msg, sizeof(msg), PQerrorMessage(pg));
-        snprintf(err, errsz, "cannot connect to %s: %s", bind->url.display, msg);
-        PQfinish(pg);
-        return NULL;
-    }
-    return pg;
-}
-
-static int pg_run_script(h2o_db_bind_t *bind, const char *sql, char *err, size_t errsz)
-{
-    PGconn *pg = connect_blocking(bind, err, errsz);
-    if (pg == NULL)
-        return -1;
-    int ret = 0;
-    if (sql != NULL) {
-        PGresult *res = PQexec(pg, sql);
-        ExecStatusType st = PQresultStatus(res);
-        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) {
-            const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY), *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-            snprintf(err, errsz, "%s (SQLSTATE %s)", primary != NULL ? primary : "error", state != NULL ? state : "XX000");
-            ret = -1;
-        }
-        PQclear(res);
-    }
-    PQfinish(pg);
-    return ret;
-}
+/* ---- start-up (run_script: postgres_connect.c) ---- */
 
 static int pg_prepare_bind(h2o_db_bind_t *bind, char *err, size_t errsz)
 {
@@ -914,7 +576,7 @@ const h2o_db_driver_t h2o_db_driver_postgres = {
     .send = pg_send,
     .close = pg_close,
     .cancel = pg_cancel,
-    .run_script = pg_run_script,
+    .run_script = h2o_db_pg_run_script,
     .prepare_bind = pg_prepare_bind,
     .dispose_bind = pg_dispose_bind,
     .version = pg_version,

@@ -16,14 +16,15 @@
 #include <stdarg.h>
 #include <libgen.h>
 #include <unistd.h>
-#include <math.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "driver/buf.h"
 #include "driver/driver.h"
 #include "driver/stmt_cache.h"
+#include "driver/text.h"
 #include "pool.h"
 #include "session.h"
 
@@ -37,17 +38,12 @@ struct cell {
     uint8_t type; /* h2o_db_type_t */
 };
 
-struct buf {
-    char *base;
-    size_t len, cap;
-};
-
 struct job {
     int kind;
     int cacheable; /* a plain statement (not BEGIN/COMMIT/...): may use the statement cache */
     int txn;       /* TXN_BEGIN, TXN_COMMIT, TXN_ROLLBACK, or 0 for a plain statement */
     int cache_hit; /* out: it did */
-    int oom; /* the statement could not be copied: answer "out of memory" */
+    int oom;       /* the statement could not be copied: answer "out of memory" */
     /* in: the statement */
     struct buf sql;
     size_t nparams;
@@ -77,7 +73,7 @@ struct sq_conn {
     int db_open; /* c->db may be interrupted (under lock) */
     /* the worker's own */
     h2o_db_stmt_cache_t cache; /* sqlite3_stmt by SQL text, used by the worker only */
-    int txn_aborted;           /* a statement of the open transaction failed (PostgreSQL's rule, see run_job) */
+    int txn_aborted;           /* a statement of the open transaction failed (PostgreSQL's rule, see run_exec) */
     sqlite3 *db;
     h2o_db_bind_t *bind;
     char *filename;
@@ -87,49 +83,6 @@ struct sq_conn {
 struct memdb_keeper {
     sqlite3 *db;
 };
-
-/* ---- small buffers ---- */
-
-static int buf_reserve(struct buf *b, size_t extra)
-{
-    if (b->len + extra <= b->cap)
-        return 0;
-    size_t cap = b->cap == 0 ? 256 : b->cap;
-    while (cap < b->len + extra)
-        cap *= 2;
-    char *p = realloc(b->base, cap);
-    if (p == NULL)
-        return -1;
-    b->base = p;
-    b->cap = cap;
-    return 0;
-}
-
-static int buf_add(struct buf *b, const void *data, size_t len)
-{
-    if (buf_reserve(b, len) != 0)
-        return -1;
-    memcpy(b->base + b->len, data, len);
-    b->len += len;
-    return 0;
-}
-
-/* results can be large: do not keep a large buffer around once it is delivered */
-static void buf_trim(struct buf *b)
-{
-    b->len = 0;
-    if (b->cap > 1024 * 1024) {
-        free(b->base);
-        b->base = NULL;
-        b->cap = 0;
-    }
-}
-
-static void buf_free(struct buf *b)
-{
-    free(b->base);
-    memset(b, 0, sizeof(*b));
-}
 
 /* ---- errors ---- */
 
@@ -271,7 +224,7 @@ static int bind_params(struct job *job, sqlite3_stmt *stmt)
         }
         const char *v = values[n - 1];
         sqlite3_int64 iv;
-        int rc = v == NULL ? sqlite3_bind_null(stmt, idx)
+        int rc = v == NULL               ? sqlite3_bind_null(stmt, idx)
                  : canonical_int(v, &iv) ? sqlite3_bind_int64(stmt, idx, iv)
                                          : sqlite3_bind_text(stmt, idx, v, -1, SQLITE_STATIC);
         if (rc != SQLITE_OK) {
@@ -285,21 +238,6 @@ static int bind_params(struct job *job, sqlite3_stmt *stmt)
 static int is_bool_decl(const char *decl)
 {
     return decl != NULL && (strcasecmp(decl, "BOOLEAN") == 0 || strcasecmp(decl, "BOOL") == 0);
-}
-
-/* The shortest text that reads back as the same double (PostgreSQL's float8 output). */
-static int format_double(char *buf, size_t size, double v)
-{
-    if (isnan(v))
-        return snprintf(buf, size, "NaN");
-    if (isinf(v))
-        return snprintf(buf, size, v > 0 ? "Infinity" : "-Infinity");
-    for (int prec = 15; prec <= 17; ++prec) {
-        int n = snprintf(buf, size, "%.*g", prec, v);
-        if (strtod(buf, NULL) == v)
-            return n;
-    }
-    return snprintf(buf, size, "%.17g", v);
 }
 
 static int add_cell(struct job *job, sqlite3_stmt *stmt, int col)
@@ -324,7 +262,7 @@ static int add_cell(struct job *job, sqlite3_stmt *stmt, int col)
     }
     case SQLITE_FLOAT:
         cell.type = H2O_DB_TYPE_FLOAT;
-        cell.len = (uint32_t)format_double(num, sizeof(num), sqlite3_column_double(stmt, col));
+        cell.len = (uint32_t)h2o_db_text_double(num, sizeof(num), sqlite3_column_double(stmt, col));
         if (buf_add(&job->text, num, cell.len + 1) != 0)
             return -1;
         break;
@@ -337,22 +275,14 @@ static int add_cell(struct job *job, sqlite3_stmt *stmt, int col)
         break;
     }
     case SQLITE_BLOB: {
-        /* as PostgreSQL prints bytea: \x and two hex digits a byte */
-        static const char hex[] = "0123456789abcdef";
+        /* as PostgreSQL prints bytea */
         const unsigned char *b = sqlite3_column_blob(stmt, col);
         size_t n = (size_t)sqlite3_column_bytes(stmt, col);
         cell.type = H2O_DB_TYPE_BYTES;
-        cell.len = (uint32_t)(2 + n * 2);
+        cell.len = (uint32_t)h2o_db_text_bytea_len(n);
         if (buf_reserve(&job->text, cell.len + 1) != 0)
             return -1;
-        char *dst = job->text.base + job->text.len;
-        *dst++ = '\\';
-        *dst++ = 'x';
-        for (size_t i = 0; i < n; ++i) {
-            *dst++ = hex[b[i] >> 4];
-            *dst++ = hex[b[i] & 15];
-        }
-        *dst = '\0';
+        h2o_db_text_bytea(job->text.base + job->text.len, b, n);
         job->text.len += cell.len + 1;
         break;
     }
@@ -500,7 +430,8 @@ static void run_open(struct sq_conn *c, struct job *job)
     c->db_open = db != NULL;
     pthread_mutex_unlock(&c->lock);
     if (rc != SQLITE_OK) {
-        job_errorf(job, "08006", "cannot open %s: %s", c->bind->url.display, c->db != NULL ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
+        job_errorf(job, "08006", "cannot open %s: %s", c->bind->url.display,
+                   c->db != NULL ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
         close_db(c);
         return;
     }
@@ -509,7 +440,8 @@ static void run_open(struct sq_conn *c, struct job *job)
     if (c->bind->on_connect != NULL) {
         char *err = NULL;
         if (sqlite3_exec(c->db, c->bind->on_connect, NULL, NULL, &err) != SQLITE_OK) {
-            job_errorf(job, sqlstate_of(sqlite3_extended_errcode(c->db), err), "on-connect failed: %s", err != NULL ? err : "error");
+            job_errorf(job, sqlstate_of(sqlite3_extended_errcode(c->db), err), "on-connect failed: %s",
+                       err != NULL ? err : "error");
             sqlite3_free(err);
             close_db(c);
         }
@@ -730,10 +662,10 @@ static void sq_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
     job->param_null.len = 0;
     job->nparams = op->nparams;
     job->cacheable = op->kind == H2O_DB_OP_QUERY && !op->no_cache;
-    job->txn = op->kind == H2O_DB_OP_BEGIN                             ? TXN_BEGIN
-               : op->kind == H2O_DB_OP_COMMIT && !op->failed_commit ? TXN_COMMIT
+    job->txn = op->kind == H2O_DB_OP_BEGIN                                      ? TXN_BEGIN
+               : op->kind == H2O_DB_OP_COMMIT && !op->failed_commit             ? TXN_COMMIT
                : op->kind == H2O_DB_OP_ROLLBACK || op->kind == H2O_DB_OP_COMMIT ? TXN_ROLLBACK
-                                                                                   : 0;
+                                                                                : 0;
     int failed = buf_add(&job->sql, sql, strlen(sql) + 1) != 0;
     job->sql.len -= 1; /* the NUL stays, the length does not count it */
     for (size_t i = 0; i < op->nparams && !failed; ++i) {

@@ -6,7 +6,7 @@
  * Fiber. A statement is two steps: Session#__prepare (in Ruby's context, so that a bad
  * parameter raises where the query was written) checks and converts the parameters and
  * returns an op; the op is Fiber.yield'ed to the C code that resumed the Fiber, which
- * calls h2o_db_start_op() below; the callback resumes the Fiber with the answer.
+ * calls h2o_db_mruby_start_op() below; the callback resumes the Fiber with the answer.
  */
 #include <errno.h>
 #include <inttypes.h>

@@ -1,10 +1,10 @@
 /*
  * mruby.handler / mruby.handler-file: Rack apps in Ruby, run in a Fiber per request.
  *
- * Config time: the source (inline, or the file relative to the config file's folder)
- * is compiled and run in a throwaway mrb_state with the prelude loaded; a syntax error
- * or an exception is a config error (FILE:LINE), and the result must respond to
- * `call`. The source is kept.
+ * Config time (configurator.c): the source (inline, or the file relative to the config
+ * file's folder) is compiled and run in a throwaway mrb_state with the prelude loaded
+ * (h2o_db_mruby_check_source); a syntax error or an exception is a config error
+ * (FILE:LINE), and the result must respond to `call`. The source is kept.
  *
  * Worker threads: the first mruby handler's on_context_init opens the thread's VM
  * (mrb_state + prelude); every handler compiles and runs its source there again and
@@ -17,7 +17,6 @@
  * Fiber ends, its response (or exception) is sent. A request that ends first (HTTP/2
  * reset, client gone) frees its slot: its Fiber is never resumed again and the GC takes it.
  */
-#include <errno.h>
 #include <netdb.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -32,9 +31,7 @@
 #include <mruby/hash.h>
 #include <mruby/string.h>
 #include <mruby/variable.h>
-#include "config/util.h"
 #include "mruby/internal.h"
-#include "mruby/mruby.h"
 #include "mruby/prelude.h"
 
 struct st_h2o_db_mruby_handler_t {
@@ -713,109 +710,24 @@ static void on_handler_dispose(h2o_handler_t *_self)
     free(self->filename);
 }
 
-/* ---- configuration ---- */
+/* ---- registration (configurator.c turns the YAML into these calls) ---- */
 
-/* Whether the scalar at node is a block scalar (`|` or `>`): its text starts on the next line. */
-static int is_block_scalar(yoml_t *node)
+int h2o_db_mruby_check_source(const char *source, size_t len, const char *filename, unsigned lineno, char *err, size_t errsz)
 {
-    int found = -1;
-    FILE *fp = node->filename != NULL ? fopen(node->filename, "r") : NULL;
-    if (fp != NULL) {
-        size_t line = 0, column = 0;
-        int c;
-        while ((c = getc(fp)) != EOF) {
-            if (line == node->line && column == node->column) {
-                found = c == '|' || c == '>';
-                break;
-            }
-            if (c == '\n') {
-                if (line == node->line)
-                    break;
-                ++line;
-                column = 0;
-            } else {
-                ++column;
-            }
-        }
-        fclose(fp);
-    }
-    if (found == -1) /* guess: a block scalar keeps its final newline */
-        found = strchr(node->data.scalar, '\n') != NULL;
-    return found;
-}
-
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *fp = fopen(path, "rb");
-    if (fp == NULL)
-        return NULL;
-    char *buf = NULL;
-    size_t cap = 0, n = 0, r;
-    do {
-        if (n + 4096 + 1 > cap) {
-            cap = (n + 4096 + 1) * 2;
-            char *p = realloc(buf, cap);
-            if (p == NULL) {
-                free(buf);
-                fclose(fp);
-                errno = ENOMEM;
-                return NULL;
-            }
-            buf = p;
-        }
-        r = fread(buf + n, 1, cap - n - 1, fp);
-        n += r;
-    } while (r != 0);
-    int failed = ferror(fp);
-    fclose(fp);
-    if (failed) {
-        free(buf);
-        errno = EIO;
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
-}
-
-static int on_config_handler(h2o_configurator_command_t *cmd, h2o_configurator_context_t *ctx, yoml_t *node)
-{
-    int is_file = strcmp(cmd->name, "mruby.handler-file") == 0;
-    char *source, *filename, err[2048];
-    size_t len;
-    unsigned lineno;
-
-    if (is_file) {
-        filename = h2o_db_config_path(node, node->data.scalar);
-        if ((source = read_file(filename, &len)) == NULL) {
-            h2o_configurator_errprintf(cmd, node, "cannot read `%s`: %s", filename, strerror(errno));
-            free(filename);
-            return -1;
-        }
-        lineno = 1;
-    } else {
-        source = strdup(node->data.scalar);
-        len = strlen(source);
-        filename = strdup(node->filename != NULL ? node->filename : "(config)");
-        lineno = (unsigned)node->line + 1 + (is_block_scalar(node) ? 1 : 0);
-    }
-
-    h2o_db_mruby_handler_t check = {.source = source, .source_len = len, .filename = filename, .lineno = lineno};
-    h2o_db_mruby_vm_t *vm = vm_open(err, sizeof(err));
+    h2o_db_mruby_handler_t check = {.source = (char *)source, .source_len = len, .filename = (char *)filename, .lineno = lineno};
+    h2o_db_mruby_vm_t *vm = vm_open(err, errsz);
     int ok = 0;
     if (vm != NULL) {
         mrb_value app;
-        ok = compile_app(vm, &check, &app, err, sizeof(err)) == 0;
+        ok = compile_app(vm, &check, &app, err, errsz) == 0;
         vm_close(vm);
     }
-    if (!ok) {
-        h2o_configurator_errprintf(cmd, node, "%s", err);
-        free(source);
-        free(filename);
-        return -1;
-    }
+    return ok ? 0 : -1;
+}
 
-    h2o_db_mruby_handler_t *h = (void *)h2o_create_handler(ctx->pathconf, sizeof(*h));
+void h2o_db_mruby_register(h2o_pathconf_t *pathconf, char *source, size_t len, char *filename, unsigned lineno)
+{
+    h2o_db_mruby_handler_t *h = (void *)h2o_create_handler(pathconf, sizeof(*h));
     h->super.on_req = on_req;
     h->super.on_context_init = on_context_init;
     h->super.on_context_dispose = on_context_dispose;
@@ -825,13 +737,4 @@ static int on_config_handler(h2o_configurator_command_t *cmd, h2o_configurator_c
     h->filename = filename;
     h->lineno = lineno;
     h->index = num_handlers++;
-    return 0;
-}
-
-void h2o_db_mruby_register_configurator(h2o_globalconf_t *conf)
-{
-    h2o_configurator_t *c = h2o_configurator_create(conf, sizeof(*c));
-    int flags = H2O_CONFIGURATOR_FLAG_PATH | H2O_CONFIGURATOR_FLAG_EXPECT_SCALAR | H2O_CONFIGURATOR_FLAG_DEFERRED;
-    h2o_configurator_define_command(c, "mruby.handler", flags, on_config_handler);
-    h2o_configurator_define_command(c, "mruby.handler-file", flags, on_config_handler);
 }

@@ -1,7 +1,7 @@
 /*
- * The mruby handler's internals, shared by handler.c (directives, the per-thread
- * VM, Rack env and response, driving the request's Fiber), db.c (H2O::DB) and
- * json.c (the JSON encoder).
+ * The mruby handler's internals, shared by handler.c (the per-thread VM, Rack env
+ * and response, driving the request's Fiber), configurator.c (the directives),
+ * db.c (H2O::DB) and json.c (the JSON encoder).
  *
  * One mrb_state per worker thread (h2o_db_mruby_vm_t), shared by every mruby
  * handler of that thread. A request served by an mruby handler gets a
@@ -116,6 +116,11 @@ void h2o_db_mruby_send_db_error(h2o_db_mruby_vm_t *vm, h2o_req_t *req, mrb_value
 
 /* handler.c: resumes the request's Fiber with `value` (after a statement's answer). */
 void h2o_db_mruby_resume(h2o_db_mruby_vm_t *vm, uint64_t id, mrb_value value);
+/* handler.c: compiles and runs source (from filename, its first line at lineno) in a throwaway VM
+ * with the prelude; 0 when it returns a Rack app, else -1 with err set (FILE:LINE: ...). */
+int h2o_db_mruby_check_source(const char *source, size_t len, const char *filename, unsigned lineno, char *err, size_t errsz);
+/* handler.c: an mruby handler at pathconf running source (which it keeps, with filename: malloc'ed). */
+void h2o_db_mruby_register(h2o_pathconf_t *pathconf, char *source, size_t len, char *filename, unsigned lineno);
 
 /* json.c: defines H2O::DB.to_json. */
 void h2o_db_mruby_define_json(h2o_db_mruby_vm_t *vm);

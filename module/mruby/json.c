@@ -19,6 +19,7 @@
 #include <mruby/hash.h>
 #include <mruby/string.h>
 #include "mruby/internal.h"
+#include "result.h"
 
 #define MAX_DEPTH 100
 
@@ -42,92 +43,13 @@ size_t h2o_db_mruby_format_float(mrb_state *mrb, mrb_float f, char *buf, size_t 
     return (size_t)n;
 }
 
-/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 when invalid. */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    size_t len;
-    uint32_t min, cp;
-    if (s[0] < 0x80)
-        return 1;
-    if ((s[0] & 0xe0) == 0xc0)
-        len = 2, min = 0x80, cp = s[0] & 0x1f;
-    else if ((s[0] & 0xf0) == 0xe0)
-        len = 3, min = 0x800, cp = s[0] & 0x0f;
-    else if ((s[0] & 0xf8) == 0xf0)
-        len = 4, min = 0x10000, cp = s[0] & 0x07;
-    else
-        return 0;
-    if (len > n)
-        return 0;
-    for (size_t i = 1; i < len; ++i) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
-
+/* A JSON string (h2o_db_json_string, with U+2028/U+2029 escaped) at the end of out. */
 static void put_string(mrb_state *mrb, mrb_value out, const char *src, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
-    const unsigned char *s = (const unsigned char *)src;
-    char esc[8];
-    size_t i = 0, run = 0; /* s[run..i) is copied as is */
-    mrb_str_cat_lit(mrb, out, "\"");
-    while (i < n) {
-        unsigned char c = s[i];
-        const char *rep = NULL;
-        size_t rep_len = 0, skip = 1;
-        if (c == '"' || c == '\\') {
-            esc[0] = '\\', esc[1] = (char)c, rep = esc, rep_len = 2;
-        } else if (c < 0x20) {
-            switch (c) {
-            case '\n':
-                rep = "\\n", rep_len = 2;
-                break;
-            case '\r':
-                rep = "\\r", rep_len = 2;
-                break;
-            case '\t':
-                rep = "\\t", rep_len = 2;
-                break;
-            case '\b':
-                rep = "\\b", rep_len = 2;
-                break;
-            case '\f':
-                rep = "\\f", rep_len = 2;
-                break;
-            default:
-                memcpy(esc, "\\u00", 4);
-                esc[4] = hex[c >> 4], esc[5] = hex[c & 15];
-                rep = esc, rep_len = 6;
-                break;
-            }
-        } else if (c >= 0x80) {
-            size_t len = utf8_len(s + i, n - i);
-            if (len == 0) {
-                rep = "\xef\xbf\xbd", rep_len = 3; /* U+FFFD */
-            } else if (len == 3 && c == 0xe2 && s[i + 1] == 0x80 && (s[i + 2] == 0xa8 || s[i + 2] == 0xa9)) {
-                rep = s[i + 2] == 0xa8 ? "\\u2028" : "\\u2029", rep_len = 6, skip = 3;
-            } else {
-                i += len;
-                continue;
-            }
-        } else {
-            ++i;
-            continue;
-        }
-        if (i > run)
-            mrb_str_cat(mrb, out, src + run, i - run);
-        mrb_str_cat(mrb, out, rep, rep_len);
-        i += skip;
-        run = i;
-    }
-    if (i > run)
-        mrb_str_cat(mrb, out, src + run, i - run);
-    mrb_str_cat_lit(mrb, out, "\"");
+    size_t len = h2o_db_json_string(NULL, src, n, 1);
+    mrb_int off = RSTRING_LEN(out);
+    mrb_str_resize(mrb, out, off + (mrb_int)len);
+    h2o_db_json_string(RSTRING_PTR(out) + off, src, n, 1);
 }
 
 static void put_value(mrb_state *mrb, mrb_value out, mrb_value v, int depth);

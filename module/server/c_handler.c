@@ -67,7 +67,7 @@ Exit:
 void h2o_db_c_handler_register_configurator(h2o_globalconf_t *conf)
 {
     h2o_configurator_t *c = h2o_configurator_create(conf, sizeof(*c));
-    h2o_configurator_define_command(c, "c.handler",
-                                    H2O_CONFIGURATOR_FLAG_PATH | H2O_CONFIGURATOR_FLAG_EXPECT_SCALAR | H2O_CONFIGURATOR_FLAG_DEFERRED,
-                                    on_c_handler);
+    h2o_configurator_define_command(
+        c, "c.handler", H2O_CONFIGURATOR_FLAG_PATH | H2O_CONFIGURATOR_FLAG_EXPECT_SCALAR | H2O_CONFIGURATOR_FLAG_DEFERRED,
+        on_c_handler);
 }

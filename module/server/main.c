@@ -80,12 +80,9 @@ static int redirect_error_log(const char *path)
 
 int main(int argc, char **argv)
 {
-    static const struct option longopts[] = {{"conf", required_argument, NULL, 'c'},
-                                             {"test", no_argument, NULL, 't'},
-                                             {"connect", no_argument, NULL, 'C'},
-                                             {"version", no_argument, NULL, 'v'},
-                                             {"help", no_argument, NULL, 'h'},
-                                             {NULL}};
+    static const struct option longopts[] = {{"conf", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
+                                             {"connect", no_argument, NULL, 'C'},    {"version", no_argument, NULL, 'v'},
+                                             {"help", no_argument, NULL, 'h'},       {NULL}};
     const char *config_path = NULL;
     int test_mode = 0, connect = 0, ch;
 

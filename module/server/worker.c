@@ -170,9 +170,14 @@ static void *worker_main(void *arg)
         /* every connection is gone: dispose of the context (closes the database pools).
          * h2o leaves its own housekeeping entries (the HTTP/2 GOAWAY resend timer) linked;
          * h2o_context_dispose asserts its timeouts are empty. */
-        h2o_timeout_t *timeouts[] = {&w->ctx.zero_timeout,         &w->ctx.one_sec_timeout,   &w->ctx.hundred_ms_timeout,
-                                     &w->ctx.handshake_timeout,    &w->ctx.http1.req_timeout, &w->ctx.http2.idle_timeout,
-                                     &w->ctx.http2.graceful_shutdown_timeout, &w->ctx.proxy.io_timeout};
+        h2o_timeout_t *timeouts[] = {&w->ctx.zero_timeout,
+                                     &w->ctx.one_sec_timeout,
+                                     &w->ctx.hundred_ms_timeout,
+                                     &w->ctx.handshake_timeout,
+                                     &w->ctx.http1.req_timeout,
+                                     &w->ctx.http2.idle_timeout,
+                                     &w->ctx.http2.graceful_shutdown_timeout,
+                                     &w->ctx.proxy.io_timeout};
         for (size_t i = 0; i < sizeof(timeouts) / sizeof(timeouts[0]); ++i)
             while (!h2o_linklist_is_empty(&timeouts[i]->_entries))
                 h2o_timeout_unlink(H2O_STRUCT_FROM_MEMBER(h2o_timeout_entry_t, _link, timeouts[i]->_entries.next));
@@ -233,8 +238,8 @@ int h2o_db_server_open_listeners(h2o_db_server_t *server)
     for (size_t i = 0; i < server->listens.size; ++i) {
         h2o_db_listen_t *l = server->listens.entries + i;
         if (probe_port(l) != 0) {
-            fprintf(stderr, "%s:%zu:%zu: in command listen, cannot bind %s: %s\n", l->filename, l->line + 1, l->column + 1, l->display,
-                    strerror(errno));
+            fprintf(stderr, "%s:%zu:%zu: in command listen, cannot bind %s: %s\n", l->filename, l->line + 1, l->column + 1,
+                    l->display, strerror(errno));
             return -1;
         }
         l->fds = calloc(server->num_threads, sizeof(int));

@@ -3,6 +3,8 @@
  * expects (see include/yoml.h for the ownership rules).
  */
 #include <errno.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <libgen.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -12,7 +14,7 @@
 #include "server/yaml.h"
 
 #define MAX_INCLUDE_DEPTH 16
-#define MAX_NESTING 256
+#define MAX_NESTING       256
 
 struct anchor {
     char *name;
@@ -122,6 +124,13 @@ static yoml_t *include_file(struct loader *l, yoml_t *scalar)
         failf(l, scalar->line, scalar->column, "!file includes nest deeper than %d (a loop?)", MAX_INCLUDE_DEPTH);
         return NULL;
     }
+    /* a file that cannot be read is the including line's error */
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || access(path, R_OK) != 0) {
+        failf(l, scalar->line, scalar->column, "!file %s: %s", path,
+              stat(path, &st) != 0 ? strerror(errno) : !S_ISREG(st.st_mode) ? "not a regular file" : strerror(errno));
+        return NULL;
+    }
     yoml_t *tree = load_file(path, l->include_depth + 1, l->err, l->errsz);
     if (tree == NULL)
         l->failed = 1; /* the message is already in l->err */
@@ -144,6 +153,22 @@ static yoml_t *parse_scalar(struct loader *l, yaml_event_t *ev)
     return node;
 }
 
+/* The next element of a sequence, or key of a mapping: 1 with *child parsed, 0 at the collection's
+ * end (end_type), -1 on an error. */
+static int next_child(struct loader *l, yaml_event_type_t end_type, int depth, yoml_t **child)
+{
+    yaml_event_t ev;
+    if (next_event(l, &ev) != 0)
+        return -1;
+    if (ev.type == end_type) {
+        yaml_event_delete(&ev);
+        return 0;
+    }
+    *child = parse_node(l, &ev, depth + 1);
+    yaml_event_delete(&ev);
+    return *child != NULL ? 1 : -1;
+}
+
 static yoml_t *parse_sequence(struct loader *l, yaml_event_t *start, int depth)
 {
     size_t cap = 4;
@@ -152,18 +177,9 @@ static yoml_t *parse_sequence(struct loader *l, yaml_event_t *start, int depth)
     if (node == NULL)
         return NULL;
     remember_anchor(l, node);
-    for (;;) {
-        yaml_event_t ev;
-        if (next_event(l, &ev) != 0)
-            goto Error;
-        if (ev.type == YAML_SEQUENCE_END_EVENT) {
-            yaml_event_delete(&ev);
-            return node;
-        }
-        yoml_t *child = parse_node(l, &ev, depth + 1);
-        yaml_event_delete(&ev);
-        if (child == NULL)
-            goto Error;
+    yoml_t *child;
+    int more;
+    while ((more = next_child(l, YAML_SEQUENCE_END_EVENT, depth, &child)) > 0) {
         if (node->data.sequence.size == cap) {
             cap *= 2;
             yoml_t *grown = realloc(node, sizeof(*node) + cap * sizeof(yoml_t *));
@@ -175,6 +191,8 @@ static yoml_t *parse_sequence(struct loader *l, yaml_event_t *start, int depth)
         }
         node->data.sequence.elements[node->data.sequence.size++] = child;
     }
+    if (more == 0)
+        return node;
 Error:
     yoml_free(node, NULL);
     return NULL;
@@ -188,18 +206,9 @@ static yoml_t *parse_mapping(struct loader *l, yaml_event_t *start, int depth)
     if (node == NULL)
         return NULL;
     remember_anchor(l, node);
-    for (;;) {
-        yaml_event_t ev;
-        if (next_event(l, &ev) != 0)
-            goto Error;
-        if (ev.type == YAML_MAPPING_END_EVENT) {
-            yaml_event_delete(&ev);
-            return node;
-        }
-        yoml_t *key = parse_node(l, &ev, depth + 1);
-        yaml_event_delete(&ev);
-        if (key == NULL)
-            goto Error;
+    yoml_t *key;
+    int more;
+    while ((more = next_child(l, YAML_MAPPING_END_EVENT, depth, &key)) > 0) {
         if (key->type == YOML_TYPE_SCALAR) {
             for (size_t i = 0; i < node->data.mapping.size; ++i) {
                 yoml_t *other = node->data.mapping.elements[i].key;
@@ -212,6 +221,7 @@ static yoml_t *parse_mapping(struct loader *l, yaml_event_t *start, int depth)
             }
         }
         yoml_t *value = NULL;
+        yaml_event_t ev;
         if (next_event(l, &ev) == 0) {
             value = parse_node(l, &ev, depth + 1);
             yaml_event_delete(&ev);
@@ -234,6 +244,8 @@ static yoml_t *parse_mapping(struct loader *l, yaml_event_t *start, int depth)
         node->data.mapping.elements[node->data.mapping.size].value = value;
         ++node->data.mapping.size;
     }
+    if (more == 0)
+        return node;
 Error:
     yoml_free(node, NULL);
     return NULL;

@@ -26,7 +26,7 @@
 #include <uv.h>
 #include "h2o_db.h"
 
-#define MAX_STEPS 4096
+#define MAX_STEPS  4096
 #define MAX_PARAMS 64
 
 enum { STEP_KEY, STEP_FOR, STEP_BEGIN, STEP_COMMIT, STEP_ROLLBACK, STEP_SQL, STEP_SLEEP, STEP_ALL, STEP_RETURN };
@@ -277,7 +277,8 @@ int db_script(h2o_handler_t *self, h2o_req_t *req)
     sc->alive = 1;
     sc->steps = h2o_mem_alloc_pool(&req->pool, sizeof(struct step) * MAX_STEPS);
     char *text = h2o_strdup(&req->pool, req->entity.base != NULL ? req->entity.base : "", req->entity.len).base;
-    for (char *line = strtok(text, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+    char *save = NULL;
+    for (char *line = strtok_r(text, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
         size_t len = strlen(line);
         if (len != 0 && line[len - 1] == '\r')
             line[--len] = '\0';
@@ -336,7 +337,8 @@ int db_keys(h2o_handler_t *self, h2o_req_t *req)
     char *keys = query_param(req, "keys"), *out = h2o_mem_alloc_pool(&req->pool, 4096);
     size_t len = 0;
     out[0] = '\0';
-    for (char *k = keys != NULL ? strtok(keys, ",") : NULL; k != NULL; k = strtok(NULL, ","))
+    char *save = NULL;
+    for (char *k = keys != NULL ? strtok_r(keys, ",", &save) : NULL; k != NULL; k = strtok_r(NULL, ",", &save))
         len += snprintf(out + len, 4096 - len, "%s%s=%d", len != 0 ? " " : "", k, h2o_db_session(req, k) != NULL);
     len += snprintf(out + len, 4096 - len, "\n");
     respond(req, 200, "text/plain", out, len);
@@ -375,9 +377,9 @@ struct bg_one {
 };
 
 struct bg {
-    h2o_req_t *req;    /* NULL once the request is gone */
-    struct bg **ref;   /* in the request's pool: points back here while both live */
-    int mode;          /* 0 max, 1 close, 2 partition */
+    h2o_req_t *req;  /* NULL once the request is gone */
+    struct bg **ref; /* in the request's pool: points back here while both live */
+    int mode;        /* 0 max, 1 close, 2 partition */
     size_t n, finished, ok, failed;
     long max_conns;
     char seconds[32], insert[160], pinsert[160], value[64];
@@ -598,7 +600,7 @@ int db_echo(h2o_handler_t *self, h2o_req_t *req)
     struct echo *e = h2o_mem_alloc_pool(&req->pool, sizeof(*e));
     e->req = req;
     const char *params[] = {id, sleep};
-    const char *sql = sqlite != NULL ? "SELECT CAST($1 AS INTEGER) AS id"
+    const char *sql = sqlite != NULL  ? "SELECT CAST($1 AS INTEGER) AS id"
                       : sleep != NULL ? "SELECT $1::int AS id FROM pg_sleep($2::float8)"
                                       : "SELECT $1::int AS id";
     if (h2o_db_query(s, sql, sleep != NULL && sqlite == NULL ? 2 : 1, params, on_echo, e) != 0)

@@ -42,13 +42,18 @@ static int span_is(const char *s, size_t n, const char *lit)
 
 /* Where the authority (user:password@host...) of a URL ends. */
 /* Where the password of a URL is, by the loosest of the grammars that read it: libpq takes the
- * user information up to the first '@' before any '/', SQLAlchemy up to the first '@' even past a
- * '/'. Taking the first '@' anywhere after "://" covers both: a password is never shown, at
- * worst a little more is hidden. *at is that '@' (NULL: none), *colon the ':' before the password
- * (NULL: none). */
+ * user information up to the first '@' before any '/' (so '?' and '#' may be part of it),
+ * SQLAlchemy up to the first '@' even past a '/', RFC 3986 up to the last '@' of the authority.
+ * Taking the later of the first '@' anywhere and the authority's last '@' covers them all: a
+ * password is never shown, at worst a little more is hidden. *at is that '@' (NULL: none),
+ * *colon the ':' before the password (NULL: none). */
 static void split_userinfo(const char *authority, const char **colon, const char **at)
 {
-    *at = strchr(authority, '@');
+    const char *first = strchr(authority, '@'), *end = authority + strcspn(authority, "/?#"), *last = NULL;
+    for (const char *q = authority; q < end; ++q)
+        if (*q == '@')
+            last = q;
+    *at = last != NULL && (first == NULL || last > first) ? last : first;
     *colon = *at != NULL ? memchr(authority, ':', *at - authority) : NULL;
 }
 
@@ -82,53 +87,102 @@ static int is_secret_param(const char *name, size_t n)
     return secret;
 }
 
-/* Calls cb for each secret of the URL: the user information's password and the values of
- * password= and sslpassword= (query parameters are separated by '&' only: libpq has no fragment). */
-static void each_secret(const char *url, void (*cb)(const char *s, size_t n, void *arg), void *arg)
+/* The secrets of a URL, as spans of it: the user information's password and the values of
+ * password= and sslpassword=. Every reading is taken (libpq's, SQLAlchemy's, RFC 3986's: the user
+ * information up to the first or the last '@'; the query from the first '?' or from the one after
+ * the user information; parameters separated by '&' only, as libpq has no fragment), so that
+ * whatever a backend reads as a password is among them. Spans may overlap. */
+struct spans {
+    struct {
+        const char *s;
+        size_t n;
+    } items[64];
+    size_t n;
+};
+
+static void add_span(struct spans *sp, const char *s, size_t n)
 {
-    const char *sep = strstr(url, "://"), *p = url;
-    if (sep != NULL) {
-        const char *colon, *at;
-        split_userinfo(sep + 3, &colon, &at);
-        if (colon != NULL)
-            cb(colon + 1, at - colon - 1, arg);
-        if (at != NULL)
-            p = at;
+    if (n != 0 && sp->n < sizeof(sp->items) / sizeof(sp->items[0])) {
+        sp->items[sp->n].s = s;
+        sp->items[sp->n].n = n;
+        ++sp->n;
     }
-    const char *query = strchr(p, '?');
-    for (p = query; p != NULL && *p != '\0';) {
+}
+
+static void add_query_secrets(struct spans *sp, const char *query)
+{
+    for (const char *p = query; p != NULL && *p != '\0';) {
         ++p; /* '?' or '&' */
         size_t n = strcspn(p, "&"), name_len = strcspn(p, "=&");
         if (name_len < n && is_secret_param(p, name_len))
-            cb(p + name_len + 1, n - name_len - 1, arg);
+            add_span(sp, p + name_len + 1, n - name_len - 1);
         p += n;
     }
 }
 
-struct masker {
-    const char *url;
-    char *out;
-    size_t len;
-    const char *copied; /* url is copied up to here */
-};
-
-static void mask_one(const char *s, size_t n, void *arg)
+static void find_secrets(const char *url, struct spans *sp)
 {
-    struct masker *m = arg;
-    memcpy(m->out + m->len, m->copied, s - m->copied);
-    m->len += s - m->copied;
-    memcpy(m->out + m->len, "***", 3);
-    m->len += 3;
-    m->copied = s + n;
+    const char *sep = strstr(url, "://"), *after = url;
+    sp->n = 0;
+    if (sep != NULL) {
+        const char *colon, *at, *first;
+        split_userinfo(sep + 3, &colon, &at);
+        if (colon != NULL) {
+            if ((first = strchr(colon, '@')) != NULL && first < at)
+                add_span(sp, colon + 1, first - colon - 1);
+            add_span(sp, colon + 1, at - colon - 1);
+        }
+        after = sep + 3;
+        if (at != NULL)
+            add_query_secrets(sp, strchr(at, '?'));
+    }
+    add_query_secrets(sp, strchr(after, '?'));
+}
+
+/* Whether token (n bytes) and some secret of url (as written or decoded) share it: one contains the other. */
+static int overlaps_secret(const char *token, size_t n, const char *url)
+{
+    struct spans sp;
+    find_secrets(url, &sp);
+    char *t = strndup(token, n);
+    int hit = 0;
+    for (size_t i = 0; i < sp.n && !hit; ++i) {
+        char *raw = strndup(sp.items[i].s, sp.items[i].n), *decoded = decode(sp.items[i].s, sp.items[i].n);
+        hit = strstr(t, raw) != NULL || strstr(raw, t) != NULL || strstr(t, decoded) != NULL || strstr(decoded, t) != NULL;
+        free(raw);
+        free(decoded);
+    }
+    free(t);
+    return hit;
+}
+
+static int by_start(const void *a, const void *b)
+{
+    const char *x = *(const char *const *)a, *y = *(const char *const *)b;
+    return x < y ? -1 : x > y;
 }
 
 char *h2o_db_url_mask_password(const char *url)
 {
-    size_t len = strlen(url);
-    struct masker m = {url, malloc(len * 4 + 16), 0, url};
-    each_secret(url, mask_one, &m);
-    strcpy(m.out + m.len, m.copied);
-    return m.out;
+    struct spans sp;
+    find_secrets(url, &sp);
+    qsort(sp.items, sp.n, sizeof(sp.items[0]), by_start);
+    char *out = malloc(strlen(url) + 3 * sp.n + 1), *dst = out;
+    const char *copied = url;
+    for (size_t i = 0; i < sp.n; ++i) {
+        const char *end = sp.items[i].s + sp.items[i].n;
+        if (end <= copied)
+            continue; /* inside what is masked already */
+        if (sp.items[i].s >= copied) {
+            memcpy(dst, copied, sp.items[i].s - copied);
+            dst += sp.items[i].s - copied;
+            memcpy(dst, "***", 3);
+            dst += 3;
+        }
+        copied = end; /* an overlapping span extends the mask */
+    }
+    strcpy(dst, copied);
+    return out;
 }
 
 /* Replaces every occurrence of secret (n bytes) in msg by "***" (libpq may quote what it could not parse). */
@@ -148,19 +202,37 @@ static void scrub_span(char *msg, const char *secret, size_t n)
     }
 }
 
-static void scrub_one(const char *s, size_t n, void *arg)
+struct secret_list {
+    char *items[128];
+    size_t n;
+};
+
+
+static int longer_first(const void *a, const void *b)
 {
-    char *msg = arg, *decoded = decode(s, n);
-    scrub_span(msg, s, n);
-    scrub_span(msg, decoded, strlen(decoded));
-    free(decoded);
+    size_t x = strlen(*(char *const *)a), y = strlen(*(char *const *)b);
+    return x < y ? 1 : x > y ? -1 : 0;
 }
 
-/* Removes every secret of url, as written and percent-decoded, from msg. */
+/* Removes every secret of url, as written and percent-decoded, from msg: the longest first, so
+ * that hiding a short one never leaves a longer one unrecognizable. */
 static void scrub(char *msg, const char *url)
 {
-    each_secret(url, scrub_one, msg);
+    struct secret_list l = {{NULL}, 0};
+    struct spans sp;
+    find_secrets(url, &sp);
+    for (size_t i = 0; i < sp.n && l.n + 2 <= sizeof(l.items) / sizeof(l.items[0]); ++i) {
+        l.items[l.n++] = strndup(sp.items[i].s, sp.items[i].n);
+        l.items[l.n++] = decode(sp.items[i].s, sp.items[i].n);
+    }
+    qsort(l.items, l.n, sizeof(l.items[0]), longer_first);
+    for (size_t i = 0; i < l.n; ++i) {
+        scrub_span(msg, l.items[i], strlen(l.items[i]));
+        free(l.items[i]);
+    }
 }
+
+static int overlaps_secret(const char *token, size_t n, const char *url);
 
 /* asyncpg (and psycopg) spellings that libpq does not understand */
 static const struct {
@@ -177,21 +249,24 @@ static const struct {
 };
 
 /* Copies the PostgreSQL URL into a libpq URI: asyncpg's ssl= becomes sslmode=. */
-static char *postgres_conninfo(const char *rest, char *err, size_t errsz)
+static char *postgres_conninfo(const char *url, const char *rest, char *err, size_t errsz)
 {
     size_t len = strlen(rest);
     char *out = malloc(strlen("postgresql://") + len * 2 + 32), *dst = out;
     dst += sprintf(dst, "postgresql://");
-    const char *query = strchr(rest, '?');
+    /* as libpq reads it: the query starts after the user information (up to the first '@' before
+     * any '/', so a '?' inside a password is not a query), parameters separated by '&' only */
+    const char *slash = strchr(rest, '/'), *at = strchr(rest, '@');
+    const char *query = strchr(at != NULL && (slash == NULL || at < slash) ? at : rest, '?');
     size_t head = query != NULL ? (size_t)(query - rest) : len;
     memcpy(dst, rest, head);
     dst += head;
     *dst = '\0';
     if (query == NULL)
         return out;
-    for (const char *p = query; *p != '\0' && *p != '#';) {
+    for (const char *p = query; *p != '\0';) {
         *dst++ = *p++;
-        size_t n = strcspn(p, "&#"), name_len = strcspn(p, "=&#");
+        size_t n = strcspn(p, "&"), name_len = strcspn(p, "=&");
         for (size_t i = 0; i < sizeof(foreign_params) / sizeof(foreign_params[0]); ++i) {
             if (span_is(p, name_len, foreign_params[i].name)) {
                 fail(err, errsz, "the URL parameter `%s` is asyncpg's; libpq does not know it: use %s", foreign_params[i].name,
@@ -217,8 +292,12 @@ static char *postgres_conninfo(const char *rest, char *err, size_t errsz)
             else if (span_is(v, vlen, "verify-full"))
                 mode = "verify-full";
             if (mode == NULL) {
-                fail(err, errsz, "ssl=%.*s: expected true, false, disable, allow, prefer, require, verify-ca or verify-full",
-                     (int)vlen, v);
+                /* (the value is quoted only when it is no part of a password) */
+                if (vlen <= 64 && !overlaps_secret(v, vlen, url))
+                    fail(err, errsz, "ssl=%.*s: expected true, false, disable, allow, prefer, require, verify-ca or verify-full",
+                         (int)vlen, v);
+                else
+                    fail(err, errsz, "ssl= takes true, false, disable, allow, prefer, require, verify-ca or verify-full");
                 free(out);
                 return NULL;
             }
@@ -233,19 +312,80 @@ static char *postgres_conninfo(const char *rest, char *err, size_t errsz)
     return out;
 }
 
+/* libpq's messages quote what they could not read — a keyword, a token, or the whole URL — which
+ * may hold a password (and the quoted text may hold quotes itself). Keep what helps and cannot
+ * leak: the text before "in URI" (where libpq appends the URL), and quoted tokens that look like
+ * parameter names and are no part of a secret; anything else quoted becomes "…"; malloc'd. */
+static int keep_token(const char *token, size_t n, const char *url)
+{
+    if (n > 64 || overlaps_secret(token, n, url))
+        return 0;
+    for (size_t k = 0; k < n; ++k)
+        if (token[k] < 0x20 || token[k] >= 0x7f)
+            return 0;
+    return 1;
+}
+
+static char *drop_quoted(const char *msg, const char *url)
+{
+    size_t len = strlen(msg);
+    char *out = malloc(len * 3 + 8), *dst = out;
+    const char *in_uri = strstr(msg, "in URI");
+    if (in_uri == NULL) {
+        /* "PREFIX: \"TOKEN\"": the token runs from the first quote to the last (it may hold quotes) */
+        const char *first = strchr(msg, '"'), *last = strrchr(msg, '"');
+        if (first == NULL)
+            return strdup(msg);
+        memcpy(dst, msg, first - msg);
+        dst += first - msg;
+        if (last > first && keep_token(first + 1, last - first - 1, url)) {
+            memcpy(dst, first, last - first + 1);
+            dst += last - first + 1;
+        } else {
+            memcpy(dst, "\"\xe2\x80\xa6\"", 5);
+            dst += 5;
+        }
+        *dst = '\0';
+        return out;
+    }
+    /* "... \"C\" at position N in URI ...: \"URL\"": keep it up to "in URI", with its one-character tokens */
+    len = in_uri + 6 - msg;
+    for (const char *p = msg, *end = msg + len; p < end;) {
+        if (*p != '"') {
+            *dst++ = *p++;
+            continue;
+        }
+        const char *close = memchr(p + 1, '"', end - p - 1);
+        if (close == NULL)
+            break;
+        if (keep_token(p + 1, close - p - 1, url)) {
+            memcpy(dst, p, close - p + 1);
+            dst += close - p + 1;
+        } else {
+            memcpy(dst, "\"\xe2\x80\xa6\"", 5);
+            dst += 5;
+        }
+        p = close + 1;
+    }
+    *dst = '\0';
+    return out;
+}
+
 static int parse_postgres(const char *url, const char *rest, h2o_db_url_t *out, char *err, size_t errsz)
 {
     out->backend = H2O_DB_BACKEND_POSTGRES;
-    if ((out->conninfo = postgres_conninfo(rest, err, errsz)) == NULL)
+    if ((out->conninfo = postgres_conninfo(url, rest, err, errsz)) == NULL)
         return -1;
     char *errmsg = NULL;
     PQconninfoOption *opts = PQconninfoParse(out->conninfo, &errmsg);
     if (opts == NULL) {
+        char *msg = NULL;
         if (errmsg != NULL) {
             errmsg[strcspn(errmsg, "\n")] = '\0';
-            scrub(errmsg, url);
+            msg = drop_quoted(errmsg, url);
         }
-        fail(err, errsz, "invalid PostgreSQL URL: %s", errmsg != NULL ? errmsg : "out of memory");
+        fail(err, errsz, "invalid PostgreSQL URL: %s", msg != NULL ? msg : "out of memory");
+        free(msg);
         PQfreemem(errmsg);
         return -1;
     }
@@ -285,7 +425,8 @@ static int parse_sqlite(const char *rest, const char *config_dir, const char *ke
             if (span_is(p, n, "mode=ro"))
                 out->sqlite_readonly = 1;
             else if (!span_is(p, n, "mode=rw") && !span_is(p, n, "mode=rwc"))
-                return fail(err, errsz, "unknown SQLite URL parameter `%.*s` (known: mode=ro, mode=rw, mode=rwc)", (int)n, p);
+                return fail(err, errsz, "unknown SQLite URL parameter `%.*s` (known: mode=ro, mode=rw, mode=rwc)", (int)strcspn(p, "=&"),
+                            p);
             p += n;
             if (*p == '&')
                 ++p;
@@ -592,6 +733,8 @@ int h2o_db_url_parse(const char *url, const char *config_dir, const char *key, h
 #undef SCHEME_IS
     return 0;
 Error:
+    /* whatever an error quotes of the URL, never its secrets */
+    scrub(err, url);
     h2o_db_url_dispose(out);
     return -1;
 }

@@ -14,12 +14,19 @@
 #include "pool.h"
 #include "session.h"
 
+/* Connections kept open: `min`, and at least one with connect-at-start: ON. */
+static unsigned warm(h2o_db_pool_t *pool)
+{
+    const h2o_db_pool_config_t *cfg = &pool->bind->pool;
+    return cfg->min == 0 && cfg->connect_at_start ? 1 : cfg->min;
+}
+
 #define HOUSEKEEPING_MS 1000
 
 /* Opens connections up to min (while the database is down: one at a time, after the back-off). */
 static void ensure_min(h2o_db_pool_t *pool)
 {
-    while (!pool->closing && pool->num_conns < pool->bind->pool.min && h2o_db_pool_can_open(pool)) {
+    while (!pool->closing && pool->num_conns < warm(pool) && h2o_db_pool_can_open(pool)) {
         if (pool->down && (pool->num_connecting != 0 || h2o_db_now(pool->thread) - pool->last_failure_at < pool->backoff_ms))
             break;
         h2o_db_pool_open_conn(pool);
@@ -41,7 +48,7 @@ static void on_retry(uv_timer_t *timer)
 
 void h2o_db_pool_retry_later(h2o_db_pool_t *pool)
 {
-    if (!pool->closing && (pool->num_conns < pool->bind->pool.min || !h2o_linklist_is_empty(&pool->waiting)) &&
+    if (!pool->closing && (pool->num_conns < warm(pool) || !h2o_linklist_is_empty(&pool->waiting)) &&
         !uv_is_active((uv_handle_t *)&pool->retry_timer))
         uv_timer_start(&pool->retry_timer, on_retry, pool->down ? pool->backoff_ms : 0, 0);
 }
@@ -111,7 +118,7 @@ static void on_housekeeping(uv_timer_t *timer)
             continue;
         if (conn->retire_at != 0 && now >= conn->retire_at) {
             h2o_db_conn_retire(conn, &pool->stats.closed_lifetime);
-        } else if (cfg->idle_timeout != 0 && now - conn->idle_since >= cfg->idle_timeout && pool->num_conns > cfg->min) {
+        } else if (cfg->idle_timeout != 0 && now - conn->idle_since >= cfg->idle_timeout && pool->num_conns > warm(pool)) {
             h2o_db_conn_retire(conn, &pool->stats.closed_idle);
         }
     }

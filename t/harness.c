@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <ctype.h>
+#include <stdarg.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -447,4 +448,32 @@ int th_run_suite(Suite *s)
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     return failed == 0 ? 0 : 1;
+}
+
+char *th_fmt(const char *fmt, ...)
+{
+    va_list args;
+    va_start(args, fmt);
+    char *s;
+    ck_assert(vasprintf(&s, fmt, args) > 0);
+    va_end(args);
+    return s;
+}
+
+long th_pg_countf(const char *fmt, ...)
+{
+    va_list args;
+    va_start(args, fmt);
+    char *sql;
+    ck_assert(vasprintf(&sql, fmt, args) > 0);
+    va_end(args);
+    long n = th_pg_count(sql);
+    free(sql);
+    return n;
+}
+
+char *th_uniq(const char *prefix)
+{
+    static int counter;
+    return th_fmt("%s_%d_%d", prefix, (int)getpid(), ++counter);
 }

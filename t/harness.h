@@ -84,6 +84,13 @@ char *th_pg_on(const char *url, const char *sql);
 /* Runs a query returning one number on the test database. */
 long th_pg_count(const char *sql);
 
+/* printf into a new string (freed by the caller; the test fails on error). */
+char *th_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* th_pg_count on a formatted query. */
+long th_pg_countf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "PREFIX_PID_N": a name nobody else uses in the shared database; malloc'd. */
+char *th_uniq(const char *prefix);
+
 /* Milliseconds since some fixed point. */
 double th_now_ms(void);
 /* Polls `cond` every 20 ms until it returns non-zero or `timeout_ms` passes. */

@@ -40,29 +40,10 @@ static void teardown(void)
 }
 
 /* A name nobody else uses in the shared database: PREFIX_PID_N. */
-static char *uniq(const char *prefix)
-{
-    static int counter;
-    char *s;
-    ck_assert(asprintf(&s, "%s_%d_%d", prefix, (int)getpid(), ++counter) > 0);
-    return s;
-}
-
-static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
-static char *fmt(const char *f, ...)
-{
-    va_list args;
-    va_start(args, f);
-    char *s;
-    ck_assert(vasprintf(&s, f, args) > 0);
-    va_end(args);
-    return s;
-}
-
 /* Counts the server connections PostgreSQL sees with this application_name. */
 static long pg_conns(const char *appname)
 {
-    char *sql = fmt("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s'", appname);
+    char *sql = th_fmt("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s'", appname);
     long n = th_pg_count(sql);
     free(sql);
     return n;
@@ -70,7 +51,7 @@ static long pg_conns(const char *appname)
 
 static long pg_count_rows(const char *table, const char *where)
 {
-    char *sql = fmt("SELECT count(*) FROM %s%s%s", table, where != NULL ? " WHERE " : "", where != NULL ? where : "");
+    char *sql = th_fmt("SELECT count(*) FROM %s%s%s", table, where != NULL ? " WHERE " : "", where != NULL ? where : "");
     long n = th_pg_count(sql);
     free(sql);
     return n;
@@ -195,7 +176,7 @@ START_TEST(keys_are_attached_by_scope_middleware_and_db_use)
         {"beta", "/offs" ALL_KEYS, "sa_main=1 g_off=1 g_off2=1 h_on=0 p_on=0 p_off=0 p3=0 nosuch=0\n"},
     };
     db_start(&server, ATTACH_CONF);
-    char *appname = fmt("att_%d", server.port);
+    char *appname = th_fmt("att_%d", server.port);
     for (int v = TH_HTTP1; v <= TH_HTTP2; ++v) {
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); ++i) {
             th_response_t res;
@@ -247,25 +228,25 @@ static const char *TX_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
 START_TEST(uncommitted_transaction_is_rolled_back_at_request_end)
 {
     db_start(&server, TX_CONF);
-    char *t = uniq("tx_rb");
-    char *sql = fmt("CREATE TABLE %s (id int PRIMARY KEY)", t);
+    char *t = th_uniq("tx_rb");
+    char *sql = th_fmt("CREATE TABLE %s (id int PRIMARY KEY)", t);
     pg_exec(sql);
     free(sql);
     for (int v = TH_HTTP1; v <= TH_HTTP2; ++v) {
         int id = v * 10;
         th_response_t res;
-        char *script = fmt("BEGIN\nSQL INSERT INTO %s VALUES (%d)\nRETURN\n", t, id);
+        char *script = th_fmt("BEGIN\nSQL INSERT INTO %s VALUES (%d)\nRETURN\n", t, id);
         db_script(&server, &res, v, "/s", script);
         db_assert_result(res.body, 0, "OK", NULL);
         db_assert_result(res.body, 1, "OK", "[]");
         ck_assert_int_eq(db_num_results(res.body), 2);
         th_response_free(&res);
         free(script);
-        char *where = fmt("id = %d", id);
+        char *where = th_fmt("id = %d", id);
         ck_assert_msg(pg_count_rows(t, where) == 0, "HTTP/%d: an uncommitted insert is visible", v);
 
         /* the only connection (max: 1) came back clean: an autocommit statement on it commits, in a fresh transaction */
-        script = fmt("SQL INSERT INTO %s VALUES (%d)\nSQL SELECT count(*)::int AS n FROM %s", t, id + 1, t);
+        script = th_fmt("SQL INSERT INTO %s VALUES (%d)\nSQL SELECT count(*)::int AS n FROM %s", t, id + 1, t);
         db_script(&server, &res, v, "/s", script);
         db_assert_result(res.body, 0, "OK", "[]");
         db_assert_result(res.body, 1, "OK", "[{\"n\":1}]");
@@ -273,10 +254,10 @@ START_TEST(uncommitted_transaction_is_rolled_back_at_request_end)
         free(script);
         ck_assert_msg(pg_count_rows(t, where) == 0, "HTTP/%d: the rolled back insert appeared later", v);
         free(where);
-        where = fmt("id = %d", id + 1);
+        where = th_fmt("id = %d", id + 1);
         ck_assert_msg(pg_count_rows(t, where) == 1, "HTTP/%d: the autocommit insert after it did not commit", v);
         free(where);
-        sql = fmt("DELETE FROM %s", t);
+        sql = th_fmt("DELETE FROM %s", t);
         pg_exec(sql);
         free(sql);
     }
@@ -288,16 +269,16 @@ END_TEST
 START_TEST(committed_transaction_is_visible)
 {
     db_start(&server, TX_CONF);
-    char *t = uniq("tx_commit");
-    char *sql = fmt("CREATE TABLE %s (id int PRIMARY KEY, v text)", t);
+    char *t = th_uniq("tx_commit");
+    char *sql = th_fmt("CREATE TABLE %s (id int PRIMARY KEY, v text)", t);
     pg_exec(sql);
     free(sql);
     for (int v = TH_HTTP1; v <= TH_HTTP2; ++v) {
         th_response_t res;
         char *script =
-            fmt("BEGIN\nSQL INSERT INTO %s VALUES ($1, $2)\nP %d\nP one\nSQL INSERT INTO %s VALUES ($1, $2)\nP %d\nP two\n"
-                "SQL SELECT count(*)::int AS n FROM %s\nCOMMIT\n",
-                t, v * 10, t, v * 10 + 1, t);
+            th_fmt("BEGIN\nSQL INSERT INTO %s VALUES ($1, $2)\nP %d\nP one\nSQL INSERT INTO %s VALUES ($1, $2)\nP %d\nP two\n"
+                   "SQL SELECT count(*)::int AS n FROM %s\nCOMMIT\n",
+                   t, v * 10, t, v * 10 + 1, t);
         db_script(&server, &res, v, "/s", script);
         ck_assert_int_eq(db_num_results(res.body), 5);
         for (int i = 0; i < 5; ++i)
@@ -310,7 +291,7 @@ START_TEST(committed_transaction_is_visible)
         free(script);
         ck_assert_int_eq(pg_count_rows(t, NULL), v * 2);
     }
-    char *v = th_pg(sql = fmt("SELECT string_agg(v, ',' ORDER BY id) FROM %s", t));
+    char *v = th_pg(sql = th_fmt("SELECT string_agg(v, ',' ORDER BY id) FROM %s", t));
     ck_assert_str_eq(v, "one,two,one,two");
     free(v);
     free(sql);
@@ -322,17 +303,17 @@ END_TEST
 START_TEST(sql_error_in_a_transaction_fails_it_and_the_connection_is_reusable)
 {
     db_start(&server, TX_CONF);
-    char *t = uniq("tx_err");
-    char *sql = fmt("CREATE TABLE %s (id int PRIMARY KEY)", t);
+    char *t = th_uniq("tx_err");
+    char *sql = th_fmt("CREATE TABLE %s (id int PRIMARY KEY)", t);
     pg_exec(sql);
     free(sql);
     th_response_t res;
 
     /* one step after the other: COMMIT comes after the failure is known */
     char *script =
-        fmt("CONTINUE\nBEGIN\nSQL INSERT INTO %s VALUES (1)\nSQL SELECT 1/0 AS x\nSQL SELECT 1 AS one\nCOMMIT\nROLLBACK\n"
-            "SQL SELECT 1 AS one\n",
-            t);
+        th_fmt("CONTINUE\nBEGIN\nSQL INSERT INTO %s VALUES (1)\nSQL SELECT 1/0 AS x\nSQL SELECT 1 AS one\nCOMMIT\nROLLBACK\n"
+               "SQL SELECT 1 AS one\n",
+               t);
     db_script(&server, &res, TH_HTTP1, "/s", script);
     ck_assert_int_eq(db_num_results(res.body), 7);
     db_assert_result(res.body, 0, "OK", NULL);
@@ -349,7 +330,7 @@ START_TEST(sql_error_in_a_transaction_fails_it_and_the_connection_is_reusable)
     ck_assert_int_eq(pg_count_rows(t, NULL), 0);
 
     /* all at once (pipelined): COMMIT is accepted before the failure is known, and must answer an error */
-    script = fmt("CONTINUE\nALL\nBEGIN\nSQL INSERT INTO %s VALUES (2)\nSQL SELECT 1/0 AS x\nSQL SELECT 2 AS two\nCOMMIT\n", t);
+    script = th_fmt("CONTINUE\nALL\nBEGIN\nSQL INSERT INTO %s VALUES (2)\nSQL SELECT 1/0 AS x\nSQL SELECT 2 AS two\nCOMMIT\n", t);
     db_script(&server, &res, TH_HTTP2, "/s", script);
     ck_assert_int_eq(db_num_results(res.body), 5);
     db_assert_result(res.body, 0, "OK", NULL);
@@ -364,7 +345,7 @@ START_TEST(sql_error_in_a_transaction_fails_it_and_the_connection_is_reusable)
     ck_assert_int_eq(pg_count_rows(t, NULL), 0);
 
     /* the only connection is usable by the next request, outside any transaction */
-    script = fmt("SQL INSERT INTO %s VALUES (3)\nSQL SELECT count(*)::int AS n FROM %s\n", t, t);
+    script = th_fmt("SQL INSERT INTO %s VALUES (3)\nSQL SELECT count(*)::int AS n FROM %s\n", t, t);
     db_script(&server, &res, TH_HTTP1, "/s", script);
     db_assert_result(res.body, 0, "OK", NULL);
     db_assert_result(res.body, 1, "OK", "[{\"n\":1}]");
@@ -379,15 +360,15 @@ END_TEST
 START_TEST(unique_violation_is_23505)
 {
     db_start(&server, TX_CONF);
-    char *t = uniq("uniq");
-    char *sql = fmt("CREATE TABLE %s (id int PRIMARY KEY)", t);
+    char *t = th_uniq("uniq");
+    char *sql = th_fmt("CREATE TABLE %s (id int PRIMARY KEY)", t);
     pg_exec(sql);
     free(sql);
     th_response_t res;
-    char *script =
-        fmt("CONTINUE\nSQL INSERT INTO %s VALUES (1)\nSQL INSERT INTO %s VALUES (1)\nBEGIN\nSQL INSERT INTO %s VALUES ($1)\nP 1\n"
-            "ROLLBACK\n",
-            t, t, t);
+    char *script = th_fmt(
+        "CONTINUE\nSQL INSERT INTO %s VALUES (1)\nSQL INSERT INTO %s VALUES (1)\nBEGIN\nSQL INSERT INTO %s VALUES ($1)\nP 1\n"
+        "ROLLBACK\n",
+        t, t, t);
     db_script(&server, &res, TH_HTTP1, "/s", script);
     db_assert_result(res.body, 0, "OK", NULL);
     db_assert_error(res.body, 1, "SQL_ERROR", "23505");
@@ -399,7 +380,7 @@ START_TEST(unique_violation_is_23505)
 
     /* h2o_db_send_error: 500, and the body carries neither SQL nor connection details */
     for (int v = TH_HTTP1; v <= TH_HTTP2; ++v) {
-        script = fmt("SENDERROR\nSQL INSERT INTO %s VALUES (1)\n", t);
+        script = th_fmt("SENDERROR\nSQL INSERT INTO %s VALUES (1)\n", t);
         db_request(&server, &res, v, NULL, "/s", script);
         ck_assert_int_eq(res.status, 500);
         char *ss = th_header(&res, "x-sqlstate");
@@ -432,8 +413,8 @@ static const char *ORDER_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
 START_TEST(statements_of_one_session_run_and_answer_in_order)
 {
     db_start(&server, ORDER_CONF);
-    char *t = uniq("ord");
-    char *sql = fmt("CREATE TABLE %s (id int)", t);
+    char *t = th_uniq("ord");
+    char *sql = th_fmt("CREATE TABLE %s (id int)", t);
     pg_exec(sql);
     free(sql);
     for (int v = TH_HTTP1; v <= TH_HTTP2; ++v) {
@@ -466,17 +447,17 @@ END_TEST
 START_TEST(null_and_empty_parameters)
 {
     db_start(&server, TX_CONF);
-    char *t = uniq("nulls");
-    char *sql = fmt("CREATE TABLE %s (id int, v text)", t);
+    char *t = th_uniq("nulls");
+    char *sql = th_fmt("CREATE TABLE %s (id int, v text)", t);
     pg_exec(sql);
     free(sql);
     th_response_t res;
-    char *script = fmt("SQL SELECT $1::text IS NULL AS a, $2::int AS b, $3::text AS c, $4::text = '' AS empty, $5::text AS q\n"
-                       "PNULL\nP 7\nPNULL\nP\nP it's \"quoted\" \\ and é\n"
-                       "SQL INSERT INTO %s VALUES ($1, $2)\nP 1\nPNULL\n"
-                       "SQL INSERT INTO %s VALUES ($2::int, $1)\nP x\nP 2\n"
-                       "SQL SELECT id, v, v IS NULL AS isnull FROM %s ORDER BY id\n",
-                       t, t, t);
+    char *script = th_fmt("SQL SELECT $1::text IS NULL AS a, $2::int AS b, $3::text AS c, $4::text = '' AS empty, $5::text AS q\n"
+                          "PNULL\nP 7\nPNULL\nP\nP it's \"quoted\" \\ and é\n"
+                          "SQL INSERT INTO %s VALUES ($1, $2)\nP 1\nPNULL\n"
+                          "SQL INSERT INTO %s VALUES ($2::int, $1)\nP x\nP 2\n"
+                          "SQL SELECT id, v, v IS NULL AS isnull FROM %s ORDER BY id\n",
+                          t, t, t);
     for (int v = TH_HTTP1; v <= TH_HTTP2; ++v) {
         db_script(&server, &res, v, "/s", script);
         db_assert_result(res.body, 0, "OK",
@@ -490,7 +471,7 @@ START_TEST(null_and_empty_parameters)
         th_response_free(&res);
     }
     free(script);
-    sql = fmt("SELECT count(*) FROM %s WHERE v IS NULL", t);
+    sql = th_fmt("SELECT count(*) FROM %s WHERE v IS NULL", t);
     ck_assert_int_eq(th_pg_count(sql), 2);
     free(sql);
     db_stop(&server);
@@ -553,7 +534,7 @@ static double pool_burst(int version, int n, const char *appname, const char *ta
     char **bodies = calloc(n, sizeof(*bodies));
     th_response_t *res = calloc(n, sizeof(*res));
     for (int i = 0; i < n; ++i)
-        bodies[i] = fmt("BEGIN\nSQL INSERT INTO %s VALUES ($1)\nP %d\nSLEEP 200\nCOMMIT\n", table, first_id + i);
+        bodies[i] = th_fmt("BEGIN\nSQL INSERT INTO %s VALUES ($1)\nP %d\nSLEEP 200\nCOMMIT\n", table, first_id + i);
     struct watcher w;
     watch_start(&w, appname);
     double t0 = th_now_ms();
@@ -579,8 +560,8 @@ static double pool_burst(int version, int n, const char *appname, const char *ta
 START_TEST(pool_max_is_a_hard_cap_and_everyone_gets_served)
 {
     db_start(&server, POOL_CONF);
-    char *appname = fmt("pool_%d", server.port), *t = uniq("pool");
-    char *sql = fmt("CREATE TABLE %s (id int PRIMARY KEY)", t);
+    char *appname = th_fmt("pool_%d", server.port), *t = th_uniq("pool");
+    char *sql = th_fmt("CREATE TABLE %s (id int PRIMARY KEY)", t);
     pg_exec(sql);
     free(sql);
     /* 20 transactions of 200 ms over 2 connections cannot take less than about 2 s */
@@ -616,16 +597,16 @@ START_TEST(check_with_connect_reaches_each_bind)
                                &out);
     ck_assert_msg(status == 0, "exit status %d; output:\n%s", status, out);
     free(out);
-    char *conf = fmt("listen: 8080\n"
-                     "db.bind:\n"
-                     "  - url: \"@PG@\"\n"
-                     "  - {url: \"postgresql://postgres@127.0.0.1:%d/h2o_test?connect_timeout=3\", key: down}\n"
-                     "hosts:\n"
-                     "  default:\n"
-                     "    paths:\n"
-                     "      /:\n"
-                     "        file.dir: .\n",
-                     th_free_port());
+    char *conf = th_fmt("listen: 8080\n"
+                        "db.bind:\n"
+                        "  - url: \"@PG@\"\n"
+                        "  - {url: \"postgresql://postgres@127.0.0.1:%d/h2o_test?connect_timeout=3\", key: down}\n"
+                        "hosts:\n"
+                        "  default:\n"
+                        "    paths:\n"
+                        "      /:\n"
+                        "        file.dir: .\n",
+                        th_free_port());
     status = th_run_h2o_db("-t --connect", conf, &out);
     ck_assert_msg(status == 1, "a bind nobody answers for passed -t --connect (exit %d):\n%s", status, out);
     ck_assert_msg(strstr(out, "down") != NULL, "the failing bind is not named:\n%s", out);
@@ -728,28 +709,28 @@ START_TEST(every_postgres_url_form_reaches_the_database)
     ck_assert_msg(pgdata != NULL, "H2O_DB_TEST_PGDATA is not set");
     char *datadir = strdup(pgdata), *sockdir = strdup(dirname(datadir));
     int dead = th_free_port();
-    char *conf = fmt("listen: {host: 127.0.0.1, port: @PORT@}\n"
-                     "num-threads: 1\n"
-                     "db.bind:\n"
-                     "  - {url: \"postgres://%s@%s:%d/%s\", key: k_postgres}\n"
-                     "  - {url: \"postgresql+asyncpg://%s@%s:%d/%s?ssl=false\", key: k_asyncpg}\n"
-                     "  - {url: \"postgresql+psycopg://%s@%s:%d/%s?application_name=psy_@PORT@\", key: k_psycopg}\n"
-                     "  - {url: \"postgresql:///%s?host=%s&port=%d&user=%s\", key: k_socket}\n"
-                     "  - {url: \"postgresql://%s@%s:%d,%s:%d/%s?connect_timeout=5\", key: k_multi}\n"
-                     "  - {url: \"postgresql://%s@localhost:%d/%s?target_session_attrs=read-write\", key: k_name}\n"
-                     "  - {url: \"postgresql://%s:Pw_s3cr3tXYZ@%s:%d/%s\", key: k_password}\n"
-                     "hosts:\n"
-                     "  default:\n"
-                     "    paths:\n"
-                     "      /s:\n"
-                     "        c.handler: " DB_HANDLERS ":db_script\n",
-                     p.user, p.host, p.port, p.db,               /* postgres:// */
-                     p.user, p.host, p.port, p.db,               /* +asyncpg */
-                     p2.user, p2.host, p2.port, p2.db,           /* +psycopg, the second database */
-                     p.db, sockdir, p.port, p.user,              /* unix socket */
-                     p.user, p.host, dead, p.host, p.port, p.db, /* multi-host: the first is down */
-                     p.user, p.port, p.db,                       /* a host name to resolve */
-                     p.user, p.host, p.port, p.db);              /* a password (trust auth ignores it) */
+    char *conf = th_fmt("listen: {host: 127.0.0.1, port: @PORT@}\n"
+                        "num-threads: 1\n"
+                        "db.bind:\n"
+                        "  - {url: \"postgres://%s@%s:%d/%s\", key: k_postgres}\n"
+                        "  - {url: \"postgresql+asyncpg://%s@%s:%d/%s?ssl=false\", key: k_asyncpg}\n"
+                        "  - {url: \"postgresql+psycopg://%s@%s:%d/%s?application_name=psy_@PORT@\", key: k_psycopg}\n"
+                        "  - {url: \"postgresql:///%s?host=%s&port=%d&user=%s\", key: k_socket}\n"
+                        "  - {url: \"postgresql://%s@%s:%d,%s:%d/%s?connect_timeout=5\", key: k_multi}\n"
+                        "  - {url: \"postgresql://%s@localhost:%d/%s?target_session_attrs=read-write\", key: k_name}\n"
+                        "  - {url: \"postgresql://%s:Pw_s3cr3tXYZ@%s:%d/%s\", key: k_password}\n"
+                        "hosts:\n"
+                        "  default:\n"
+                        "    paths:\n"
+                        "      /s:\n"
+                        "        c.handler: " DB_HANDLERS ":db_script\n",
+                        p.user, p.host, p.port, p.db,               /* postgres:// */
+                        p.user, p.host, p.port, p.db,               /* +asyncpg */
+                        p2.user, p2.host, p2.port, p2.db,           /* +psycopg, the second database */
+                        p.db, sockdir, p.port, p.user,              /* unix socket */
+                        p.user, p.host, dead, p.host, p.port, p.db, /* multi-host: the first is down */
+                        p.user, p.port, p.db,                       /* a host name to resolve */
+                        p.user, p.host, p.port, p.db);              /* a password (trust auth ignores it) */
     db_start(&server, conf);
     struct {
         const char *key, *expect;
@@ -763,10 +744,10 @@ START_TEST(every_postgres_url_form_reaches_the_database)
     size_t flen = 0;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); ++i) {
         th_response_t res;
-        char *path = fmt("/s?key=%s", cases[i].key);
+        char *path = th_fmt("/s?key=%s", cases[i].key);
         db_script(&server, &res, TH_HTTP1, path, "SQL SELECT current_database() AS db, inet_server_port() IS NOT NULL AS tcp");
         char *st = db_status_of(res.body, 0);
-        char *db = fmt("\"db\":\"%s\"", strcmp(cases[i].key, "k_psycopg") == 0 ? p2.db : p.db);
+        char *db = th_fmt("\"db\":\"%s\"", strcmp(cases[i].key, "k_psycopg") == 0 ? p2.db : p.db);
         if (strcmp(st, "OK") != 0 || strstr(res.body, cases[i].expect) == NULL || strstr(res.body, db) == NULL)
             flen += snprintf(failures + flen, sizeof(failures) - flen, "\n  %s: expected %s and %s, got %s", cases[i].key, db,
                              cases[i].expect, res.body);
@@ -779,7 +760,7 @@ START_TEST(every_postgres_url_form_reaches_the_database)
     }
     ck_assert_msg(flen == 0, "URL forms that did not reach the database:%s\nserver log:\n%s", failures, th_server_log(&server));
     /* the URL's own application_name wins over the server's fallback */
-    char *appname = fmt("psy_%d", server.port);
+    char *appname = th_fmt("psy_%d", server.port);
     ck_assert_msg(th_wait_until(some_conns, appname, 2000), "no connection with application_name=%s", appname);
     free(appname);
     db_stop(&server);
@@ -796,9 +777,9 @@ END_TEST
 
 START_TEST(on_connect_runs_on_every_connection_and_schema_once_at_start)
 {
-    char *dir = th_tmpdir(), *t = uniq("schema");
+    char *dir = th_tmpdir(), *t = th_uniq("schema");
     char *schema =
-        fmt("CREATE TABLE %s (id int PRIMARY KEY, v text);\nINSERT INTO %s VALUES (1, 'from schema'), (2, 'two');\n", t, t);
+        th_fmt("CREATE TABLE %s (id int PRIMARY KEY, v text);\nINSERT INTO %s VALUES (1, 'from schema'), (2, 'two');\n", t, t);
     free(th_write_file(dir, "schema.sql", schema, 0));
     free(schema);
     int rc = th_server_start_in(&server, dir,
@@ -819,7 +800,7 @@ START_TEST(on_connect_runs_on_every_connection_and_schema_once_at_start)
     ck_assert_int_eq(pg_count_rows(t, NULL), 2);
     enum { N = 6 };
     const char *bodies[N];
-    char *body = fmt("BEGIN\nSQL SELECT current_setting('myapp.tag') AS tag, v FROM %s WHERE id = 1\nSLEEP 150\nCOMMIT\n", t);
+    char *body = th_fmt("BEGIN\nSQL SELECT current_setting('myapp.tag') AS tag, v FROM %s WHERE id = 1\nSLEEP 150\nCOMMIT\n", t);
     for (int i = 0; i < N; ++i)
         bodies[i] = body;
     th_response_t res[N];

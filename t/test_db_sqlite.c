@@ -35,17 +35,6 @@ static void teardown(void)
     kill_server();
 }
 
-static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
-static char *fmt(const char *f, ...)
-{
-    va_list args;
-    va_start(args, f);
-    char *s;
-    ck_assert(vasprintf(&s, f, args) > 0);
-    va_end(args);
-    return s;
-}
-
 /* Starts the server in a fresh folder (returned, malloc'd), so that relative paths land there. */
 static char *start_in_tmp(const char *conf)
 {
@@ -62,14 +51,14 @@ static char *sqlite_value(const char *path, const char *sql)
     sqlite3 *db;
     char *out;
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-        out = fmt("(error: cannot open %s: %s)", path, sqlite3_errmsg(db));
+        out = th_fmt("(error: cannot open %s: %s)", path, sqlite3_errmsg(db));
         sqlite3_close(db);
         return out;
     }
     sqlite3_busy_timeout(db, 5000);
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
-        out = fmt("(error: %s)", sqlite3_errmsg(db));
+        out = th_fmt("(error: %s)", sqlite3_errmsg(db));
     } else {
         int rc = sqlite3_step(st);
         if (rc == SQLITE_ROW)
@@ -77,7 +66,7 @@ static char *sqlite_value(const char *path, const char *sql)
         else if (rc == SQLITE_DONE)
             out = strdup("(no row)");
         else
-            out = fmt("(error: %s)", sqlite3_errmsg(db));
+            out = th_fmt("(error: %s)", sqlite3_errmsg(db));
         sqlite3_finalize(st);
     }
     sqlite3_close(db);
@@ -123,12 +112,12 @@ static char *start_tx(void)
 
 START_TEST(transactions_commit_and_roll_back)
 {
-    char *dir = start_tx(), *file = fmt("%s/tx.sqlite3", dir);
+    char *dir = start_tx(), *file = th_fmt("%s/tx.sqlite3", dir);
     for (int v = TH_HTTP1; v <= TH_HTTP2; ++v) {
         th_response_t res;
         char *script, *sql;
         /* begin, insert, answer without commit: rolled back at request end */
-        script = fmt("BEGIN\nSQL INSERT INTO t (id) VALUES (%d)\nRETURN\n", v * 10);
+        script = th_fmt("BEGIN\nSQL INSERT INTO t (id) VALUES (%d)\nRETURN\n", v * 10);
         db_script(&server, &res, v, "/s", script);
         ck_assert_int_eq(db_num_results(res.body), 2);
         db_assert_result(res.body, 0, "OK", NULL);
@@ -136,17 +125,18 @@ START_TEST(transactions_commit_and_roll_back)
         th_response_free(&res);
         free(script);
         /* the next request sees nothing (and is not stuck behind a write lock) */
-        script = fmt("SQL SELECT count(*) AS n FROM t WHERE id = %d\n", v * 10);
+        script = th_fmt("SQL SELECT count(*) AS n FROM t WHERE id = %d\n", v * 10);
         db_script(&server, &res, v, "/s", script);
         db_assert_result(res.body, 0, "OK", "[{\"n\":0}]");
         th_response_free(&res);
         free(script);
-        assert_sqlite_value(file, sql = fmt("SELECT count(*) FROM t WHERE id = %d", v * 10), "0");
+        assert_sqlite_value(file, sql = th_fmt("SELECT count(*) FROM t WHERE id = %d", v * 10), "0");
         free(sql);
 
         /* begin, insert, commit: there */
-        script = fmt("BEGIN\nSQL INSERT INTO t (id, v) VALUES (%d, 'one')\nSQL INSERT INTO t (id, v) VALUES (%d, 'two')\nCOMMIT\n",
-                     v * 10 + 1, v * 10 + 2);
+        script =
+            th_fmt("BEGIN\nSQL INSERT INTO t (id, v) VALUES (%d, 'one')\nSQL INSERT INTO t (id, v) VALUES (%d, 'two')\nCOMMIT\n",
+                   v * 10 + 1, v * 10 + 2);
         db_script(&server, &res, v, "/s", script);
         ck_assert_int_eq(db_num_results(res.body), 4);
         for (int i = 0; i < 4; ++i)
@@ -154,8 +144,8 @@ START_TEST(transactions_commit_and_roll_back)
         th_response_free(&res);
         free(script);
         assert_sqlite_value(file,
-                            sql = fmt("SELECT group_concat(v, ',') FROM (SELECT v FROM t WHERE id > %d AND id < %d ORDER BY id)",
-                                      v * 10, v * 10 + 3),
+                            sql = th_fmt("SELECT group_concat(v, ',') FROM (SELECT v FROM t WHERE id > %d AND id < %d ORDER BY id)",
+                                         v * 10, v * 10 + 3),
                             "one,two");
         free(sql);
     }
@@ -167,7 +157,7 @@ END_TEST
 
 START_TEST(sql_error_in_a_transaction_fails_it)
 {
-    char *dir = start_tx(), *file = fmt("%s/tx.sqlite3", dir);
+    char *dir = start_tx(), *file = th_fmt("%s/tx.sqlite3", dir);
     th_response_t res;
     /* one step after the other */
     db_script(&server, &res, TH_HTTP1, "/s",
@@ -312,7 +302,7 @@ START_TEST(a_write_lock_held_elsewhere_fails_with_a_class_40_or_55_sqlstate)
     th_response_free(res);
     th_response_free(res + 1);
     db_stop(&server);
-    char *file = fmt("%s/lock.sqlite3", dir);
+    char *file = th_fmt("%s/lock.sqlite3", dir);
     assert_sqlite_value(file, "SELECT group_concat(id) FROM t", "1");
     free(file);
     free(dir);
@@ -519,9 +509,9 @@ START_TEST(an_in_memory_bind_is_one_database_for_all_connections_and_threads)
     ck_assert_msg(rc == 0, "the server did not start; log:\n%s", th_server_log(&server));
     const char *keys[] = {"m1", "m2", "m3"};
     for (size_t k = 0; k < 3; ++k) {
-        char *path = fmt("/s?key=%s", keys[k]),
-             *create =
-                 fmt("SQL CREATE TABLE shared_%s (v TEXT)\nSQL INSERT INTO shared_%s VALUES ('%s')\n", keys[k], keys[k], keys[k]);
+        char *path = th_fmt("/s?key=%s", keys[k]),
+             *create = th_fmt("SQL CREATE TABLE shared_%s (v TEXT)\nSQL INSERT INTO shared_%s VALUES ('%s')\n", keys[k], keys[k],
+                              keys[k]);
         th_response_t res;
         db_script(&server, &res, TH_HTTP1, path, create);
         db_assert_result(res.body, 0, "OK", NULL);
@@ -530,7 +520,7 @@ START_TEST(an_in_memory_bind_is_one_database_for_all_connections_and_threads)
         free(create);
         /* many readers on separate connections (so on both threads, and several SQLite connections) */
         enum { N = 16 };
-        char *read = fmt("SQL SELECT v FROM shared_%s\n", keys[k]), *expect = fmt("[{\"v\":\"%s\"}]", keys[k]);
+        char *read = th_fmt("SQL SELECT v FROM shared_%s\n", keys[k]), *expect = th_fmt("[{\"v\":\"%s\"}]", keys[k]);
         const char *bodies[N];
         for (int i = 0; i < N; ++i)
             bodies[i] = read;
@@ -583,23 +573,23 @@ END_TEST
 
 START_TEST(relative_paths_are_relative_to_the_config_file)
 {
-    char *dir = th_tmpdir(), *sub = fmt("%s/sub", dir), *abs = fmt("%s/absolute.sqlite3", dir);
+    char *dir = th_tmpdir(), *sub = th_fmt("%s/sub", dir), *abs = th_fmt("%s/absolute.sqlite3", dir);
     ck_assert(mkdir(sub, 0755) == 0);
     free(th_write_file(sub, "schema.sql", "CREATE TABLE from_schema (v TEXT);\nINSERT INTO from_schema VALUES ('schema ran');\n",
                        0));
-    char *conf = fmt("listen: {host: 127.0.0.1, port: @PORT@}\n"
-                     "num-threads: 1\n"
-                     "db.bind:\n"
-                     "  - {url: \"sqlite:///relative.sqlite3\", key: rel}\n"
-                     "  - {url: \"sqlite:///sub/nested.sqlite3\", key: nested, schema: sub/schema.sql}\n"
-                     "  - {url: \"sqlite:///%s\", key: absolute}\n"
-                     "  - {url: \"sqlite+aiosqlite:///aio.sqlite3\", key: aio}\n"
-                     "hosts:\n"
-                     "  default:\n"
-                     "    paths:\n"
-                     "      /s:\n"
-                     "        c.handler: " DB_HANDLERS ":db_script\n",
-                     abs);
+    char *conf = th_fmt("listen: {host: 127.0.0.1, port: @PORT@}\n"
+                        "num-threads: 1\n"
+                        "db.bind:\n"
+                        "  - {url: \"sqlite:///relative.sqlite3\", key: rel}\n"
+                        "  - {url: \"sqlite:///sub/nested.sqlite3\", key: nested, schema: sub/schema.sql}\n"
+                        "  - {url: \"sqlite:///%s\", key: absolute}\n"
+                        "  - {url: \"sqlite+aiosqlite:///aio.sqlite3\", key: aio}\n"
+                        "hosts:\n"
+                        "  default:\n"
+                        "    paths:\n"
+                        "      /s:\n"
+                        "        c.handler: " DB_HANDLERS ":db_script\n",
+                        abs);
     /* the server runs from another working directory than the config's folder */
     char cwd[4096];
     ck_assert(getcwd(cwd, sizeof(cwd)) != NULL);
@@ -608,8 +598,8 @@ START_TEST(relative_paths_are_relative_to_the_config_file)
     ck_assert_msg(rc == 0, "the server did not start; log:\n%s", th_server_log(&server));
     const char *keys[] = {"rel", "nested", "absolute", "aio"};
     for (size_t k = 0; k < 4; ++k) {
-        char *path = fmt("/s?key=%s", keys[k]),
-             *script = fmt("SQL CREATE TABLE w (v TEXT)\nSQL INSERT INTO w VALUES ('%s')\n", keys[k]);
+        char *path = th_fmt("/s?key=%s", keys[k]),
+             *script = th_fmt("SQL CREATE TABLE w (v TEXT)\nSQL INSERT INTO w VALUES ('%s')\n", keys[k]);
         th_response_t res;
         db_script(&server, &res, TH_HTTP1, path, script);
         db_assert_result(res.body, 1, "OK", NULL);
@@ -625,12 +615,12 @@ START_TEST(relative_paths_are_relative_to_the_config_file)
 
     const char *files[] = {"relative.sqlite3", "sub/nested.sqlite3", "absolute.sqlite3", "aio.sqlite3"};
     for (size_t k = 0; k < 4; ++k) {
-        char *file = fmt("%s/%s", dir, files[k]), *expect = fmt("%s", keys[k]);
+        char *file = th_fmt("%s/%s", dir, files[k]), *expect = th_fmt("%s", keys[k]);
         ck_assert_msg(file_exists(file), "%s was not created beside the config", file);
         assert_sqlite_value(file, "SELECT v FROM w", expect);
         free(file);
         free(expect);
-        char *stray = fmt("%s/%s", cwd, files[k]);
+        char *stray = th_fmt("%s/%s", cwd, files[k]);
         ck_assert_msg(!file_exists(stray), "%s was created in the working directory", stray);
         free(stray);
     }

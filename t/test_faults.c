@@ -74,40 +74,9 @@ static void stop_server(th_server_t *s)
 
 /* ---- small things ---- */
 
-static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
-static char *fmt(const char *f, ...)
-{
-    va_list args;
-    va_start(args, f);
-    char *s;
-    ck_assert(vasprintf(&s, f, args) > 0);
-    va_end(args);
-    return s;
-}
-
 static void pg_exec(const char *sql)
 {
     free(th_pg(sql));
-}
-
-static long pg_count(const char *f, ...) __attribute__((format(printf, 1, 2)));
-static long pg_count(const char *f, ...)
-{
-    va_list args;
-    va_start(args, f);
-    char *sql;
-    ck_assert(vasprintf(&sql, f, args) > 0);
-    va_end(args);
-    long n = th_pg_count(sql);
-    free(sql);
-    return n;
-}
-
-/* A name nobody else uses in the shared database. */
-static char *uniq(const char *prefix)
-{
-    static int counter;
-    return fmt("%s_%d_%d", prefix, (int)getpid(), ++counter);
 }
 
 static int count_substr(const char *text, const char *needle)
@@ -311,7 +280,7 @@ static long status_sum(const char *json, int bind, const char *field)
 {
     long sum = 0;
     for (int t = 0;; ++t) {
-        char *path = fmt("binds.%d.threads.%d.%s", bind, t, field);
+        char *path = th_fmt("binds.%d.threads.%d.%s", bind, t, field);
         long v = jnum(json, path);
         free(path);
         if (v < 0)
@@ -324,7 +293,7 @@ static long status_sum(const char *json, int bind, const char *field)
 
 static long pg_conns(const char *appname)
 {
-    return pg_count("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s'", appname);
+    return th_pg_countf("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s'", appname);
 }
 
 static int has_conns(void *appname)
@@ -652,7 +621,7 @@ struct activity_query {
 static char *activity_dump(const char *appname)
 {
     char *sql =
-        fmt("SELECT string_agg(state || ': ' || query, ' | ') FROM pg_stat_activity WHERE application_name = '%s'", appname);
+        th_fmt("SELECT string_agg(state || ': ' || query, ' | ') FROM pg_stat_activity WHERE application_name = '%s'", appname);
     char *v = th_pg(sql);
     free(sql);
     return v != NULL ? v : strdup("(no connection)");
@@ -661,13 +630,15 @@ static char *activity_dump(const char *appname)
 static int activity_reaches(void *arg)
 {
     struct activity_query *q = arg;
-    return pg_count("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND %s", q->appname, q->extra) >= q->want;
+    return th_pg_countf("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND %s", q->appname, q->extra) >=
+           q->want;
 }
 
 static int activity_is(void *arg)
 {
     struct activity_query *q = arg;
-    return pg_count("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND %s", q->appname, q->extra) == q->want;
+    return th_pg_countf("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND %s", q->appname, q->extra) ==
+           q->want;
 }
 
 /* ==== PostgreSQL restarted under load ==== */
@@ -692,7 +663,7 @@ static const char *RESTART_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
 START_TEST(postgres_restarted_under_load)
 {
     start_server(&server, RESTART_CONF);
-    char *appname = fmt("flt_restart_%d", server.port);
+    char *appname = th_fmt("flt_restart_%d", server.port);
     /* db_echo: GET ?id=7 → SELECT $1::int AS id → [{"id":7}], or h2o_db_send_error */
     struct watcher w;
     watch_start(&w, appname);
@@ -796,7 +767,7 @@ START_TEST(postgres_restarted_under_load)
     ck_assert_msg(pg_conns(appname) <= RESTART_THREADS * RESTART_MAX, "%ld connections afterwards", pg_conns(appname));
     ck_assert_msg(reconnects >= 1, "the status page counts no reconnect:\n%s", status_json);
     for (int t = 0; t < RESTART_THREADS; ++t) {
-        char *path = fmt("binds.0.threads.%d.down", t), *down = jget(status_json, path);
+        char *path = th_fmt("binds.0.threads.%d.down", t), *down = jget(status_json, path);
         ck_assert_msg(down != NULL && strcmp(down, "false") == 0, "thread %d still down after the recovery:\n%s", t, status_json);
         free(path);
         free(down);
@@ -826,7 +797,7 @@ static const char *TERM_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
 START_TEST(terminated_backends_fail_their_requests_and_the_next_ones_succeed)
 {
     start_server(&server, TERM_CONF);
-    char *appname = fmt("flt_term_%d", server.port);
+    char *appname = th_fmt("flt_term_%d", server.port);
     for (int v = TH_HTTP1; v <= TH_HTTP2; ++v) {
         /* two autocommit statements and two transactions, each on a connection of its own (max 4) */
         const char *bodies[] = {"SENDERROR\nSQL SELECT pg_sleep(20)", "SENDERROR\nSQL SELECT pg_sleep(20)",
@@ -842,9 +813,10 @@ START_TEST(terminated_backends_fail_their_requests_and_the_next_ones_succeed)
                           activity_dump(appname));
         }
         double t_kill = th_now_ms();
-        long killed = pg_count("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '%s' AND "
-                               "state = 'active'",
-                               appname);
+        long killed =
+            th_pg_countf("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '%s' AND "
+                         "state = 'active'",
+                         appname);
         ck_assert_int_eq(killed, 4);
         double took = 0;
         for (int i = 0; i < 4; ++i) {
@@ -885,7 +857,7 @@ START_TEST(terminated_backends_fail_their_requests_and_the_next_ones_succeed)
 
         /* idle connections terminated: noticed before they are handed out again */
         long idle =
-            pg_count("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '%s'", appname);
+            th_pg_countf("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '%s'", appname);
         ck_assert_msg(idle >= 1, "no idle connection to terminate");
         usleep(300000);
         par_posts(&server, res, 4, v, "/s", next);
@@ -970,7 +942,7 @@ START_TEST(pool_exhausted_tenfold_answers_503_quickly_and_does_not_grow)
      * by default) and look like growth: measure this server without it */
     char *saved = getenv("ASAN_OPTIONS") != NULL ? strdup(getenv("ASAN_OPTIONS")) : NULL;
     if (saved != NULL) {
-        char *opts = fmt("%s:quarantine_size_mb=0:thread_local_quarantine_size_kb=0", saved);
+        char *opts = th_fmt("%s:quarantine_size_mb=0:thread_local_quarantine_size_kb=0", saved);
         setenv("ASAN_OPTIONS", opts, 1);
         free(opts);
     }
@@ -979,7 +951,7 @@ START_TEST(pool_exhausted_tenfold_answers_503_quickly_and_does_not_grow)
         setenv("ASAN_OPTIONS", saved, 1);
         free(saved);
     }
-    char *appname = fmt("flt_exhaust_%d", server.port);
+    char *appname = th_fmt("flt_exhaust_%d", server.port);
     double slowest_503 = 0;
     int busy = 0, ok = 0, rounds = 0;
     for (int i = 0; i < 4; ++i, ++rounds)
@@ -1046,17 +1018,17 @@ static int connect_to(int port)
 
 static long active_sleeps(const char *appname)
 {
-    return pg_count("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND state = 'active' AND query LIKE "
-                    "'SELECT pg_sleep%%'",
-                    appname);
+    return th_pg_countf("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND state = 'active' AND query LIKE "
+                        "'SELECT pg_sleep%%'",
+                        appname);
 }
 
 /* HTTP/1: raw sockets that send the request and close ~150 ms later (half with a RST) */
 static long gone_http1_batch(int port, const char *body, const char *appname)
 {
     int fds[GONE_BATCH];
-    char *req =
-        fmt("POST /s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+    char *req = th_fmt("POST /s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n\r\n%s",
+                       strlen(body), body);
     double t0 = th_now_ms();
     for (int i = 0; i < GONE_BATCH; ++i) {
         fds[i] = connect_to(port);
@@ -1137,17 +1109,17 @@ static int status_idle(void *arg)
 static int pool_settled(void *arg)
 {
     const char *appname = arg;
-    return pg_count("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND state <> 'idle'", appname) == 0;
+    return th_pg_countf("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND state <> 'idle'", appname) == 0;
 }
 
 START_TEST(clients_that_leave_mid_transaction_commit_nothing)
 {
     start_server(&server, GONE_CONF);
-    char *appname = fmt("flt_gone_%d", server.port), *t = uniq("flt_gone");
-    char *sql = fmt("CREATE TABLE %s (id serial PRIMARY KEY, v text)", t);
+    char *appname = th_fmt("flt_gone_%d", server.port), *t = th_uniq("flt_gone");
+    char *sql = th_fmt("CREATE TABLE %s (id serial PRIMARY KEY, v text)", t);
     pg_exec(sql);
     free(sql);
-    char *body = fmt("BEGIN\nSQL INSERT INTO %s (v) VALUES ('gone')\nSQL SELECT pg_sleep(3)\nCOMMIT\n", t);
+    char *body = th_fmt("BEGIN\nSQL INSERT INTO %s (v) VALUES ('gone')\nSQL SELECT pg_sleep(3)\nCOMMIT\n", t);
     char *before = get_status(&server, "/status");
     long errors0 = status_sum(before, 0, "errors");
     free(before);
@@ -1170,8 +1142,8 @@ START_TEST(clients_that_leave_mid_transaction_commit_nothing)
     char *after = get_status(&server, "/status");
     long errors = status_sum(after, 0, "errors") - errors0, busy = status_sum(after, 0, "connections.busy"),
          pinned = status_sum(after, 0, "connections.pinned"), waiting = status_sum(after, 0, "waiting");
-    long rows = pg_count("SELECT count(*) FROM %s", t);
-    long idle_in_tx = pg_count(
+    long rows = th_pg_countf("SELECT count(*) FROM %s", t);
+    long idle_in_tx = th_pg_countf(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND state LIKE 'idle in transaction%%'", appname);
     long conns = pg_conns(appname);
     fprintf(stderr,
@@ -1192,7 +1164,7 @@ START_TEST(clients_that_leave_mid_transaction_commit_nothing)
     ck_assert_msg(conns <= 8, "%ld connections with 1 thread × max 8", conns);
     free(after);
     /* the requests really came over both protocols (h2o logs a request when it ends, answered or not) */
-    char *logpath = fmt("%s/access.log", server.dir), *alog = NULL;
+    char *logpath = th_fmt("%s/access.log", server.dir), *alog = NULL;
     FILE *fp = fopen(logpath, "r");
     ck_assert_msg(fp != NULL, "no access log");
     size_t cap = 1 << 20, len = 0, n;
@@ -1214,13 +1186,13 @@ START_TEST(clients_that_leave_mid_transaction_commit_nothing)
 
     /* and the pool works: a transaction that stays commits */
     th_response_t res;
-    char *control = fmt("BEGIN\nSQL INSERT INTO %s (v) VALUES ('control')\nCOMMIT\n", t);
+    char *control = th_fmt("BEGIN\nSQL INSERT INTO %s (v) VALUES ('control')\nCOMMIT\n", t);
     for (int v = TH_HTTP1; v <= TH_HTTP2; ++v) {
         db_script(&server, &res, v, "/s", control);
         db_assert_result(res.body, 2, "OK", NULL);
         th_response_free(&res);
     }
-    ck_assert_int_eq(pg_count("SELECT count(*) FROM %s", t), 2);
+    ck_assert_int_eq(th_pg_countf("SELECT count(*) FROM %s", t), 2);
     free(control);
     free(body);
     stop_server(&server);
@@ -1385,7 +1357,7 @@ static double expect_ok(int version, const char *path, const char *script, const
 START_TEST(statement_timeout_and_request_timeout_answer_504_and_the_connection_is_reused)
 {
     start_server(&server, TIMEOUT_CONF);
-    char *st_app = fmt("flt_st_%d", server.port);
+    char *st_app = th_fmt("flt_st_%d", server.port);
     for (int v = TH_HTTP1; v <= TH_HTTP2; ++v) {
         /* statement-timeout: 0.5 s, on a shared connection and in a transaction */
         expect_504(v, "/s", "SENDERROR\nSQL SELECT pg_sleep(5)", 450, 1500, "statement-timeout 0.5 s, autocommit");
@@ -1506,12 +1478,12 @@ static char *pw_url(const char *appname)
     int port;
     ck_assert_msg(sscanf(th_pg_url(), "postgresql://%*[^@]@%127[^:]:%d/%127s", host, &port, db) == 3, "cannot parse %s",
                   th_pg_url());
-    return fmt("postgresql://" STATUS_ROLE ":" STATUS_SECRET "@%s:%d/%s?application_name=%s", host, port, db, appname);
+    return th_fmt("postgresql://" STATUS_ROLE ":" STATUS_SECRET "@%s:%d/%s?application_name=%s", host, port, db, appname);
 }
 
 static void ensure_role(void)
 {
-    if (pg_count("SELECT count(*) FROM pg_roles WHERE rolname = '" STATUS_ROLE "'") == 0)
+    if (th_pg_countf("SELECT count(*) FROM pg_roles WHERE rolname = '" STATUS_ROLE "'") == 0)
         pg_exec("CREATE ROLE " STATUS_ROLE " LOGIN PASSWORD '" STATUS_SECRET "'");
     pg_exec("GRANT ALL ON SCHEMA public TO " STATUS_ROLE);
 }
@@ -1521,7 +1493,7 @@ static char *with_url(const char *templ, const char *url)
 {
     const char *at = strstr(templ, "@PGPW@");
     ck_assert(at != NULL);
-    return fmt("%.*s%s%s", (int)(at - templ), templ, url, at + 6);
+    return th_fmt("%.*s%s%s", (int)(at - templ), templ, url, at + 6);
 }
 
 static const char *const COUNTERS[] = {
@@ -1532,7 +1504,7 @@ static const char *const COUNTERS[] = {
 START_TEST(status_page_json_and_prometheus)
 {
     ensure_role();
-    char *appname = uniq("flt_status"), *url = pw_url(appname), *conf = with_url(STATUS_CONF, url);
+    char *appname = th_uniq("flt_status"), *url = pw_url(appname), *conf = with_url(STATUS_CONF, url);
     start_server(&server, conf);
     char *s0 = get_status(&server, "/status");
 
@@ -1552,18 +1524,18 @@ START_TEST(status_page_json_and_prometheus)
     ck_assert_int_eq(jnum(s0, "binds.0.pool.min"), 1);
     ck_assert_int_eq(jnum(s0, "binds.0.pool.acquire_timeout"), 5);
     for (int t = 0; t < 2; ++t) {
-        char *p = fmt("binds.0.threads.%d.thread", t);
+        char *p = th_fmt("binds.0.threads.%d.thread", t);
         ck_assert_int_eq(jnum(s0, p), t);
         free(p);
         const char *fields[] = {"connections.total",      "connections.idle",   "connections.busy",
                                 "connections.connecting", "connections.pinned", "waiting"};
         for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); ++i) {
-            p = fmt("binds.0.threads.%d.%s", t, fields[i]);
+            p = th_fmt("binds.0.threads.%d.%s", t, fields[i]);
             ck_assert_msg(jnum(s0, p) >= 0, "%s missing:\n%s", p, s0);
             free(p);
         }
         for (size_t i = 0; i < sizeof(COUNTERS) / sizeof(COUNTERS[0]); ++i) {
-            p = fmt("binds.0.threads.%d.%s", t, COUNTERS[i]);
+            p = th_fmt("binds.0.threads.%d.%s", t, COUNTERS[i]);
             ck_assert_msg(jnum(s0, p) >= 0, "%s missing:\n%s", p, s0);
             free(p);
         }
@@ -1616,16 +1588,17 @@ START_TEST(status_page_json_and_prometheus)
     free(ctype);
     const char *gauges[] = {"h2o_db_connections", "h2o_db_waiting", "h2o_db_up"};
     for (size_t i = 0; i < 3; ++i) {
-        char *type = fmt("# TYPE %s gauge\n", gauges[i]),
-             *sample = fmt("\n%s{key=\"sa_main\",scope=\"global\",thread=\"1\"", gauges[i]);
+        char *type = th_fmt("# TYPE %s gauge\n", gauges[i]),
+             *sample = th_fmt("\n%s{key=\"sa_main\",scope=\"global\",thread=\"1\"", gauges[i]);
         ck_assert_msg(strstr(res.body, type) != NULL, "no `%s`:\n%s", type, res.body);
         ck_assert_msg(strstr(res.body, sample) != NULL, "no sample `%s`:\n%s", sample + 1, res.body);
         free(type);
         free(sample);
     }
     for (size_t i = 0; i < sizeof(COUNTERS) / sizeof(COUNTERS[0]); ++i) {
-        char *type = fmt("# TYPE h2o_db_%s_total counter\n", COUNTERS[i]), *help = fmt("# HELP h2o_db_%s_total ", COUNTERS[i]),
-             *sample = fmt("\nh2o_db_%s_total{key=\"lite\",scope=\"global\",thread=\"0\"} ", COUNTERS[i]);
+        char *type = th_fmt("# TYPE h2o_db_%s_total counter\n", COUNTERS[i]),
+             *help = th_fmt("# HELP h2o_db_%s_total ", COUNTERS[i]),
+             *sample = th_fmt("\nh2o_db_%s_total{key=\"lite\",scope=\"global\",thread=\"0\"} ", COUNTERS[i]);
         ck_assert_msg(strstr(res.body, type) != NULL, "no `%s`:\n%s", type, res.body);
         ck_assert_msg(strstr(res.body, help) != NULL, "no `%s`", help);
         ck_assert_msg(strstr(res.body, sample) != NULL, "no sample `%s`", sample + 1);
@@ -1634,7 +1607,7 @@ START_TEST(status_page_json_and_prometheus)
         free(sample);
     }
     for (const char *st = "idle\0busy\0connecting\0pinned\0"; *st; st += strlen(st) + 1) {
-        char *sample = fmt("h2o_db_connections{key=\"sa_main\",scope=\"global\",thread=\"0\",state=\"%s\"} ", st);
+        char *sample = th_fmt("h2o_db_connections{key=\"sa_main\",scope=\"global\",thread=\"0\",state=\"%s\"} ", st);
         ck_assert_msg(strstr(res.body, sample) != NULL, "no `%s`", sample);
         free(sample);
     }
@@ -1690,24 +1663,26 @@ static const char *SHUTDOWN_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
 START_TEST(sigterm_lets_transactions_finish_and_exits_0)
 {
     start_server(&server, SHUTDOWN_CONF);
-    char *appname = fmt("flt_shutdown_%d", server.port), *t = uniq("flt_shutdown");
-    char *sql = fmt("CREATE TABLE %s (req int, step int)", t);
+    char *appname = th_fmt("flt_shutdown_%d", server.port), *t = th_uniq("flt_shutdown");
+    char *sql = th_fmt("CREATE TABLE %s (req int, step int)", t);
     pg_exec(sql);
     free(sql);
     enum { N = 4 };
     char *bodies1[N], *bodies2[N];
     for (int i = 0; i < N; ++i) {
         /* a transaction waiting in the handler (SLEEP), or in the database (pg_sleep) */
-        bodies1[i] = i % 2 ? fmt("BEGIN\nSQL INSERT INTO %s VALUES (%d, 1)\nSLEEP 800\nSQL INSERT INTO %s VALUES (%d, 2)\nCOMMIT\n",
-                                 t, i, t, i)
-                           : fmt("BEGIN\nSQL INSERT INTO %s VALUES (%d, 1)\nSQL SELECT pg_sleep(0.8)\nSQL INSERT INTO %s VALUES "
-                                 "(%d, 2)\nCOMMIT\n",
-                                 t, i, t, i);
-        bodies2[i] = i % 2 ? fmt("BEGIN\nSQL INSERT INTO %s VALUES (%d, 1)\nSLEEP 800\nSQL INSERT INTO %s VALUES (%d, 2)\nCOMMIT\n",
-                                 t, 100 + i, t, 100 + i)
-                           : fmt("BEGIN\nSQL INSERT INTO %s VALUES (%d, 1)\nSQL SELECT pg_sleep(0.8)\nSQL INSERT INTO %s VALUES "
-                                 "(%d, 2)\nCOMMIT\n",
-                                 t, 100 + i, t, 100 + i);
+        bodies1[i] =
+            i % 2 ? th_fmt("BEGIN\nSQL INSERT INTO %s VALUES (%d, 1)\nSLEEP 800\nSQL INSERT INTO %s VALUES (%d, 2)\nCOMMIT\n", t, i,
+                           t, i)
+                  : th_fmt("BEGIN\nSQL INSERT INTO %s VALUES (%d, 1)\nSQL SELECT pg_sleep(0.8)\nSQL INSERT INTO %s VALUES "
+                           "(%d, 2)\nCOMMIT\n",
+                           t, i, t, i);
+        bodies2[i] =
+            i % 2 ? th_fmt("BEGIN\nSQL INSERT INTO %s VALUES (%d, 1)\nSLEEP 800\nSQL INSERT INTO %s VALUES (%d, 2)\nCOMMIT\n", t,
+                           100 + i, t, 100 + i)
+                  : th_fmt("BEGIN\nSQL INSERT INTO %s VALUES (%d, 1)\nSQL SELECT pg_sleep(0.8)\nSQL INSERT INTO %s VALUES "
+                           "(%d, 2)\nCOMMIT\n",
+                           t, 100 + i, t, 100 + i);
     }
     /* one client thread each, started 30 ms apart: db_script parses with strtok(), which is not
      * thread-safe, so two worker threads must not parse at the same moment */
@@ -1729,7 +1704,7 @@ START_TEST(sigterm_lets_transactions_finish_and_exits_0)
     for (int i = 0; i < 2 * N; ++i) {
         int req = i < N ? i : 100 + i - N;
         th_response_t *r = b[i].res;
-        long rows = pg_count("SELECT count(*) FROM %s WHERE req = %d", t, req);
+        long rows = th_pg_countf("SELECT count(*) FROM %s WHERE req = %d", t, req);
         size_t steps = i % 2 ? 4 : 5; /* BEGIN, INSERT, (pg_sleep), INSERT, COMMIT */
         if (r->curl_error == 0 && r->status == 200 && db_num_results(r->body) == steps && strstr(r->body, "ERROR") == NULL) {
             ++finished;
@@ -1753,9 +1728,9 @@ START_TEST(sigterm_lets_transactions_finish_and_exits_0)
     ck_assert_msg(finished == 2 * N,
                   "%d of %d transactions in flight did not finish (graceful shutdown finishes in-flight requests)", cut, 2 * N);
     ck_assert_msg(closed, "%ld server connections left after exit", pg_conns(appname));
-    ck_assert_int_eq(pg_count("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND state LIKE 'idle in "
-                              "transaction%%'",
-                              appname),
+    ck_assert_int_eq(th_pg_countf("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND state LIKE 'idle in "
+                                  "transaction%%'",
+                                  appname),
                      0);
     free(log);
     for (int i = 0; i < 2 * N; ++i)

@@ -30,17 +30,6 @@ static char *dir; /* the current test's folder: its config, its SQLite file */
 
 /* ---- helpers ---- */
 
-static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
-static char *fmt(const char *f, ...)
-{
-    va_list ap;
-    char *s;
-    va_start(ap, f);
-    ck_assert(vasprintf(&s, f, ap) > 0);
-    va_end(ap);
-    return s;
-}
-
 /* the end of the server's log (Check limits the size of a failure message) */
 static char *log_tail(void)
 {
@@ -181,7 +170,7 @@ static long pg2(const char *sql)
 
 static char *lite_path(void)
 {
-    return fmt("%s/lite.sqlite3", dir);
+    return th_fmt("%s/lite.sqlite3", dir);
 }
 
 static void lite_exec(const char *sql)
@@ -218,10 +207,10 @@ static void make_table(int where, const char *name, const char *extra)
 {
     char *sql;
     if (where == 0) {
-        sql = fmt("DROP TABLE IF EXISTS %s; CREATE TABLE %s (id INTEGER PRIMARY KEY, v TEXT NOT NULL%s)", name, name, extra);
+        sql = th_fmt("DROP TABLE IF EXISTS %s; CREATE TABLE %s (id INTEGER PRIMARY KEY, v TEXT NOT NULL%s)", name, name, extra);
         lite_exec(sql);
     } else {
-        sql = fmt("DROP TABLE IF EXISTS %s; CREATE TABLE %s (id serial PRIMARY KEY, v text NOT NULL%s)", name, name, extra);
+        sql = th_fmt("DROP TABLE IF EXISTS %s; CREATE TABLE %s (id serial PRIMARY KEY, v text NOT NULL%s)", name, name, extra);
         free(th_pg_on(where == 1 ? th_pg_url() : th_pg_url2(), sql));
     }
     free(sql);
@@ -232,31 +221,31 @@ static void make_table(int where, const char *name, const char *extra)
  * are more entries of the global db.bind list. */
 static char *partition_conf(const char *binds, const char *main_extra, const char *extra_binds)
 {
-    return fmt("listen: {host: 127.0.0.1, port: @PORT@}\n"
-               "num-threads: 2\n"
-               "db.bind:\n"
-               "  - url: @PG@\n"
-               "    binds: {%s}\n"
-               "    pool: {max: 4, acquire-timeout: 5}\n"
-               "%s"
-               "  - url: sqlite:///@DIR@/lite.sqlite3\n"
-               "    key: sa_lite\n"
-               "    middleware: OFF\n"
-               "  - url: @PGDB2@\n"
-               "    key: sa_pg2\n"
-               "    middleware: OFF\n"
-               "%s"
-               "hosts:\n"
-               "  default:\n"
-               "    paths:\n"
-               "      /script:\n"
-               "        c.handler: @BUILD@/t/db_handlers.so:db_script\n"
-               "      /keys:\n"
-               "        c.handler: @BUILD@/t/db_handlers.so:db_keys\n"
-               "      /uselite:\n"
-               "        db.use: sa_lite\n"
-               "        c.handler: @BUILD@/t/db_handlers.so:db_script\n",
-               binds, main_extra, extra_binds);
+    return th_fmt("listen: {host: 127.0.0.1, port: @PORT@}\n"
+                  "num-threads: 2\n"
+                  "db.bind:\n"
+                  "  - url: @PG@\n"
+                  "    binds: {%s}\n"
+                  "    pool: {max: 4, acquire-timeout: 5}\n"
+                  "%s"
+                  "  - url: sqlite:///@DIR@/lite.sqlite3\n"
+                  "    key: sa_lite\n"
+                  "    middleware: OFF\n"
+                  "  - url: @PGDB2@\n"
+                  "    key: sa_pg2\n"
+                  "    middleware: OFF\n"
+                  "%s"
+                  "hosts:\n"
+                  "  default:\n"
+                  "    paths:\n"
+                  "      /script:\n"
+                  "        c.handler: @BUILD@/t/db_handlers.so:db_script\n"
+                  "      /keys:\n"
+                  "        c.handler: @BUILD@/t/db_handlers.so:db_keys\n"
+                  "      /uselite:\n"
+                  "        db.use: sa_lite\n"
+                  "        c.handler: @BUILD@/t/db_handlers.so:db_script\n",
+                  binds, main_extra, extra_binds);
 }
 
 static void setup(void)
@@ -300,7 +289,7 @@ START_TEST(routing_follows_binds)
                         "SQL SELECT current_database() AS db\n");
     assert_all_ok(body, 5);
     char *db1 = th_pg("SELECT current_database()"), *db2 = th_pg_on(th_pg_url2(), "SELECT current_database()");
-    char *want1 = fmt("\"db\":\"%s\"", db1), *want2 = fmt("\"db\":\"%s\"", db2);
+    char *want1 = th_fmt("\"db\":\"%s\"", db1), *want2 = th_fmt("\"db\":\"%s\"", db2);
     assert_result(body, 0, "OK", want1); /* unlisted: the main bind */
     assert_result(body, 2, "OK", want2); /* rt_remote: sa_pg2 */
     assert_result(body, 3, "OK", "\"on_sqlite\":1");
@@ -345,7 +334,7 @@ END_TEST
 
 static char *txn_conf(const char *prefix)
 {
-    char *binds = fmt("%s_audit: sa_lite, %s_remote: sa_pg2", prefix, prefix);
+    char *binds = th_fmt("%s_audit: sa_lite, %s_remote: sa_pg2", prefix, prefix);
     char *conf = partition_conf(binds, "", "");
     free(binds);
     return conf;
@@ -515,7 +504,7 @@ START_TEST(commit_order_and_partial_failure)
                               "SQL INSERT INTO to_remote (v) VALUES ('dup')\n"
                               "KEY %s\n"
                               "COMMIT\n";
-    char *s = fmt(txn, "first", "first", "sa_main");
+    char *s = th_fmt(txn, "first", "first", "sa_main");
     char *body = script(s);
     ck_assert_int_eq(num_results(body), 5);
     assert_result(body, 4, "SQL_ERROR", "COMMIT failed on `sa_pg2` (SQLSTATE 23505): committed: sa_main; rolled back: sa_lite");
@@ -525,7 +514,7 @@ START_TEST(commit_order_and_partial_failure)
     ck_assert_int_eq(lite_count("SELECT count(*) FROM to_audit WHERE v = 'first'"), 0);
     ck_assert_int_eq(pg2("SELECT count(*) FROM to_remote"), 1);
 
-    s = fmt(txn, "second", "second", "sa_main2");
+    s = th_fmt(txn, "second", "second", "sa_main2");
     body = script_at("/script?key=sa_main2", s);
     ck_assert_int_eq(num_results(body), 5);
     assert_result(body, 4, "SQL_ERROR",
@@ -601,10 +590,10 @@ END_TEST
 static void rollback_prepared_like(const char *url, const char *pattern)
 {
     PGconn *c = th_pg_connect(url);
-    char *sql = fmt("SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE '%s'", pattern);
+    char *sql = th_fmt("SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE '%s'", pattern);
     PGresult *r = PQexec(c, sql);
     for (int i = 0; PQresultStatus(r) == PGRES_TUPLES_OK && i < PQntuples(r); ++i) {
-        char *rb = fmt("ROLLBACK PREPARED '%s'", PQgetvalue(r, i, 0));
+        char *rb = th_fmt("ROLLBACK PREPARED '%s'", PQgetvalue(r, i, 0));
         PQclear(PQexec(c, rb));
         free(rb);
     }
@@ -654,7 +643,7 @@ static long decisions_of_instance(void)
 {
     if (pg1("SELECT count(*) FROM pg_tables WHERE tablename = 'h2o_db_twophase'") == 0)
         return 0;
-    char *sql = fmt("SELECT count(*) FROM h2o_db_twophase WHERE txn LIKE 'h2o_db_%s_%%'", instance);
+    char *sql = th_fmt("SELECT count(*) FROM h2o_db_twophase WHERE txn LIKE 'h2o_db_%s_%%'", instance);
     long n = pg1(sql);
     free(sql);
     return n;
@@ -667,7 +656,7 @@ static int no_decisions(void *arg)
 
 static char *twophase_conf(const char *prefix)
 {
-    char *binds = fmt("%s_remote: sa_pg2", prefix);
+    char *binds = th_fmt("%s_remote: sa_pg2", prefix);
     char *conf = partition_conf(binds, "    twophase: ON\n", "");
     free(binds);
     return conf;
@@ -680,13 +669,13 @@ START_TEST(twophase_commit_is_visible_in_both)
     char *conf = twophase_conf("tp");
     start(conf);
     for (int i = 0; i < 3; ++i) {
-        char *s = fmt("BEGIN\n"
-                      "SQL INSERT INTO tp_main (v) VALUES ('c%d')\n"
-                      "FOR tp_remote\n"
-                      "SQL INSERT INTO tp_remote (v) VALUES ('c%d')\n"
-                      "KEY sa_main\n"
-                      "COMMIT\n",
-                      i, i);
+        char *s = th_fmt("BEGIN\n"
+                         "SQL INSERT INTO tp_main (v) VALUES ('c%d')\n"
+                         "FOR tp_remote\n"
+                         "SQL INSERT INTO tp_remote (v) VALUES ('c%d')\n"
+                         "KEY sa_main\n"
+                         "COMMIT\n",
+                         i, i);
         char *body = script(s);
         assert_all_ok(body, 4);
         free(body);
@@ -764,7 +753,7 @@ END_TEST
 static void leave_prepared(const char *url, const char *sql, const char *gid)
 {
     PGconn *c = th_pg_connect(url);
-    char *prep = fmt("PREPARE TRANSACTION '%s'", gid);
+    char *prep = th_fmt("PREPARE TRANSACTION '%s'", gid);
     const char *steps[] = {"BEGIN", sql, prep};
     for (size_t i = 0; i < 3; ++i) {
         PGresult *r = PQexec(c, steps[i]);
@@ -777,7 +766,7 @@ static void leave_prepared(const char *url, const char *sql, const char *gid)
 
 static long prepared_named(const char *url, const char *gid)
 {
-    char *sql = fmt("SELECT count(*) FROM pg_prepared_xacts WHERE gid = '%s'", gid);
+    char *sql = th_fmt("SELECT count(*) FROM pg_prepared_xacts WHERE gid = '%s'", gid);
     long n = pg_count_on(url, sql);
     free(sql);
     return n;
@@ -788,20 +777,20 @@ START_TEST(twophase_recovery_at_start_up)
     make_table(1, "tv_main", "");
     make_table(2, "tv_remote", "");
     free(th_pg("CREATE TABLE IF NOT EXISTS h2o_db_twophase (txn text PRIMARY KEY, decided_at timestamptz NOT NULL DEFAULT now())"));
-    char *decided = fmt("h2o_db_%s_decided", instance), *undecided = fmt("h2o_db_%s_undecided", instance);
+    char *decided = th_fmt("h2o_db_%s_decided", instance), *undecided = th_fmt("h2o_db_%s_undecided", instance);
     char *gid, *sql;
 
     /* a crash after the decision: both participants prepared, the decision recorded */
-    leave_prepared(th_pg_url(), "INSERT INTO tv_main (v) VALUES ('decided')", gid = fmt("%s_0", decided));
+    leave_prepared(th_pg_url(), "INSERT INTO tv_main (v) VALUES ('decided')", gid = th_fmt("%s_0", decided));
     free(gid);
-    leave_prepared(th_pg_url2(), "INSERT INTO tv_remote (v) VALUES ('decided')", gid = fmt("%s_1", decided));
+    leave_prepared(th_pg_url2(), "INSERT INTO tv_remote (v) VALUES ('decided')", gid = th_fmt("%s_1", decided));
     free(gid);
-    free(th_pg(sql = fmt("INSERT INTO h2o_db_twophase (txn) VALUES ('%s')", decided)));
+    free(th_pg(sql = th_fmt("INSERT INTO h2o_db_twophase (txn) VALUES ('%s')", decided)));
     free(sql);
     /* a crash before it: prepared, no decision */
-    leave_prepared(th_pg_url(), "INSERT INTO tv_main (v) VALUES ('undecided')", gid = fmt("%s_0", undecided));
+    leave_prepared(th_pg_url(), "INSERT INTO tv_main (v) VALUES ('undecided')", gid = th_fmt("%s_0", undecided));
     free(gid);
-    leave_prepared(th_pg_url2(), "INSERT INTO tv_remote (v) VALUES ('undecided')", gid = fmt("%s_1", undecided));
+    leave_prepared(th_pg_url2(), "INSERT INTO tv_remote (v) VALUES ('undecided')", gid = th_fmt("%s_1", undecided));
     free(gid);
     /* another instance's, decided or not, and someone else's: not ours to touch */
     leave_prepared(th_pg_url(), "INSERT INTO tv_main (v) VALUES ('foreign')", "h2o_db_prfor1_x_0");
@@ -817,11 +806,11 @@ START_TEST(twophase_recovery_at_start_up)
     ck_assert_int_eq(pg2("SELECT count(*) FROM tv_remote WHERE v = 'decided'"), 1);
     ck_assert_int_eq(pg1("SELECT count(*) FROM tv_main WHERE v = 'undecided'"), 0);
     ck_assert_int_eq(pg2("SELECT count(*) FROM tv_remote WHERE v = 'undecided'"), 0);
-    char *like = fmt("h2o_db_%s_%%", instance);
-    sql = fmt("SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE '%s'", like);
+    char *like = th_fmt("h2o_db_%s_%%", instance);
+    sql = th_fmt("SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE '%s'", like);
     ck_assert_int_eq(pg1(sql), 0);
     free(sql);
-    sql = fmt("SELECT count(*) FROM h2o_db_twophase WHERE txn LIKE '%s'", like);
+    sql = th_fmt("SELECT count(*) FROM h2o_db_twophase WHERE txn LIKE '%s'", like);
     ck_assert_int_eq(pg1(sql), 0); /* this instance's decisions are forgotten once applied */
     free(sql);
     free(like);
@@ -917,7 +906,7 @@ static void assert_config_error(const char *conf, const char *where, const char 
     char *out;
     int status = th_run_h2o_db("-t", conf, &out);
     ck_assert_msg(status == 1, "exit status %d (expected 1); output:\n%s\nconfig:\n%s", status, out, conf);
-    char *loc = fmt("h2o-db.conf%s", where);
+    char *loc = th_fmt("h2o-db.conf%s", where);
     ck_assert_msg(strstr(out, loc) != NULL, "expected %s in:\n%s", loc, out);
     ck_assert_msg(strstr(out, what) != NULL, "expected `%s` in:\n%s", what, out);
     free(loc);
@@ -1061,7 +1050,7 @@ END_TEST
 /* the repository's root, from this file's name (relative names are relative to the build folder) */
 static char *source_root(void)
 {
-    char *file = __FILE__[0] == '/' ? strdup(__FILE__) : fmt("%s/%s", th_build_dir(), __FILE__), real[PATH_MAX];
+    char *file = __FILE__[0] == '/' ? strdup(__FILE__) : th_fmt("%s/%s", th_build_dir(), __FILE__), real[PATH_MAX];
     ck_assert_msg(realpath(file, real) != NULL, "cannot find %s", file);
     free(file);
     return strdup(dirname(dirname(real)));
@@ -1082,8 +1071,9 @@ static char *read_text(const char *path)
  * the example's relative paths (../build/demo/shop.so, ../demo/...) resolve as in the repository */
 static char *example_tree(char **conf_text)
 {
-    char *root = source_root(), *tree = fmt("%s/tree", dir), *confd = fmt("%s/conf.d", tree), *demo = fmt("%s/demo", root),
-         *demo_link = fmt("%s/demo", tree), *build_link = fmt("%s/build", tree), *src = fmt("%s/conf.d/partitions.conf", root);
+    char *root = source_root(), *tree = th_fmt("%s/tree", dir), *confd = th_fmt("%s/conf.d", tree), *demo = th_fmt("%s/demo", root),
+         *demo_link = th_fmt("%s/demo", tree), *build_link = th_fmt("%s/build", tree),
+         *src = th_fmt("%s/conf.d/partitions.conf", root);
     ck_assert(mkdir(tree, 0755) == 0 && mkdir(confd, 0755) == 0);
     ck_assert(symlink(demo, demo_link) == 0);
     ck_assert(symlink(th_build_dir(), build_link) == 0);
@@ -1102,7 +1092,7 @@ static void replace(char **text, const char *from, const char *to)
 {
     char *at = strstr(*text, from);
     ck_assert_msg(at != NULL, "`%s` not found in conf.d/partitions.conf", from);
-    char *out = fmt("%.*s%s%s", (int)(at - *text), *text, to, at + strlen(from));
+    char *out = th_fmt("%.*s%s%s", (int)(at - *text), *text, to, at + strlen(from));
     free(*text);
     *text = out;
 }
@@ -1112,13 +1102,13 @@ static void replace(char **text, const char *from, const char *to)
 START_TEST(example_config_passes_check)
 {
     char *text, *confd = example_tree(&text);
-    char *path = fmt("%s/partitions.conf", confd);
+    char *path = th_fmt("%s/partitions.conf", confd);
     FILE *fp = fopen(path, "w");
     fputs(text, fp);
     fclose(fp);
-    char *cmd = fmt("'%s/h2o-db' -t -c '%s' > '%s/check.txt' 2>&1", th_build_dir(), path, dir);
+    char *cmd = th_fmt("'%s/h2o-db' -t -c '%s' > '%s/check.txt' 2>&1", th_build_dir(), path, dir);
     int status = system(cmd);
-    char *out_path = fmt("%s/check.txt", dir), *out = read_text(out_path);
+    char *out_path = th_fmt("%s/check.txt", dir), *out = read_text(out_path);
     ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "h2o-db -t -c conf.d/partitions.conf:\n%s", out);
     ck_assert_msg(strstr(text, EXAMPLE_PG_URL) != NULL, "the example's placeholder URL changed: update EXAMPLE_PG_URL");
     free(out);
@@ -1134,14 +1124,14 @@ START_TEST(example_shop_writes_both_in_one_transaction)
 {
     char *text, *confd = example_tree(&text);
     /* a database of its own: the example's tables have plain names (users, orders) */
-    char *db = fmt("pr_shop_%d", (int)getpid()), *sql = fmt("DROP DATABASE IF EXISTS %s", db);
+    char *db = th_fmt("pr_shop_%d", (int)getpid()), *sql = th_fmt("DROP DATABASE IF EXISTS %s", db);
     free(th_pg(sql));
     free(sql);
-    free(th_pg(sql = fmt("CREATE DATABASE %s", db)));
+    free(th_pg(sql = th_fmt("CREATE DATABASE %s", db)));
     free(sql);
     char *base = strdup(th_pg_url()), *slash = strrchr(base, '/');
     *slash = '\0';
-    char *url = fmt("%s/%s", base, db);
+    char *url = th_fmt("%s/%s", base, db);
     replace(&text, EXAMPLE_PG_URL, url);
     replace(&text, "port: 8080", "port: @PORT@");
     start_in(confd, text);
@@ -1176,7 +1166,7 @@ START_TEST(example_shop_writes_both_in_one_transaction)
 
     ck_assert_int_eq(pg_count_on(url, "SELECT count(*) FROM orders"), 2);
     ck_assert_int_eq(pg_count_on(url, "SELECT count(*) FROM users"), 2);
-    char *lite = fmt("%s/shop-audit.sqlite3", confd);
+    char *lite = th_fmt("%s/shop-audit.sqlite3", confd);
     sqlite3 *sq;
     sqlite3_stmt *st;
     ck_assert_int_eq(sqlite3_open_v2(lite, &sq, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
@@ -1187,7 +1177,7 @@ START_TEST(example_shop_writes_both_in_one_transaction)
     sqlite3_close(sq);
     free(lite);
 
-    free(th_pg(sql = fmt("DROP DATABASE %s", db)));
+    free(th_pg(sql = th_fmt("DROP DATABASE %s", db)));
     free(sql);
     free(url);
     free(base);

@@ -83,39 +83,9 @@ static void teardown(void)
     kill_tracked();
 }
 
-static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
-static char *fmt(const char *f, ...)
-{
-    va_list args;
-    va_start(args, f);
-    char *s;
-    ck_assert(vasprintf(&s, f, args) > 0);
-    va_end(args);
-    return s;
-}
-
 static void pg_exec(const char *sql)
 {
     free(th_pg(sql));
-}
-
-static long pg_count(const char *f, ...) __attribute__((format(printf, 1, 2)));
-static long pg_count(const char *f, ...)
-{
-    va_list args;
-    va_start(args, f);
-    char *sql;
-    ck_assert(vasprintf(&sql, f, args) > 0);
-    va_end(args);
-    long n = th_pg_count(sql);
-    free(sql);
-    return n;
-}
-
-static char *uniq(const char *prefix)
-{
-    static int counter;
-    return fmt("%s_%d_%d", prefix, (int)getpid(), ++counter);
 }
 
 static char *read_text(const char *path)
@@ -161,7 +131,7 @@ static void seen_add_response(struct seen *s, const char *what, const th_respons
 
 static void ensure_role(void)
 {
-    if (pg_count("SELECT count(*) FROM pg_roles WHERE rolname = '" ROLE "'") == 0)
+    if (th_pg_countf("SELECT count(*) FROM pg_roles WHERE rolname = '" ROLE "'") == 0)
         pg_exec("CREATE ROLE " ROLE " LOGIN PASSWORD '" ROLE_SECRET "'");
     pg_exec("GRANT ALL ON SCHEMA public TO " ROLE);
 }
@@ -215,40 +185,40 @@ static char *password_conf(int with_mysql)
 {
     struct pg_parts p;
     pg_parts(&p);
-    return fmt("listen: {host: 127.0.0.1, port: @PORT@}\n"
-               "num-threads: 2\n"
-               "db.bind:\n"
-               "  - url: \"postgresql://" ROLE ":" S_URL "@%s:%d/%s?application_name=sec_pw\"\n"
-               "  - url: \"postgresql://%s:%d/%s?user=" ROLE "&password=" S_PARAM "&application_name=sec_pw\"\n"
-               "    key: param\n"
-               "  - url: \"postgresql://" ROLE "@%s:%d/%s?application_name=sec_pw\"\n"
-               "    key: file\n"
-               "    password-file: pw.txt\n"
-               "  - url: \"postgresql://" ROLE ":" S_DOWN "@127.0.0.1:1/%s\"\n"
-               "    key: down\n"
-               "    pool: {acquire-timeout: 1}\n"
-               "%s"
-               "hosts:\n"
-               "  default:\n"
-               "    paths:\n"
-               "      /s:\n"
-               "        c.handler: " DB_HANDLERS ":db_script\n"
-               "      /status:\n"
-               "        db.status: ON\n",
-               p.host, p.port, p.db, p.host, p.port, p.db, p.host, p.port, p.db, p.db,
-               with_mysql ? "  - url: \"mysql://u:" S_MYSQL "@127.0.0.1:1/db\"\n"
-                            "    key: my\n"
-                            "    pool: {acquire-timeout: 1}\n"
-                          : "");
+    return th_fmt("listen: {host: 127.0.0.1, port: @PORT@}\n"
+                  "num-threads: 2\n"
+                  "db.bind:\n"
+                  "  - url: \"postgresql://" ROLE ":" S_URL "@%s:%d/%s?application_name=sec_pw\"\n"
+                  "  - url: \"postgresql://%s:%d/%s?user=" ROLE "&password=" S_PARAM "&application_name=sec_pw\"\n"
+                  "    key: param\n"
+                  "  - url: \"postgresql://" ROLE "@%s:%d/%s?application_name=sec_pw\"\n"
+                  "    key: file\n"
+                  "    password-file: pw.txt\n"
+                  "  - url: \"postgresql://" ROLE ":" S_DOWN "@127.0.0.1:1/%s\"\n"
+                  "    key: down\n"
+                  "    pool: {acquire-timeout: 1}\n"
+                  "%s"
+                  "hosts:\n"
+                  "  default:\n"
+                  "    paths:\n"
+                  "      /s:\n"
+                  "        c.handler: " DB_HANDLERS ":db_script\n"
+                  "      /status:\n"
+                  "        db.status: ON\n",
+                  p.host, p.port, p.db, p.host, p.port, p.db, p.host, p.port, p.db, p.db,
+                  with_mysql ? "  - url: \"mysql://u:" S_MYSQL "@127.0.0.1:1/db\"\n"
+                               "    key: my\n"
+                               "    pool: {acquire-timeout: 1}\n"
+                             : "");
 }
 
 /* Runs h2o-db ARGS -c DIR/h2o-db.conf (the expanded template) in DIR; returns the exit status. */
 static int run_in(const char *dir, const char *args, const char *conf_template, char **out)
 {
     char *conf = th_write_file(dir, "h2o-db.conf", conf_template, th_free_port());
-    char *cmd = fmt("cd '%s' && '%s/h2o-db' %s -c '%s' > out.txt 2>&1", dir, th_build_dir(), args, conf);
+    char *cmd = th_fmt("cd '%s' && '%s/h2o-db' %s -c '%s' > out.txt 2>&1", dir, th_build_dir(), args, conf);
     int st = system(cmd);
-    char *path = fmt("%s/out.txt", dir);
+    char *path = th_fmt("%s/out.txt", dir);
     *out = read_text(path);
     free(path);
     free(cmd);
@@ -281,7 +251,7 @@ START_TEST(passwords_never_appear_in_logs_errors_status_or_check_output)
     th_response_t res;
     const char *keys[] = {"sa_main", "param", "file"};
     for (size_t i = 0; i < 3; ++i) {
-        char *script = fmt("KEY %s\nSQL SELECT current_user AS u", keys[i]);
+        char *script = th_fmt("KEY %s\nSQL SELECT current_user AS u", keys[i]);
         db_script(&server, &res, TH_HTTP1, "/s", script);
         db_assert_result(res.body, 0, "OK", "[{\"u\":\"" ROLE "\"}]");
         seen_add_response(&seen, script, &res);
@@ -330,13 +300,13 @@ START_TEST(passwords_never_appear_in_logs_errors_status_or_check_output)
     /* connect-at-start: ON on the down database: the refusal names the bind, not the password */
     struct pg_parts p;
     pg_parts(&p);
-    char *cas = fmt("listen: {host: 127.0.0.1, port: @PORT@}\n"
-                    "db.bind:\n"
-                    "  url: \"postgresql://" ROLE ":" S_CAS "@127.0.0.1:1/%s\"\n"
-                    "  key: needs_db\n"
-                    "  pool: {connect-at-start: ON}\n"
-                    "hosts: {default: {paths: {/: {db.status: ON}}}}\n",
-                    p.db);
+    char *cas = th_fmt("listen: {host: 127.0.0.1, port: @PORT@}\n"
+                       "db.bind:\n"
+                       "  url: \"postgresql://" ROLE ":" S_CAS "@127.0.0.1:1/%s\"\n"
+                       "  key: needs_db\n"
+                       "  pool: {connect-at-start: ON}\n"
+                       "hosts: {default: {paths: {/: {db.status: ON}}}}\n",
+                       p.db);
     char *cas_dir = th_tmpdir();
     st = db_run_until_exit(cas_dir, cas, 15000, &out);
     ck_assert_msg(st == 1 && strstr(out, "needs_db") != NULL, "connect-at-start: exit %d:\n%s", st, out);
@@ -386,7 +356,7 @@ START_TEST(every_form_of_password_is_masked)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); ++i) {
         if (strncmp(cases[i].url, "mysql", 5) == 0 && !mysql)
             continue;
-        char *conf = fmt("listen: 1\ndb.bind:\n  url: \"%s\"\nhosts: {default: {paths: {/: {db.status: ON}}}}\n", cases[i].url),
+        char *conf = th_fmt("listen: 1\ndb.bind:\n  url: \"%s\"\nhosts: {default: {paths: {/: {db.status: ON}}}}\n", cases[i].url),
              *out;
         int st = th_run_h2o_db("-t", conf, &out);
         ck_assert_msg(st == 0, "%s: -t exit %d:\n%s", cases[i].url, st, out);
@@ -442,11 +412,11 @@ static char *json_escape(const char *s)
 
 START_TEST(hostile_parameters_are_stored_verbatim_and_nothing_else_runs)
 {
-    char *t = uniq("sec_x"), *canary = uniq("sec_canary");
-    char *sql = fmt("CREATE TABLE %s (id serial PRIMARY KEY, v text)", t);
+    char *t = th_uniq("sec_x"), *canary = th_uniq("sec_canary");
+    char *sql = th_fmt("CREATE TABLE %s (id serial PRIMARY KEY, v text)", t);
     pg_exec(sql);
     free(sql);
-    sql = fmt("CREATE TABLE %s (n int); INSERT INTO %s VALUES (1)", canary, canary);
+    sql = th_fmt("CREATE TABLE %s (n int); INSERT INTO %s VALUES (1)", canary, canary);
     pg_exec(sql);
     free(sql);
     char *longone = malloc(20001);
@@ -475,7 +445,7 @@ START_TEST(hostile_parameters_are_stored_verbatim_and_nothing_else_runs)
         /* put the real table names in, so that a spliced string would really destroy them */
         char *v = strdup(hostile[i]), *at;
         while ((at = strstr(v, "@T@")) != NULL || (at = strstr(v, "@C@")) != NULL) {
-            char *nv = fmt("%.*s%s%s", (int)(at - v), v, at[1] == 'T' ? t : canary, at + 3);
+            char *nv = th_fmt("%.*s%s%s", (int)(at - v), v, at[1] == 'T' ? t : canary, at + 3);
             free(v);
             v = nv;
         }
@@ -486,9 +456,9 @@ START_TEST(hostile_parameters_are_stored_verbatim_and_nothing_else_runs)
         const char *key = backend == 0 ? "sa_main" : "lite";
         th_response_t res;
         if (backend == 1) {
-            char *script = fmt("KEY lite\nSQL CREATE TABLE %s (id INTEGER PRIMARY KEY, v TEXT)\nSQL CREATE TABLE %s (n int)\n"
-                               "SQL INSERT INTO %s VALUES (1)",
-                               t, canary, canary);
+            char *script = th_fmt("KEY lite\nSQL CREATE TABLE %s (id INTEGER PRIMARY KEY, v TEXT)\nSQL CREATE TABLE %s (n int)\n"
+                                  "SQL INSERT INTO %s VALUES (1)",
+                                  t, canary, canary);
             db_script(&server, &res, TH_HTTP1, "/s", script);
             for (int i = 0; i < 3; ++i)
                 db_assert_result(res.body, i, "OK", NULL);
@@ -496,12 +466,12 @@ START_TEST(hostile_parameters_are_stored_verbatim_and_nothing_else_runs)
             free(script);
         }
         for (size_t i = 0; i < n; ++i) {
-            char *script =
-                fmt("KEY %s\nSQL INSERT INTO %s (v) VALUES ($1) RETURNING v\nP %s\nSQL SELECT count(*) AS n FROM %s WHERE v = $1\n"
-                    "P %s",
-                    key, t, values[i], t, values[i]);
+            char *script = th_fmt(
+                "KEY %s\nSQL INSERT INTO %s (v) VALUES ($1) RETURNING v\nP %s\nSQL SELECT count(*) AS n FROM %s WHERE v = $1\n"
+                "P %s",
+                key, t, values[i], t, values[i]);
             db_script(&server, &res, i % 2 ? TH_HTTP2 : TH_HTTP1, "/s", script);
-            char *esc = json_escape(values[i]), *rows = fmt("[{\"v\":%s}]", esc);
+            char *esc = json_escape(values[i]), *rows = th_fmt("[{\"v\":%s}]", esc);
             db_assert_result(res.body, 0, "OK", rows);
             db_assert_result(res.body, 1, "OK", "[{\"n\":1}]");
             th_response_free(&res);
@@ -515,11 +485,11 @@ START_TEST(hostile_parameters_are_stored_verbatim_and_nothing_else_runs)
         for (size_t i = 0; i < sizeof(several) / sizeof(several[0]); ++i) {
             char *s = strdup(several[i]), *at;
             while ((at = strstr(s, "@T@")) != NULL || (at = strstr(s, "@C@")) != NULL) {
-                char *ns = fmt("%.*s%s%s", (int)(at - s), s, at[1] == 'T' ? t : canary, at + 3);
+                char *ns = th_fmt("%.*s%s%s", (int)(at - s), s, at[1] == 'T' ? t : canary, at + 3);
                 free(s);
                 s = ns;
             }
-            char *script = fmt("KEY %s\nSQL %s", key, s);
+            char *script = th_fmt("KEY %s\nSQL %s", key, s);
             db_script(&server, &res, TH_HTTP1, "/s", script);
             char *st = db_status_of(res.body, 0);
             ck_assert_msg(strcmp(st, "REFUSED") == 0, "%s: several statements were not refused: %s", s, res.body);
@@ -529,15 +499,15 @@ START_TEST(hostile_parameters_are_stored_verbatim_and_nothing_else_runs)
             free(s);
         }
         /* a semicolon inside a string or a trailing one is one statement */
-        char *script = fmt("KEY %s\nSQL SELECT ';' AS a;\nSQL SELECT 'x; DROP TABLE %s' AS b", key, t);
+        char *script = th_fmt("KEY %s\nSQL SELECT ';' AS a;\nSQL SELECT 'x; DROP TABLE %s' AS b", key, t);
         db_script(&server, &res, TH_HTTP1, "/s", script);
         db_assert_result(res.body, 0, "OK", "[{\"a\":\";\"}]");
         th_response_free(&res);
         free(script);
         /* everything is where it was */
-        script = fmt("KEY %s\nSQL SELECT count(*) AS n FROM %s\nSQL SELECT count(*) AS n FROM %s", key, t, canary);
+        script = th_fmt("KEY %s\nSQL SELECT count(*) AS n FROM %s\nSQL SELECT count(*) AS n FROM %s", key, t, canary);
         db_script(&server, &res, TH_HTTP1, "/s", script);
-        char *want = fmt("[{\"n\":%zu}]", n);
+        char *want = th_fmt("[{\"n\":%zu}]", n);
         db_assert_result(res.body, 0, "OK", want);
         db_assert_result(res.body, 1, "OK", "[{\"n\":1}]");
         th_response_free(&res);
@@ -546,7 +516,7 @@ START_TEST(hostile_parameters_are_stored_verbatim_and_nothing_else_runs)
     }
     /* verbatim, byte for byte, read back outside h2o-db */
     PGconn *c = th_pg_connect(th_pg_url());
-    sql = fmt("SELECT v FROM %s ORDER BY id", t);
+    sql = th_fmt("SELECT v FROM %s ORDER BY id", t);
     PGresult *r = PQexec(c, sql);
     ck_assert_int_eq(PQntuples(r), (int)n);
     for (size_t i = 0; i < n; ++i)
@@ -555,10 +525,10 @@ START_TEST(hostile_parameters_are_stored_verbatim_and_nothing_else_runs)
     PQclear(r);
     PQfinish(c);
     free(sql);
-    char *path = fmt("%s/hostile.sqlite3", server.dir);
+    char *path = th_fmt("%s/hostile.sqlite3", server.dir);
     sqlite3 *db;
     ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    sql = fmt("SELECT v FROM %s ORDER BY id", t);
+    sql = th_fmt("SELECT v FROM %s ORDER BY id", t);
     sqlite3_stmt *stmt;
     ck_assert_int_eq(sqlite3_prepare_v2(db, sql, -1, &stmt, NULL), SQLITE_OK);
     for (size_t i = 0; i < n; ++i) {
@@ -570,7 +540,7 @@ START_TEST(hostile_parameters_are_stored_verbatim_and_nothing_else_runs)
     sqlite3_close(db);
     free(sql);
     free(path);
-    ck_assert_int_eq(pg_count("SELECT count(*) FROM %s", canary), 1);
+    ck_assert_int_eq(th_pg_countf("SELECT count(*) FROM %s", canary), 1);
     stop_server(&server);
     for (size_t i = 0; i < n; ++i)
         free(values[i]);
@@ -583,8 +553,8 @@ END_TEST
 
 START_TEST(invalid_utf8_is_refused_with_22021_and_nothing_runs)
 {
-    char *t = uniq("sec_utf8");
-    char *sql = fmt("CREATE TABLE %s (v text)", t);
+    char *t = th_uniq("sec_utf8");
+    char *sql = th_fmt("CREATE TABLE %s (v text)", t);
     pg_exec(sql);
     free(sql);
     start_server(&server, HOSTILE_CONF);
@@ -594,15 +564,17 @@ START_TEST(invalid_utf8_is_refused_with_22021_and_nothing_runs)
     th_response_t res;
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); ++i) {
         /* autocommit */
-        char *script = fmt("CONTINUE\nSQL INSERT INTO %s VALUES ($1)\nP %s\nSQL SELECT count(*)::int AS n FROM %s", t, bad[i], t);
+        char *script =
+            th_fmt("CONTINUE\nSQL INSERT INTO %s VALUES ($1)\nP %s\nSQL SELECT count(*)::int AS n FROM %s", t, bad[i], t);
         db_script(&server, &res, i % 2 ? TH_HTTP2 : TH_HTTP1, "/s", script);
         db_assert_error(res.body, 0, "SQL_ERROR", "22021");
         db_assert_result(res.body, 1, "OK", "[{\"n\":0}]");
         th_response_free(&res);
         free(script);
         /* in a transaction: the transaction fails, COMMIT is refused, the good row goes too */
-        script = fmt("CONTINUE\nBEGIN\nSQL INSERT INTO %s VALUES ('good')\nSQL INSERT INTO %s VALUES ($1)\nP %s\nCOMMIT\nROLLBACK",
-                     t, t, bad[i]);
+        script =
+            th_fmt("CONTINUE\nBEGIN\nSQL INSERT INTO %s VALUES ('good')\nSQL INSERT INTO %s VALUES ($1)\nP %s\nCOMMIT\nROLLBACK", t,
+                   t, bad[i]);
         db_script(&server, &res, TH_HTTP1, "/s", script);
         db_assert_result(res.body, 1, "OK", NULL);
         db_assert_error(res.body, 2, "SQL_ERROR", "22021");
@@ -612,14 +584,14 @@ START_TEST(invalid_utf8_is_refused_with_22021_and_nothing_runs)
         th_response_free(&res);
         free(script);
         /* the statement text itself */
-        script = fmt("SQL SELECT '%s' AS v", bad[i]);
+        script = th_fmt("SQL SELECT '%s' AS v", bad[i]);
         db_script(&server, &res, TH_HTTP1, "/s", script);
         db_assert_error(res.body, 0, "SQL_ERROR", "22021");
         ck_assert_msg(db_json_valid(res.body), "the answer is not valid JSON: %s", res.body);
         th_response_free(&res);
         free(script);
     }
-    ck_assert_int_eq(pg_count("SELECT count(*) FROM %s", t), 0);
+    ck_assert_int_eq(th_pg_countf("SELECT count(*) FROM %s", t), 0);
 
     /* SQLite does not check: the bytes are stored as they came, and the JSON answer stays valid
      * (invalid sequences become U+FFFD) */
@@ -633,7 +605,7 @@ START_TEST(invalid_utf8_is_refused_with_22021_and_nothing_runs)
                      "b\"}]");
     th_response_free(&res);
     stop_server(&server);
-    char *path = fmt("%s/hostile.sqlite3", server.dir);
+    char *path = th_fmt("%s/hostile.sqlite3", server.dir);
     sqlite3 *db;
     ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     sqlite3_stmt *stmt;
@@ -663,10 +635,10 @@ static void list_files_into(const char *dir, const char *prefix, char **out, siz
     while ((e = readdir(d)) != NULL) {
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
             continue;
-        char *path = fmt("%s/%s", dir, e->d_name), *rel = fmt("%s%s", prefix, e->d_name);
+        char *path = th_fmt("%s/%s", dir, e->d_name), *rel = th_fmt("%s%s", prefix, e->d_name);
         struct stat st;
         if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
-            char *sub = fmt("%s/", rel);
+            char *sub = th_fmt("%s/", rel);
             list_files_into(path, sub, out, len);
             free(sub);
         } else {
@@ -730,30 +702,30 @@ static int port_open(int port)
 START_TEST(sqlite_urls_cannot_place_files_outside_the_config_folder)
 {
     /* ROOT/conf/h2o-db.conf; nothing may appear in ROOT but conf/ */
-    char *root = th_tmpdir(), *confdir = fmt("%s/conf", root);
+    char *root = th_tmpdir(), *confdir = th_fmt("%s/conf", root);
     ck_assert(mkdir(confdir, 0755) == 0);
-    char *conf = fmt("listen: {host: 127.0.0.1, port: @PORT@}\n"
-                     "num-threads: 1\n"
-                     "db.bind:\n"
-                     "  - {url: \"sqlite:///file:..%%2Fesc1.db\", key: k1, middleware: OFF}\n"
-                     "  - {url: \"sqlite:///%%2e%%2e/esc2.db\", key: k2, middleware: OFF}\n"
-                     "  - {url: \"sqlite:///file:esc3.db?mode=rwc\", key: k3, middleware: OFF}\n"
-                     "  - {url: \"sqlite:///esc4.db%%00.txt\", key: k4, middleware: OFF}\n"
-                     "  - {url: \"sqlite:///file:%s/esc5.db\", key: k5, middleware: OFF}\n"
-                     "  - {url: \"sqlite:///..%%2fesc6.db\", key: k6, middleware: OFF}\n"
-                     "hosts:\n"
-                     "  default:\n"
-                     "    paths:\n"
-                     "      /s:\n"
-                     "        db.use: [k1, k2, k3, k4, k5, k6]\n"
-                     "        c.handler: " DB_HANDLERS ":db_script\n",
-                     root);
+    char *conf = th_fmt("listen: {host: 127.0.0.1, port: @PORT@}\n"
+                        "num-threads: 1\n"
+                        "db.bind:\n"
+                        "  - {url: \"sqlite:///file:..%%2Fesc1.db\", key: k1, middleware: OFF}\n"
+                        "  - {url: \"sqlite:///%%2e%%2e/esc2.db\", key: k2, middleware: OFF}\n"
+                        "  - {url: \"sqlite:///file:esc3.db?mode=rwc\", key: k3, middleware: OFF}\n"
+                        "  - {url: \"sqlite:///esc4.db%%00.txt\", key: k4, middleware: OFF}\n"
+                        "  - {url: \"sqlite:///file:%s/esc5.db\", key: k5, middleware: OFF}\n"
+                        "  - {url: \"sqlite:///..%%2fesc6.db\", key: k6, middleware: OFF}\n"
+                        "hosts:\n"
+                        "  default:\n"
+                        "    paths:\n"
+                        "      /s:\n"
+                        "        db.use: [k1, k2, k3, k4, k5, k6]\n"
+                        "        c.handler: " DB_HANDLERS ":db_script\n",
+                        root);
     start_server_in(&server, confdir, conf);
     const char *keys[] = {"k1", "k2", "k3", "k4", "k5", "k6"};
     int ok[6];
     for (int i = 0; i < 6; ++i) {
         th_response_t res;
-        char *path = fmt("/s?key=%s", keys[i]);
+        char *path = th_fmt("/s?key=%s", keys[i]);
         db_request(&server, &res, TH_HTTP1, NULL, path, "SQL CREATE TABLE t (a int)");
         ck_assert_msg(res.status == 200, "%s: %ld %s", path, res.status, res.body);
         ok[i] = strstr(res.body, "\"status\":\"OK\"") != NULL;
@@ -776,7 +748,7 @@ START_TEST(sqlite_urls_cannot_place_files_outside_the_config_folder)
     /* and nothing else anywhere under ROOT */
     for (const char *p = files; *p; p += strcspn(p, "\n") + 1)
         ck_assert_msg(strncmp(p, "conf/", 5) == 0, "a file outside the config folder: %.*s", (int)strcspn(p, "\n"), p);
-    char *esc5 = fmt("%s/esc5.db", root);
+    char *esc5 = th_fmt("%s/esc5.db", root);
     ck_assert_msg(access(esc5, F_OK) != 0, "%s was created", esc5);
     free(esc5);
     free(files);
@@ -785,7 +757,7 @@ START_TEST(sqlite_urls_cannot_place_files_outside_the_config_folder)
     const char *refused[] = {"sqlite:///file:../esc7.db?vfs=unix-none", "sqlite:///esc8.db?immutable=1",
                              "sqlite:///esc9.db?mode=memory", "sqlite:///esc10.db?cache=shared&mode=rwc"};
     for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); ++i) {
-        char *c = fmt("listen: 1\ndb.bind: {url: \"%s\"}\nhosts: {default: {paths: {/: {db.status: ON}}}}\n", refused[i]), *out;
+        char *c = th_fmt("listen: 1\ndb.bind: {url: \"%s\"}\nhosts: {default: {paths: {/: {db.status: ON}}}}\n", refused[i]), *out;
         int st = th_run_h2o_db("-t", c, &out);
         ck_assert_msg(st == 1 && strstr(out, "h2o-db.conf:2:") != NULL, "%s: exit %d\n%s", refused[i], st, out);
         free(out);
@@ -795,23 +767,23 @@ START_TEST(sqlite_urls_cannot_place_files_outside_the_config_folder)
     /* a config folder whose relative name starts with "file:" (h2o-db -c file:cfg/h2o-db.conf):
      * the database belongs in that folder, never in ./cfg (Debian's SQLite is built with
      * SQLITE_USE_URI=1, so a file name starting with "file:" is a URI unless told otherwise) */
-    char *uri_root = th_tmpdir(), *uri_cfg = fmt("%s/file:cfg", uri_root), *decoy = fmt("%s/cfg", uri_root);
+    char *uri_root = th_tmpdir(), *uri_cfg = th_fmt("%s/file:cfg", uri_root), *decoy = th_fmt("%s/cfg", uri_root);
     ck_assert(mkdir(uri_cfg, 0755) == 0);
     ck_assert(mkdir(decoy, 0755) == 0);
     int port = th_free_port();
-    char *uconf = fmt("listen: {host: 127.0.0.1, port: %d}\n"
-                      "num-threads: 1\n"
-                      "db.bind:\n"
-                      "  - {url: \"sqlite:///x.db\"}\n"
-                      "  - {url: \"sqlite:///%%2e%%2e/y.db\", key: up, middleware: OFF}\n"
-                      "hosts:\n"
-                      "  default:\n"
-                      "    paths:\n"
-                      "      /s:\n"
-                      "        db.use: up\n"
-                      "        c.handler: %s/t/db_handlers.so:db_script\n",
-                      port, th_build_dir());
-    char *cpath = fmt("%s/h2o-db.conf", uri_cfg), *logpath = fmt("%s/server.log", uri_root);
+    char *uconf = th_fmt("listen: {host: 127.0.0.1, port: %d}\n"
+                         "num-threads: 1\n"
+                         "db.bind:\n"
+                         "  - {url: \"sqlite:///x.db\"}\n"
+                         "  - {url: \"sqlite:///%%2e%%2e/y.db\", key: up, middleware: OFF}\n"
+                         "hosts:\n"
+                         "  default:\n"
+                         "    paths:\n"
+                         "      /s:\n"
+                         "        db.use: up\n"
+                         "        c.handler: %s/t/db_handlers.so:db_script\n",
+                         port, th_build_dir());
+    char *cpath = th_fmt("%s/h2o-db.conf", uri_cfg), *logpath = th_fmt("%s/server.log", uri_root);
     FILE *fp = fopen(cpath, "w");
     fputs(uconf, fp);
     fclose(fp);

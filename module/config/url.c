@@ -207,7 +207,6 @@ struct secret_list {
     size_t n;
 };
 
-
 static int longer_first(const void *a, const void *b)
 {
     size_t x = strlen(*(char *const *)a), y = strlen(*(char *const *)b);
@@ -425,8 +424,8 @@ static int parse_sqlite(const char *rest, const char *config_dir, const char *ke
             if (span_is(p, n, "mode=ro"))
                 out->sqlite_readonly = 1;
             else if (!span_is(p, n, "mode=rw") && !span_is(p, n, "mode=rwc"))
-                return fail(err, errsz, "unknown SQLite URL parameter `%.*s` (known: mode=ro, mode=rw, mode=rwc)", (int)strcspn(p, "=&"),
-                            p);
+                return fail(err, errsz, "unknown SQLite URL parameter `%.*s` (known: mode=ro, mode=rw, mode=rwc)",
+                            (int)strcspn(p, "=&"), p);
             p += n;
             if (*p == '&')
                 ++p;

@@ -128,7 +128,9 @@ static yoml_t *include_file(struct loader *l, yoml_t *scalar)
     struct stat st;
     if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || access(path, R_OK) != 0) {
         failf(l, scalar->line, scalar->column, "!file %s: %s", path,
-              stat(path, &st) != 0 ? strerror(errno) : !S_ISREG(st.st_mode) ? "not a regular file" : strerror(errno));
+              stat(path, &st) != 0   ? strerror(errno)
+              : !S_ISREG(st.st_mode) ? "not a regular file"
+                                     : strerror(errno));
         return NULL;
     }
     yoml_t *tree = load_file(path, l->include_depth + 1, l->err, l->errsz);

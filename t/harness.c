@@ -175,7 +175,11 @@ int th_server_start_in(th_server_t *s, const char *dir, const char *conf_templat
         dup2(fd, 1);
         dup2(fd, 2);
         close(fd);
-        execl(bin, bin, "-c", s->conf_path, (char *)NULL);
+        if (getenv("H2O_DB_TEST_VALGRIND") != NULL) /* memcheck sees what ASan cannot: libuv's own reads */
+            execlp("valgrind", "valgrind", "-q", "--error-exitcode=99", "--leak-check=no", "--trace-children=no", bin, "-c",
+                   s->conf_path, (char *)NULL);
+        else
+            execl(bin, bin, "-c", s->conf_path, (char *)NULL);
         _exit(127);
     }
     free(bin);

@@ -17,8 +17,10 @@ const h2o_db_driver_t *h2o_db_driver_for(h2o_db_backend_t backend)
         return &h2o_db_driver_postgres;
     case H2O_DB_BACKEND_SQLITE:
         return &h2o_db_driver_sqlite;
+#ifdef H2O_DB_WITH_MYSQL
     case H2O_DB_BACKEND_MYSQL:
         return &h2o_db_driver_mysql;
+#endif
     default:
         return NULL;
     }
@@ -27,8 +29,13 @@ const h2o_db_driver_t *h2o_db_driver_for(h2o_db_backend_t backend)
 const char *h2o_db_backends(void)
 {
     static char buf[192];
+#ifdef H2O_DB_WITH_MYSQL
     snprintf(buf, sizeof(buf), "postgresql via %s, sqlite via %s, mysql via %s", h2o_db_driver_postgres.version(),
              h2o_db_driver_sqlite.version(), h2o_db_driver_mysql.version());
+#else
+    snprintf(buf, sizeof(buf), "postgresql via %s, sqlite via %s, no mysql (built without libmariadb-dev)",
+             h2o_db_driver_postgres.version(), h2o_db_driver_sqlite.version());
+#endif
     return buf;
 }
 

@@ -1,6 +1,8 @@
 # Sourced by scripts/test (and bench/): starts the database servers the tests talk to, in a
 # temporary folder, on loopback and a unix socket only, and stops them on exit.
-#   h2o_db_start_postgres   sets H2O_DB_TEST_PG, H2O_DB_TEST_PG2 (URLs of two databases)
+#   h2o_db_start_postgres   sets H2O_DB_TEST_PG, H2O_DB_TEST_PG2 (URLs of two databases), and
+#                           H2O_DB_TEST_PG_RESTARTABLE with H2O_DB_TEST_PG_CTL/PGDATA/PG_LOG
+#                           (another cluster, which the fault tests stop and start)
 #   h2o_db_start_mariadb    sets H2O_DB_TEST_MYSQL (a user with a password) and H2O_DB_TEST_MYSQL_CTL
 #   h2o_db_stop_servers
 
@@ -13,18 +15,18 @@ h2o_db_as_postgres() {
     if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-h2o_db_start_postgres() {
+# h2o_db_pg_cluster NAME: initdb, configure and start a cluster in $H2O_DB_SERVERS_DIR/NAME on a
+# free loopback port (socket in the same folder); sets pgbin, pgdata, pgport.
+h2o_db_pg_cluster() {
     pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-    H2O_DB_SERVERS_DIR=$(mktemp -d /tmp/h2o-db-servers-XXXXXX)
-    chmod 755 "$H2O_DB_SERVERS_DIR"
-    pgdata="$H2O_DB_SERVERS_DIR/pg"
+    pgdata="$H2O_DB_SERVERS_DIR/$1"
     mkdir -p "$pgdata"
-    [ "$(id -u)" -eq 0 ] && chown postgres "$pgdata" "$H2O_DB_SERVERS_DIR"
-    h2o_db_as_postgres "$pgbin/initdb" -D "$pgdata" -U postgres -A trust -E UTF8 --no-locale >/dev/null
-    H2O_DB_PG_PORT=$(h2o_db_free_port)
+    [ "$(id -u)" -eq 0 ] && chown postgres "$pgdata"
+    h2o_db_as_postgres "$pgbin/initdb" -D "$pgdata" -U postgres -A trust -E UTF8 --no-locale >/dev/null || return 1
+    pgport=$(h2o_db_free_port)
     cat >> "$pgdata/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
-port = $H2O_DB_PG_PORT
+port = $pgport
 unix_socket_directories = '$H2O_DB_SERVERS_DIR'
 max_connections = 500
 max_prepared_transactions = 64
@@ -34,18 +36,38 @@ full_page_writes = off
 shared_buffers = 128MB
 log_min_messages = warning
 CONF
-    h2o_db_as_postgres "$pgbin/pg_ctl" -D "$pgdata" -l "$H2O_DB_SERVERS_DIR/pg.log" -w start >/dev/null
+    h2o_db_as_postgres "$pgbin/pg_ctl" -D "$pgdata" -l "$H2O_DB_SERVERS_DIR/$1.log" -w start >/dev/null || {
+        cat "$H2O_DB_SERVERS_DIR/$1.log" >&2
+        return 1
+    }
+}
+
+# Two clusters: the shared one, which every suite uses at the same time (the harness gives each
+# suite databases of its own in it), and a restartable one for the suite that stops and restarts
+# PostgreSQL (faults), so that the others never see it go down.
+h2o_db_start_postgres() {
+    H2O_DB_SERVERS_DIR=$(mktemp -d /tmp/h2o-db-servers-XXXXXX)
+    chmod 755 "$H2O_DB_SERVERS_DIR"
+    [ "$(id -u)" -eq 0 ] && chown postgres "$H2O_DB_SERVERS_DIR"
+    h2o_db_pg_cluster pg || return 1
     H2O_DB_PG_BIN=$pgbin
     H2O_DB_PGDATA=$pgdata
-    "$pgbin/psql" -q -h 127.0.0.1 -p "$H2O_DB_PG_PORT" -U postgres -d postgres \
-        -c "CREATE DATABASE h2o_test" -c "CREATE DATABASE h2o_test2" >/dev/null
-    export H2O_DB_TEST_PG="postgresql://postgres@127.0.0.1:$H2O_DB_PG_PORT/h2o_test"
-    export H2O_DB_TEST_PG2="postgresql://postgres@127.0.0.1:$H2O_DB_PG_PORT/h2o_test2"
-    # for the fault tests, which restart the server
+    H2O_DB_PG_PORT=$pgport
+    "$pgbin/psql" -q -h 127.0.0.1 -p "$pgport" -U postgres -d postgres \
+        -c "CREATE DATABASE h2o_test" -c "CREATE DATABASE h2o_test2" >/dev/null || return 1
+    export H2O_DB_TEST_PG="postgresql://postgres@127.0.0.1:$pgport/h2o_test"
+    export H2O_DB_TEST_PG2="postgresql://postgres@127.0.0.1:$pgport/h2o_test2"
+    echo "h2o-db: PostgreSQL for the tests at $H2O_DB_TEST_PG"
+
+    h2o_db_pg_cluster pg-restartable || return 1
+    H2O_DB_PGDATA_RESTARTABLE=$pgdata
+    "$pgbin/psql" -q -h 127.0.0.1 -p "$pgport" -U postgres -d postgres -c "CREATE DATABASE h2o_test" >/dev/null || return 1
+    export H2O_DB_TEST_PG_RESTARTABLE="postgresql://postgres@127.0.0.1:$pgport/h2o_test"
+    # for the fault tests, which stop and restart that server
     export H2O_DB_TEST_PG_CTL="$pgbin/pg_ctl"
     export H2O_DB_TEST_PGDATA="$pgdata"
-    export H2O_DB_TEST_PG_LOG="$H2O_DB_SERVERS_DIR/pg.log"
-    echo "h2o-db: PostgreSQL for the tests at $H2O_DB_TEST_PG"
+    export H2O_DB_TEST_PG_LOG="$H2O_DB_SERVERS_DIR/pg-restartable.log"
+    echo "h2o-db: a restartable PostgreSQL for the fault tests at $H2O_DB_TEST_PG_RESTARTABLE"
 }
 
 # A MariaDB of the tests' own: mariadb-install-db into the temporary folder, mariadbd on a free
@@ -121,10 +143,11 @@ h2o_db_stop_servers() {
         "$H2O_DB_MYSQL_DIR/ctl" stop >/dev/null 2>&1 || true
     fi
     H2O_DB_MYSQL_DIR=""
-    if [ -n "${H2O_DB_PGDATA:-}" ]; then
-        h2o_db_as_postgres "$H2O_DB_PG_BIN/pg_ctl" -D "$H2O_DB_PGDATA" -m immediate stop >/dev/null 2>&1 || true
-    fi
+    for d in "${H2O_DB_PGDATA:-}" "${H2O_DB_PGDATA_RESTARTABLE:-}"; do
+        [ -n "$d" ] && h2o_db_as_postgres "$H2O_DB_PG_BIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
+    done
     [ -n "${H2O_DB_SERVERS_DIR:-}" ] && rm -rf "$H2O_DB_SERVERS_DIR"
     H2O_DB_PGDATA=""
+    H2O_DB_PGDATA_RESTARTABLE=""
     H2O_DB_SERVERS_DIR=""
 }

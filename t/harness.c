@@ -26,9 +26,16 @@ double th_now_ms(void)
     return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
 }
 
+double th_time_factor(void)
+{
+    const char *f = getenv("H2O_DB_TEST_TIME_FACTOR");
+    double v = f != NULL ? strtod(f, NULL) : 1;
+    return v >= 1 ? v : 1;
+}
+
 int th_wait_until(int (*cond)(void *), void *arg, int timeout_ms)
 {
-    double deadline = th_now_ms() + timeout_ms;
+    double deadline = th_now_ms() + timeout_ms * th_time_factor();
     for (;;) {
         if (cond(arg))
             return 1;
@@ -445,8 +452,46 @@ long th_pg_count(const char *sql)
     return n;
 }
 
+/* Points the environment variable `var` (a PostgreSQL URL) at a new database named after it and
+ * the suite, e.g. .../h2o_test -> .../h2o_test_mruby, created afresh on the same server. */
+static int own_database(const char *var, const char *suite)
+{
+    const char *url = getenv(var);
+    if (url == NULL || *url == '\0' || strchr(url, '?') != NULL)
+        return 0;
+    const char *slash = strrchr(url, '/');
+    char db[128], *own;
+    snprintf(db, sizeof(db), "%s_%s", slash + 1, suite);
+    if (asprintf(&own, "%.*s/%s", (int)(slash - url), url, db) < 0)
+        return -1;
+    PGconn *c = PQconnectdb(url);
+    int ret = PQstatus(c) == CONNECTION_OK ? 0 : -1;
+    const char *stmts[] = {"DROP DATABASE IF EXISTS \"%s\" WITH (FORCE)", "CREATE DATABASE \"%s\""};
+    for (size_t i = 0; ret == 0 && i < sizeof(stmts) / sizeof(stmts[0]); ++i) {
+        char sql[256];
+        snprintf(sql, sizeof(sql), stmts[i], db);
+        PGresult *r = PQexec(c, sql);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+            ret = -1;
+        PQclear(r);
+    }
+    if (ret != 0)
+        fprintf(stderr, "harness: cannot make the database %s for this suite: %s", own, PQerrorMessage(c));
+    else
+        setenv(var, own, 1);
+    PQfinish(c);
+    free(own);
+    return ret;
+}
+
 int th_run_suite(Suite *s)
 {
+    /* suites run in parallel on one cluster: each gets databases of its own (test_NAME -> h2o_test_NAME) */
+    const char *suite = program_invocation_short_name;
+    if (strncmp(suite, "test_", 5) == 0)
+        suite += 5;
+    if (own_database("H2O_DB_TEST_PG", suite) != 0 || own_database("H2O_DB_TEST_PG2", suite) != 0)
+        return 1;
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

@@ -2,7 +2,8 @@
  * Test harness shared by the Check suites: starts the real h2o-db binary on a
  * free loopback port with a config written by the test, talks HTTP/1.1 and
  * HTTP/2 to it with libcurl, and reaches the PostgreSQL that scripts/test
- * started (H2O_DB_TEST_PG) with libpq.
+ * started (H2O_DB_TEST_PG) with libpq. Suites run in parallel on one PostgreSQL cluster:
+ * th_run_suite gives each its own databases (h2o_test_NAME, h2o_test2_NAME for test_NAME).
  *
  * Config templates may use these placeholders:
  *   @PORT@   the port the server listens on
@@ -93,7 +94,11 @@ char *th_uniq(const char *prefix);
 
 /* Milliseconds since some fixed point. */
 double th_now_ms(void);
-/* Polls `cond` every 20 ms until it returns non-zero or `timeout_ms` passes. */
+/* How much slower this build runs than an optimised one (H2O_DB_TEST_TIME_FACTOR, ≥ 1; 3 under ASan):
+ * hang guards multiply their bounds by it. */
+double th_time_factor(void);
+/* Polls `cond` every 20 ms until it returns non-zero or `timeout_ms` × th_time_factor() passes;
+ * returns 1 when it did, 0 on time-out. */
 int th_wait_until(int (*cond)(void *), void *arg, int timeout_ms);
 
 /* Runs a suite the usual way; returns the process exit status. */

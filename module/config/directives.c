@@ -329,7 +329,9 @@ static h2o_db_bind_t *parse_bind(h2o_configurator_command_t *cmd, h2o_configurat
         }
     }
     if ((bind->driver = h2o_db_driver_for(bind->url.backend)) == NULL) {
-        h2o_configurator_errprintf(cmd, url, "no driver for %s is built into this h2o-db", bind->url.display);
+        h2o_configurator_errprintf(
+            cmd, url, "no driver for %s is built into this h2o-db (MySQL/MariaDB needs libmariadb-dev when it is built)",
+            bind->url.display);
         goto Error;
     }
     if (middleware != NULL && (bind->middleware = h2o_db_config_flag(cmd, middleware)) < 0)

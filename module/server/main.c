@@ -15,7 +15,10 @@
 #include <string.h>
 #include <unistd.h>
 #include "h2o_db.h"
+#include <openssl/opensslv.h>
+#ifdef H2O_DB_WITH_MRUBY
 #include "mruby/mruby.h"
+#endif
 #include "server/server.h"
 #include "server/yaml.h"
 
@@ -29,6 +32,42 @@ static void usage(FILE *fp)
                 "      --connect     with -t: also connect to every bound database once\n"
                 "  -v, --version     print the version and exit\n"
                 "  -h, --help        print this help and exit\n");
+}
+
+#ifndef H2O_DB_WITH_MRUBY
+/* Built without mruby (meson -Dmruby=disabled, or no libmruby-dev): its directives are known,
+ * and refused with what to do, rather than being "unknown". */
+static int on_config_no_mruby(h2o_configurator_command_t *cmd, h2o_configurator_context_t *ctx, yoml_t *node)
+{
+    h2o_configurator_errprintf(cmd, node, "this h2o-db was built without mruby (install libmruby-dev and rebuild)");
+    return -1;
+}
+
+static void h2o_db_mruby_register_configurator(h2o_globalconf_t *conf)
+{
+    h2o_configurator_t *c = h2o_configurator_create(conf, sizeof(*c));
+    h2o_configurator_define_command(c, "mruby.handler", H2O_CONFIGURATOR_FLAG_PATH, on_config_no_mruby);
+    h2o_configurator_define_command(c, "mruby.handler-file", H2O_CONFIGURATOR_FLAG_PATH, on_config_no_mruby);
+}
+#endif
+
+#ifdef H2O_DB_WITH_MRUBY
+#define HAS_MRUBY "YES"
+#else
+#define HAS_MRUBY "NO"
+#endif
+#ifdef H2O_DB_WITH_MYSQL
+#define HAS_MYSQL "YES"
+#else
+#define HAS_MYSQL "NO"
+#endif
+
+static void print_version(void)
+{
+    printf("h2o-db %s (libh2o %s, %s)\n", H2O_DB_VERSION, H2O_VERSION, h2o_db_backends());
+    printf("OpenSSL: %s\n", OPENSSL_VERSION_TEXT);
+    printf("mruby: %s\n", HAS_MRUBY);
+    printf("mysql: %s\n", HAS_MYSQL);
 }
 
 static void register_configurators(h2o_db_server_t *server)
@@ -98,7 +137,7 @@ int main(int argc, char **argv)
             connect = 1;
             break;
         case 'v':
-            printf("h2o-db %s (libh2o %s, %s)\n", H2O_DB_VERSION, H2O_VERSION, h2o_db_backends());
+            print_version();
             return 0;
         case 'h':
             usage(stdout);

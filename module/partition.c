@@ -1,5 +1,5 @@
 /*
- * One transaction across partitions (binds: {TABLE: KEY}, DESIGN §1.3).
+ * One transaction across partitions (binds: {TABLE: KEY}, docs/partitions.md).
  *
  * h2o_db_begin on the main session opens its transaction; the first statement
  * on a partition session (h2o_db_session_for) begins one there too (session.c).

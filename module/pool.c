@@ -1,7 +1,7 @@
 /*
  * Pools: placement of statements on connections, the wait queue, and healing.
  *
- * Placement of a session's next statement (DESIGN §2):
+ * Placement of a session's next statement (docs/architecture.md):
  *   - inside a transaction: on the connection the transaction pinned;
  *   - BEGIN: pins a connection with nothing in flight (after the session's own
  *     earlier statements are answered);

@@ -1,6 +1,6 @@
 /*
  * Pools: one per bind per worker thread. A pool owns its connections, places
- * statements on them (DESIGN §2), keeps the FIFO of sessions waiting for a
+ * statements on them (docs/architecture.md), keeps the FIFO of sessions waiting for a
  * connection, and heals: broken connections are replaced, connects back off
  * while the database is down, idle and old connections are retired.
  */

@@ -1,5 +1,5 @@
 /*
- * Bind URLs as SQLAlchemy users write them (DESIGN §1.1), parsed at config time.
+ * Bind URLs as SQLAlchemy users write them (docs/directives/db.bind.md), parsed at config time.
  */
 #ifndef h2o_db_config_url_h
 #define h2o_db_config_url_h

@@ -21,6 +21,7 @@
  * pool_housekeeping.c keeps the pool over time: the retry after a failure, idle and
  * old connections, min, leak reports, the gauges; and creates and destroys pools.
  */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,16 @@
 static h2o_db_op_t cleanup_op = {.kind = H2O_DB_OP_ROLLBACK, .sql = "ROLLBACK", .sql_len = 8};
 
 static void conn_close(h2o_db_conn_t *conn);
+
+/* Every call into the driver goes through these: the driver reports what happens later, never
+ * before the call returns (driver.h), and its callbacks check it. */
+#define DRIVER_CALL(pool, call)                                                                                                    \
+    do {                                                                                                                           \
+        ++(pool)->in_driver;                                                                                                       \
+        call;                                                                                                                      \
+        --(pool)->in_driver;                                                                                                       \
+    } while (0)
+#define ASSERT_NOT_IN_DRIVER(pool) assert((pool)->in_driver == 0 && "a driver called back from inside open/send/cancel/close")
 
 /* ---- connections ---- */
 
@@ -103,7 +114,8 @@ h2o_db_conn_t *h2o_db_pool_open_conn(h2o_db_pool_t *pool)
     ++pool->num_conns;
     ++pool->num_connecting;
     ++pool->stats.connects;
-    h2o_db_conn_t *conn = bind->driver->open(pool);
+    h2o_db_conn_t *conn;
+    DRIVER_CALL(pool, conn = bind->driver->open(pool));
     h2o_linklist_insert(&pool->conns, &conn->link);
     return conn;
 }
@@ -134,7 +146,7 @@ static void conn_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
         if (pool->bind->pool.statement_timeout != 0)
             h2o_timeout_link(pool->thread->loop, &pool->statement_timeout, &op->timeout);
     }
-    pool->bind->driver->send(conn, op);
+    DRIVER_CALL(pool, pool->bind->driver->send(conn, op));
 }
 
 static int conn_has_room(h2o_db_conn_t *conn)
@@ -429,6 +441,7 @@ static void conn_progress(h2o_db_conn_t *conn)
 void h2o_db_conn_connected(h2o_db_conn_t *conn)
 {
     h2o_db_pool_t *pool = conn->pool;
+    ASSERT_NOT_IN_DRIVER(pool);
     conn->state = H2O_DB_CONN_READY;
     --pool->num_connecting;
     h2o_db_pool_changed(pool);
@@ -474,6 +487,7 @@ void h2o_db_conn_log_failure(h2o_db_conn_t *conn, int connecting, const char *me
 void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *message)
 {
     h2o_db_pool_t *pool = conn->pool;
+    ASSERT_NOT_IN_DRIVER(pool);
     int was_connecting = conn->state == H2O_DB_CONN_CONNECTING;
     if (conn->state == H2O_DB_CONN_CLOSED)
         return;
@@ -540,6 +554,7 @@ void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *m
 void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
 {
     h2o_db_pool_t *pool = conn->pool;
+    ASSERT_NOT_IN_DRIVER(pool);
     if (conn->ring.count == 0)
         return; /* a result nobody asked for: the driver resynchronizes by closing */
     h2o_db_op_t *op = conn->ring.ops[conn->ring.head];
@@ -596,7 +611,8 @@ static void close_later_cb(h2o_db_later_t *later)
     struct close_later *cl = (struct close_later *)later;
     h2o_db_conn_t *conn = cl->conn;
     free(cl);
-    conn->pool->bind->driver->close(conn);
+    h2o_db_pool_t *pool = conn->pool;
+    DRIVER_CALL(pool, pool->bind->driver->close(conn));
 }
 
 /* Takes conn out of the pool now; the driver closes it on the next iteration (the driver's
@@ -686,7 +702,7 @@ void h2o_db_pool_detach(h2o_db_session_t *s, h2o_linklist_t *out)
              * the transaction did; then the connection is clean again */
             if (conn->ring.count != 0 && pool->bind->driver->cancel != NULL && !conn->cancelling) {
                 conn->cancelling = 1;
-                pool->bind->driver->cancel(conn);
+                DRIVER_CALL(pool, pool->bind->driver->cancel(conn));
             }
             conn->cleaning = 1;
             conn_send(conn, &cleanup_op);
@@ -696,6 +712,7 @@ void h2o_db_pool_detach(h2o_db_session_t *s, h2o_linklist_t *out)
 
 void h2o_db_conn_cancelled(h2o_db_conn_t *conn)
 {
+    ASSERT_NOT_IN_DRIVER(conn->pool);
     conn->cancelling = 0;
     if (conn->state != H2O_DB_CONN_READY)
         return;

@@ -81,6 +81,9 @@ struct st_h2o_db_pool_t {
     h2o_db_pool_gauges_t gauges;
     h2o_db_flusher_t publisher; /* republishes the gauges once per loop iteration after a change */
     int closing;
+    /* inside a call of the driver's open, send, cancel or close: the driver must not call back
+     * (driver.h); its callbacks assert this */
+    unsigned in_driver;
 };
 
 /* Recounts idle and busy connections into pool->gauges (owner thread). */

@@ -452,6 +452,10 @@ long th_pg_count(const char *sql)
     return n;
 }
 
+static void ignore_notice(void *arg, const char *message)
+{
+}
+
 /* Points the environment variable `var` (a PostgreSQL URL) at a new database named after it and
  * the suite, e.g. .../h2o_test -> .../h2o_test_mruby, created afresh on the same server. */
 static int own_database(const char *var, const char *suite)
@@ -466,6 +470,7 @@ static int own_database(const char *var, const char *suite)
         return -1;
     PGconn *c = PQconnectdb(url);
     int ret = PQstatus(c) == CONNECTION_OK ? 0 : -1;
+    PQsetNoticeProcessor(c, ignore_notice, NULL); /* "does not exist, skipping" */
     const char *stmts[] = {"DROP DATABASE IF EXISTS \"%s\" WITH (FORCE)", "CREATE DATABASE \"%s\""};
     for (size_t i = 0; ret == 0 && i < sizeof(stmts) / sizeof(stmts[0]); ++i) {
         char sql[256];

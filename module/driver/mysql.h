@@ -105,9 +105,10 @@ typedef struct st_h2o_db_mysql_conn_t {
     h2o_db_flusher_t flusher;
     h2o_db_later_t start_later; /* connecting starts on the next iteration, never inside open() */
     h2o_db_later_t fail_later;
-    int handshake_done;         /* mysql_real_connect succeeded: mysql_close says goodbye */
-    unsigned long thread_id;    /* the server's id of this connection (KILL QUERY) */
-    struct cancel_work *cancel; /* under way on the thread pool */
+    h2o_db_later_t cancelled_later; /* a cancel that ends at once is reported on the next iteration */
+    int handshake_done;             /* mysql_real_connect succeeded: mysql_close says goodbye */
+    unsigned long thread_id;        /* the server's id of this connection (KILL QUERY) */
+    struct cancel_work *cancel;     /* under way on the thread pool */
     char fail_sqlstate[6];
     char fail_message[256];
     int handles_open;

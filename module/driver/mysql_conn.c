@@ -352,12 +352,18 @@ static void after_cancel(uv_work_t *work, int status)
     h2o_db_conn_cancelled(&c->super);
 }
 
+static void on_cancelled_later(h2o_db_later_t *later)
+{
+    h2o_db_conn_cancelled(&H2O_STRUCT_FROM_MEMBER(h2o_db_mysql_conn_t, cancelled_later, later)->super);
+}
+
 /* Stops the statement that runs (KILL QUERY); what was queued behind it runs afterwards. */
 void h2o_db_mysql_cancel(h2o_db_conn_t *conn)
 {
     h2o_db_mysql_conn_t *c = (h2o_db_mysql_conn_t *)conn;
+    c->cancelled_later.cb = on_cancelled_later;
     if (c->phase != H2O_DB_MYSQL_READY || c->cancel != NULL || !c->job_running || c->thread_id == 0) {
-        h2o_db_conn_cancelled(conn);
+        h2o_db_later(conn->pool->thread, &c->cancelled_later); /* never from inside cancel() */
         return;
     }
     struct cancel_work *cw = calloc(1, sizeof(*cw));
@@ -370,7 +376,7 @@ void h2o_db_mysql_cancel(h2o_db_conn_t *conn)
         free(cw->address);
         free(cw);
         c->cancel = NULL;
-        h2o_db_conn_cancelled(conn);
+        h2o_db_later(conn->pool->thread, &c->cancelled_later);
     }
 }
 
@@ -417,6 +423,7 @@ void h2o_db_mysql_close(h2o_db_conn_t *conn)
     }
     h2o_db_later_cancel(&c->start_later);
     h2o_db_later_cancel(&c->fail_later);
+    h2o_db_later_cancel(&c->cancelled_later);
     if (h2o_linklist_is_linked(&c->flusher.link))
         h2o_linklist_unlink(&c->flusher.link);
     if (c->poll != NULL) {

@@ -131,6 +131,13 @@ void h2o_db_pg_fail(h2o_db_pg_conn_t *c, const char *sqlstate, const char *messa
         uv_poll_stop(c->poll);
     uv_timer_stop(&c->connect_timer);
     h2o_db_conn_log_failure(&c->super, connecting, message);
+    if (c->in_call) {
+        /* inside open() or send(): the pool hears of it on the next iteration */
+        snprintf(c->fail_sqlstate, sizeof(c->fail_sqlstate), "%s", sqlstate);
+        snprintf(c->fail_message, sizeof(c->fail_message), "%s", message);
+        h2o_db_later(c->super.pool->thread, &c->fail_later);
+        return;
+    }
     h2o_db_conn_failed(&c->super, sqlstate, message);
 }
 
@@ -144,7 +151,12 @@ void h2o_db_pg_fail_from_libpq(h2o_db_pg_conn_t *c, const char *sqlstate)
 static void on_fail_later(h2o_db_later_t *later)
 {
     h2o_db_pg_conn_t *c = H2O_STRUCT_FROM_MEMBER(h2o_db_pg_conn_t, fail_later, later);
-    h2o_db_pg_fail(c, "08006", c->fail_message);
+    h2o_db_conn_failed(&c->super, c->fail_sqlstate, c->fail_message);
+}
+
+static void on_cancelled_later(h2o_db_later_t *later)
+{
+    h2o_db_conn_cancelled(&H2O_STRUCT_FROM_MEMBER(h2o_db_pg_conn_t, cancelled_later, later)->super);
 }
 
 /* ---- polling ---- */
@@ -192,11 +204,14 @@ static h2o_db_conn_t *pg_open(h2o_db_pool_t *pool)
     h2o_db_pg_conn_t *c = calloc(1, sizeof(*c));
     h2o_db_conn_init(&c->super, pool);
     c->fail_later.cb = on_fail_later;
+    c->cancelled_later.cb = on_cancelled_later;
     c->flusher.cb = on_flush;
     c->seg_capacity = 16;
     c->segs = malloc(sizeof(*c->segs) * c->seg_capacity);
     h2o_db_stmt_cache_init(&c->cache, pool->bind->pool.statement_cache, on_evict, c);
-    h2o_db_pg_connect(c);
+    c->in_call = 1;
+    h2o_db_pg_connect(c); /* libpq may refuse at once (a missing socket, a bad hostaddr): reported later */
+    c->in_call = 0;
     return &c->super;
 }
 
@@ -243,9 +258,8 @@ static h2o_db_pg_segment_t *push_segment(h2o_db_pg_conn_t *c)
 
 static void send_failed(h2o_db_pg_conn_t *c)
 {
-    /* reported on the next iteration: no callback may run inside h2o_db_query() */
-    h2o_db_pg_copy_error(c->fail_message, sizeof(c->fail_message), PQerrorMessage(c->pg));
-    h2o_db_later(c->super.pool->thread, &c->fail_later);
+    /* inside send(): reported on the next iteration (h2o_db_pg_fail sees in_call) */
+    h2o_db_pg_fail_from_libpq(c, "08006");
 }
 
 /* "h2o_db_<id>" (by hand: this runs for every statement) */
@@ -283,13 +297,22 @@ static void on_evict(void *ctx, h2o_db_stmt_t *stmt)
         send_failed(c);
 }
 
+static void send_statement(h2o_db_pg_conn_t *c, h2o_db_op_t *op, const char *sql);
+
 static void pg_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
 {
     h2o_db_pg_conn_t *c = (h2o_db_pg_conn_t *)conn;
-    h2o_db_pool_t *pool = conn->pool;
     const char *sql = h2o_db_op_sql(op, "BEGIN");
     if (c->phase != H2O_DB_PG_READY)
         return; /* failing already: the pool answers everything in flight */
+    c->in_call = 1;
+    send_statement(c, op, sql);
+    c->in_call = 0;
+}
+
+static void send_statement(h2o_db_pg_conn_t *c, h2o_db_op_t *op, const char *sql)
+{
+    h2o_db_pool_t *pool = c->super.pool;
 
     int ok;
     if (op->kind == H2O_DB_OP_QUERY && !op->no_cache && c->cache.capacity != 0) {
@@ -479,7 +502,7 @@ static void pg_cancel(h2o_db_conn_t *conn)
     h2o_db_pg_conn_t *c = (h2o_db_pg_conn_t *)conn;
     PGcancel *cancel = c->phase == H2O_DB_PG_READY && c->cancel == NULL ? PQgetCancel(c->pg) : NULL;
     if (cancel == NULL) {
-        h2o_db_conn_cancelled(conn);
+        h2o_db_later(conn->pool->thread, &c->cancelled_later); /* never from inside cancel() */
         return;
     }
     struct cancel_work *cw = calloc(1, sizeof(*cw));
@@ -490,7 +513,7 @@ static void pg_cancel(h2o_db_conn_t *conn)
         PQfreeCancel(cancel);
         free(cw);
         c->cancel = NULL;
-        h2o_db_conn_cancelled(conn);
+        h2o_db_later(conn->pool->thread, &c->cancelled_later);
     }
 }
 
@@ -534,6 +557,7 @@ static void pg_close(h2o_db_conn_t *conn)
         c->cancel = NULL;
     }
     h2o_db_later_cancel(&c->fail_later);
+    h2o_db_later_cancel(&c->cancelled_later);
     if (h2o_linklist_is_linked(&c->flusher.link))
         h2o_linklist_unlink(&c->flusher.link);
     if (c->kept != NULL) {

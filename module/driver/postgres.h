@@ -47,8 +47,13 @@ typedef struct st_h2o_db_pg_conn_t {
     h2o_db_stmt_cache_t cache;
     int quiet_evict; /* evicting a statement the server does not have: no DEALLOCATE */
     h2o_db_flusher_t flusher;
-    h2o_db_later_t fail_later; /* a failure noticed inside send(): reported on the next iteration */
+    /* the driver never calls the pool back from inside open/send/cancel/close (driver.h): a failure
+     * noticed there is reported on the next iteration, and so is a cancel that ends at once */
+    int in_call;
+    h2o_db_later_t fail_later;
+    char fail_sqlstate[6];
     char fail_message[256];
+    h2o_db_later_t cancelled_later;
     int handles_open;
     struct cancel_work *cancel; /* under way on the thread pool */
 } h2o_db_pg_conn_t;

@@ -69,6 +69,7 @@ struct sq_conn {
     size_t capacity;
     size_t submitted, taken, finished, delivered; /* counters; slot = counter % capacity */
     uv_async_t async;
+    h2o_db_later_t cancelled_later; /* cancel() reports on the next iteration, never from inside */
     int closed, thread_started;
     int db_open; /* c->db may be interrupted (under lock) */
     /* the worker's own */
@@ -613,12 +614,15 @@ static void on_async(uv_async_t *async)
     }
 }
 
+static void on_cancelled_later(h2o_db_later_t *later);
+
 static h2o_db_conn_t *sq_open(h2o_db_pool_t *pool)
 {
     h2o_db_bind_t *bind = pool->bind;
     struct sq_conn *c = calloc(1, sizeof(*c));
     h2o_db_conn_init(&c->super, pool);
     c->bind = bind;
+    c->cancelled_later.cb = on_cancelled_later;
     h2o_db_stmt_cache_init(&c->cache, bind->pool.statement_cache, finalize_evicted, c);
     c->capacity = bind->pool.pipeline_depth + 3; /* + open, cleanup ROLLBACK, close */
     c->jobs = calloc(c->capacity, sizeof(*c->jobs));
@@ -681,6 +685,7 @@ static void sq_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
 static void sq_close(h2o_db_conn_t *conn)
 {
     struct sq_conn *c = (struct sq_conn *)conn;
+    h2o_db_later_cancel(&c->cancelled_later);
     if (!c->thread_started) {
         uv_close((uv_handle_t *)&c->async, free_conn);
         return;
@@ -702,7 +707,12 @@ static void sq_cancel(h2o_db_conn_t *conn)
     if (c->db_open)
         sqlite3_interrupt(c->db);
     pthread_mutex_unlock(&c->lock);
-    h2o_db_conn_cancelled(conn);
+    h2o_db_later(conn->pool->thread, &c->cancelled_later);
+}
+
+static void on_cancelled_later(h2o_db_later_t *later)
+{
+    h2o_db_conn_cancelled(&H2O_STRUCT_FROM_MEMBER(struct sq_conn, cancelled_later, later)->super);
 }
 
 /* ---- start-up ---- */

@@ -13,7 +13,13 @@
  *            pool before close is called; the driver frees the memory when its
  *            handles are closed
  *   cancel   (optional) interrupts the statement running on a pinned connection
- *            whose request ended, so that its ROLLBACK comes sooner
+ *            whose request ended, so that its ROLLBACK comes sooner; reports with
+ *            h2o_db_conn_cancelled, later (also when there was nothing to cancel)
+ *
+ * Never re-entrant: open, send, cancel and close never call h2o_db_conn_* before they
+ * return. Whatever they find out at once (libpq refusing a connect on the spot, a send
+ * that fails) is reported from the loop on a later iteration (h2o_db_later). The pool
+ * asserts this around every call.
  *
  * Start-up helpers run on the main thread before any loop (blocking is fine there).
  */

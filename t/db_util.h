@@ -1,9 +1,12 @@
 /*
  * Helpers shared by the database suites (test_db_config.c, test_db_pg.c,
- * test_db_sqlite.c), on top of harness.h: POST requests with a Host header,
+ * test_db_sqlite.c, test_mruby.c, test_partition.c, test_security.c, ...), on top of harness.h: POST requests with a Host header,
  * parallel POSTs (libcurl multi), a small JSON validator and reader for the
- * answers of the db_script test handler, and a run of the server with a time
- * limit (for configs that must make it exit).
+ * answers of the db_script test handler, a run of the server with a time
+ * limit (for configs that must make it exit), and facts to wait on instead of
+ * elapsed time: counters of the status page (db.status), statements waiting at
+ * a "gate" (an advisory lock the test holds in PostgreSQL) and, for suites that
+ * include <sqlite3.h> first, SQLite's write lock.
  *
  * Everything here is static: each suite includes it once.
  */
@@ -418,10 +421,147 @@ static DB_UNUSED char *db_status_of(const char *body, size_t index)
     return st;
 }
 
+/* ---- facts to wait on: the status page ---- */
+
+/* GET PATH (a db.status: ON path) with Host HOST (NULL = the default); the JSON body, malloc'd. */
+static DB_UNUSED char *db_status_page(th_server_t *s, const char *host, const char *path)
+{
+    th_response_t res;
+    db_request(s, &res, TH_HTTP1, host, path, NULL);
+    ck_assert_msg(res.status == 200, "GET %s: status %ld: %s", path, res.status, res.body);
+    char *page = strdup(res.body);
+    th_response_free(&res);
+    return page;
+}
+
+/* The sum of the number "FIELD": N over every thread of the bind KEY on a status page (over every
+ * bind when KEY is NULL). Binds start with {"key":"...": a bind's numbers are the ones up to the next. */
+static DB_UNUSED long db_status_sum(const char *page, const char *key, const char *field)
+{
+    char *name = th_fmt("\"%s\":", field), *mark = key != NULL ? th_fmt("{\"key\":\"%s\"", key) : strdup("{\"key\":\"");
+    long sum = 0;
+    for (const char *bind = strstr(page, mark); bind != NULL; bind = key != NULL ? NULL : strstr(bind + 1, mark)) {
+        const char *next = strstr(bind + 1, "{\"key\":\"");
+        for (const char *p = strstr(bind, name); p != NULL && (next == NULL || p < next); p = strstr(p + 1, name))
+            sum += strtol(p + strlen(name), NULL, 10);
+    }
+    free(name);
+    free(mark);
+    return sum;
+}
+
+/* The same, read from the server's status page at PATH (default Host). */
+static DB_UNUSED long db_status_count(th_server_t *s, const char *path, const char *key, const char *field)
+{
+    char *page = db_status_page(s, NULL, path);
+    long n = db_status_sum(page, key, field);
+    free(page);
+    return n;
+}
+
+/* ---- facts to wait on: gates in PostgreSQL ---- */
+
+/* A statement `SELECT pg_advisory_xact_lock_shared(KEY)` waits while the test holds the advisory
+ * lock KEY (db_gate_close) and goes on when it lets go (db_gate_open): what runs behind it is
+ * held for exactly as long as the test needs, and db_gate_waiting sees it waiting. */
+
+/* A gate key nobody else uses (advisory locks belong to a database; the pid keeps suites apart). */
+static DB_UNUSED long db_gate_key(void)
+{
+    static long n;
+    return 1000000L + (long)(getpid() % 1000000) * 100 + ++n;
+}
+
+/* Closes the gate: a connection of the test's own (returned) holds the lock KEY on the test database. */
+static DB_UNUSED PGconn *db_gate_close(long key)
+{
+    PGconn *c = th_pg_connect(th_pg_url());
+    char *sql = th_fmt("SELECT pg_advisory_lock(%ld)", key);
+    PGresult *r = PQexec(c, sql);
+    ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s", sql, PQresultErrorMessage(r));
+    PQclear(r);
+    free(sql);
+    return c;
+}
+
+/* Opens the gate: the holder's session ends, and with it the lock. */
+static DB_UNUSED void db_gate_open(PGconn *holder)
+{
+    PQfinish(holder);
+}
+
+/* How many backends of the test database wait at the gate KEY right now (pg_locks: a bigint key
+ * is classid = its high 32 bits, objid = its low 32 bits, objsubid = 1). */
+static DB_UNUSED long db_gate_waiting(long key)
+{
+    return th_pg_countf("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = "
+                        "(SELECT oid FROM pg_database WHERE datname = current_database()) AND classid = 0 AND objid = %ld "
+                        "AND objsubid = 1",
+                        key);
+}
+
+struct db_gate_wait {
+    long key, n;
+};
+
+static int db_gate_has(void *arg)
+{
+    struct db_gate_wait *w = arg;
+    return db_gate_waiting(w->key) >= w->n;
+}
+
+/* Waits (at most 10 s, scaled by th_time_factor) until at least N statements wait at the gate KEY;
+ * returns 1 when they do. */
+static DB_UNUSED int db_gate_wait_for(long key, long n)
+{
+    struct db_gate_wait w = {key, n};
+    return th_wait_until(db_gate_has, &w, 10000);
+}
+
+#ifdef SQLITE_VERSION_NUMBER
+/* ---- facts to wait on: SQLite's write lock (for suites that include <sqlite3.h> first) ---- */
+
+/* Takes the write lock of the SQLite file PATH on a connection of the test's own (BEGIN IMMEDIATE,
+ * no busy wait) and returns that connection; NULL when another connection holds the lock. */
+static DB_UNUSED sqlite3 *db_sqlite_lock(const char *path)
+{
+    sqlite3 *db;
+    ck_assert_msg(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK, "cannot open %s: %s", path,
+                  sqlite3_errmsg(db));
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        sqlite3_close(db);
+        return NULL;
+    }
+    return db;
+}
+
+/* Lets the lock go: ROLLBACK or COMMIT the holder's transaction, and close it. */
+static DB_UNUSED void db_sqlite_unlock(sqlite3 *db, int commit)
+{
+    ck_assert_msg(sqlite3_exec(db, commit ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL) == SQLITE_OK, "%s: %s",
+                  commit ? "COMMIT" : "ROLLBACK", sqlite3_errmsg(db));
+    sqlite3_close(db);
+}
+
+static int db_sqlite_lock_free(void *path)
+{
+    sqlite3 *db = db_sqlite_lock(path);
+    if (db != NULL)
+        db_sqlite_unlock(db, 0);
+    return db != NULL;
+}
+
+/* Waits (at most 10 s, scaled) until nobody holds the write lock of the SQLite file PATH; 1 when so. */
+static DB_UNUSED int db_sqlite_wait_unlocked(const char *path)
+{
+    return th_wait_until(db_sqlite_lock_free, (void *)path, 10000);
+}
+#endif
+
 /* ---- processes ---- */
 
 /* Runs `h2o-db -c FILE` (FILE = DIR/h2o-db.conf, the expanded template) and waits for it to exit,
- * at most timeout_ms (then kills it and returns -1). The output goes to *output (malloc'd). */
+ * at most timeout_ms × th_time_factor() (then kills it and returns -1). The output goes to *output (malloc'd). */
 static DB_UNUSED int db_run_until_exit(const char *dir, const char *conf_template, int timeout_ms, char **output)
 {
     char *conf = th_write_file(dir, "h2o-db.conf", conf_template, th_free_port()), *bin, *log;
@@ -438,7 +578,7 @@ static DB_UNUSED int db_run_until_exit(const char *dir, const char *conf_templat
         execl(bin, bin, "-c", conf, (char *)NULL);
         _exit(127);
     }
-    double deadline = th_now_ms() + timeout_ms;
+    double deadline = th_now_ms() + timeout_ms * th_time_factor(); /* a hang guard */
     int status, ret = -1;
     for (;;) {
         if (waitpid(pid, &status, WNOHANG) == pid) {

@@ -39,7 +39,8 @@ int echo(h2o_handler_t *self, h2o_req_t *req)
     return respond(req, 200, buf);
 }
 
-/* Answers after about a second (a request still in flight when SIGTERM arrives). */
+/* Answers after about a second (a request still in flight when SIGTERM arrives); says on stderr
+ * (the server's log) that the request reached it, so that a test can wait for that. */
 struct slow {
     h2o_timeout_entry_t timeout;
     h2o_req_t *req;
@@ -60,6 +61,7 @@ static void slow_dispose(void *p)
 
 int slow(h2o_handler_t *self, h2o_req_t *req)
 {
+    fprintf(stderr, "test_handlers: slow: the request is in the handler\n");
     struct slow *s = h2o_mem_alloc_shared(&req->pool, sizeof(*s), slow_dispose);
     *s = (struct slow){{0}, req};
     s->timeout.cb = slow_done;

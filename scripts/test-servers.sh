@@ -57,6 +57,7 @@ h2o_db_start_postgres() {
         -c "CREATE DATABASE h2o_test" -c "CREATE DATABASE h2o_test2" >/dev/null || return 1
     export H2O_DB_TEST_PG="postgresql://postgres@127.0.0.1:$pgport/h2o_test"
     export H2O_DB_TEST_PG2="postgresql://postgres@127.0.0.1:$pgport/h2o_test2"
+    export H2O_DB_TEST_PG_SOCKET_DIR="$H2O_DB_SERVERS_DIR" # its socket: .s.PGSQL.PORT there
     echo "h2o-db: PostgreSQL for the tests at $H2O_DB_TEST_PG"
 
     h2o_db_pg_cluster pg-restartable || return 1

@@ -69,7 +69,7 @@ static char *header(const char *text, const char *name)
     return NULL;
 }
 
-/* Runs h2o-db ARGS... -c PATH in the file's folder, at most 20 s; output and status returned. */
+/* Runs h2o-db ARGS... -c PATH in the file's folder, at most 20 s (× th_time_factor()); output and status returned. */
 static int run(const char *cwd, const char *mode, const char *path, char **output)
 {
     char *bin, *log;
@@ -94,7 +94,7 @@ static int run(const char *cwd, const char *mode, const char *path, char **outpu
         _exit(127);
     }
     close(fd);
-    double deadline = th_now_ms() + 20000;
+    double deadline = th_now_ms() + 20000 * th_time_factor(); /* a hang guard: refusals take milliseconds */
     int status = 0, ret = -1;
     for (;;) {
         if (waitpid(pid, &status, WNOHANG) == pid) {

@@ -21,22 +21,13 @@
 
 #define WATCH_AFTER_MS 100 /* the context's hundred_ms_timeout */
 
-/* The socket's file descriptor: in libh2o's libuv binding an h2o_socket_t is followed by the
- * uv_stream_t it wraps, whose `data` points back at the socket (checked). */
+/* The client socket's file descriptor (libh2o's public accessor), or -1. */
 static int socket_fd(h2o_req_t *req)
 {
     if (req->conn == NULL || req->conn->callbacks->get_socket == NULL)
         return -1;
     h2o_socket_t *sock = req->conn->callbacks->get_socket(req->conn);
-    if (sock == NULL)
-        return -1;
-    uv_stream_t *stream = *(uv_stream_t **)((char *)sock + sizeof(h2o_socket_t));
-    if (stream == NULL || stream->data != sock || (stream->type != UV_TCP && stream->type != UV_NAMED_PIPE))
-        return -1;
-    uv_os_fd_t fd;
-    if (uv_fileno((uv_handle_t *)stream, &fd) != 0)
-        return -1;
-    return fd;
+    return sock != NULL ? h2o_socket_get_fd(sock) : -1;
 }
 
 static void on_poll_closed(uv_handle_t *handle)

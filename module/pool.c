@@ -111,9 +111,9 @@ h2o_db_conn_t *h2o_db_pool_open_conn(h2o_db_pool_t *pool)
     } else {
         __atomic_add_fetch(&bind->total_conns, 1, __ATOMIC_RELAXED);
     }
-    ++pool->num_conns;
-    ++pool->num_connecting;
-    ++pool->stats.connects;
+    H2O_DB_INC(pool->num_conns);
+    H2O_DB_INC(pool->num_connecting);
+    H2O_DB_INC(pool->stats.connects);
     h2o_db_conn_t *conn;
     DRIVER_CALL(pool, conn = bind->driver->open(pool));
     h2o_linklist_insert(&pool->conns, &conn->link);
@@ -127,13 +127,13 @@ static void conn_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
     size_t idx = (conn->ring.head + conn->ring.count) % conn->ring.capacity;
     uint64_t now = h2o_db_now(pool->thread);
     if (conn->ring.count != 0)
-        ++pool->stats.pipelined;
+        H2O_DB_INC(pool->stats.pipelined);
     conn->ring.ops[idx] = op;
     conn->ring.sent_at[idx] = now;
     if (conn->ring.count++ == 0)
         h2o_db_pool_changed(pool);
     ++conn->statements;
-    ++pool->stats.statements;
+    H2O_DB_INC(pool->stats.statements);
     if (op != &cleanup_op) {
         h2o_db_session_t *s = op->session;
         h2o_linklist_unlink(&op->link);
@@ -142,7 +142,7 @@ static void conn_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
         op->ring_index = idx;
         ++s->outstanding;
         s->conn = conn;
-        ++pool->stats.acquires;
+        H2O_DB_INC(pool->stats.acquires);
         if (pool->bind->pool.statement_timeout != 0)
             h2o_timeout_link(pool->thread->loop, &pool->statement_timeout, &op->timeout);
     }
@@ -161,7 +161,7 @@ static void stop_waiting(h2o_db_session_t *s)
     if (!h2o_linklist_is_linked(&s->wait_link))
         return;
     h2o_linklist_unlink(&s->wait_link);
-    --s->pool->num_waiting;
+    H2O_DB_DEC(s->pool->num_waiting);
     if (h2o_timeout_is_linked(&s->wait_timeout))
         h2o_timeout_unlink(&s->wait_timeout);
 }
@@ -176,7 +176,7 @@ static void fail_head(h2o_db_session_t *s, h2o_db_status_t status, const char *s
     h2o_db_op_t *op = head_op(s);
     if (op == NULL)
         return;
-    ++s->pool->stats.errors;
+    H2O_DB_INC(s->pool->stats.errors);
     h2o_db_op_answer_later(op, status, sqlstate, message);
 }
 
@@ -187,18 +187,18 @@ static int start_waiting(h2o_db_session_t *s, h2o_linklist_t *list)
     if (h2o_linklist_is_linked(&s->wait_link))
         return 0;
     if (pool->bind->pool.acquire_timeout == 0) {
-        ++pool->stats.acquire_timeouts;
+        H2O_DB_INC(pool->stats.acquire_timeouts);
         fail_head(s, H2O_DB_BUSY, "53300", "no database connection is free (acquire-timeout is 0)");
         return -1;
     }
     if (pool->num_waiting >= pool->bind->pool.queue) {
-        ++pool->stats.queue_full;
+        H2O_DB_INC(pool->stats.queue_full);
         fail_head(s, H2O_DB_BUSY, "53300", "too many statements are waiting for a database connection (pool queue is full)");
         return -1;
     }
     h2o_linklist_insert(list, &s->wait_link);
-    ++pool->num_waiting;
-    ++pool->stats.waits;
+    H2O_DB_INC(pool->num_waiting);
+    H2O_DB_INC(pool->stats.waits);
     h2o_timeout_link(pool->thread->loop, &pool->acquire_timeout, &s->wait_timeout);
     return 0;
 }
@@ -208,7 +208,7 @@ static void on_wait_timeout(h2o_timeout_entry_t *entry)
     h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, wait_timeout, entry);
     h2o_db_pool_t *pool = s->pool;
     stop_waiting(s);
-    ++pool->stats.acquire_timeouts;
+    H2O_DB_INC(pool->stats.acquire_timeouts);
     fail_head(s, H2O_DB_BUSY, "53300", "timed out waiting for a database connection (acquire-timeout)");
 }
 
@@ -326,7 +326,7 @@ static int place_begin(h2o_db_session_t *s, h2o_db_op_t *op)
     s->pinned = conn;
     s->pinned_at = h2o_db_now(pool->thread);
     s->txn_lost = 0;
-    ++pool->num_pinned;
+    H2O_DB_INC(pool->num_pinned);
     conn_send(conn, op);
     return 1;
 }
@@ -443,11 +443,11 @@ void h2o_db_conn_connected(h2o_db_conn_t *conn)
     h2o_db_pool_t *pool = conn->pool;
     ASSERT_NOT_IN_DRIVER(pool);
     conn->state = H2O_DB_CONN_READY;
-    --pool->num_connecting;
+    H2O_DB_DEC(pool->num_connecting);
     h2o_db_pool_changed(pool);
     if (pool->down)
-        ++pool->stats.reconnects;
-    pool->down = 0;
+        H2O_DB_INC(pool->stats.reconnects);
+    H2O_DB_SET(pool->down, 0);
     pool->backoff_ms = 0;
     conn->idle_since = h2o_db_now(pool->thread);
     h2o_db_pool_serve_waiting(pool);
@@ -472,7 +472,7 @@ static void lose_transaction(h2o_db_session_t *s, h2o_db_conn_t *conn, const cha
         snprintf(s->txn_sqlstate, sizeof(s->txn_sqlstate), "%s", sqlstate);
     }
     conn->pinned = NULL;
-    --conn->pool->num_pinned;
+    H2O_DB_DEC(conn->pool->num_pinned);
 }
 
 void h2o_db_conn_log_failure(h2o_db_conn_t *conn, int connecting, const char *message)
@@ -498,10 +498,10 @@ void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *m
     conn->state = H2O_DB_CONN_CLOSED;
 
     if (was_connecting) {
-        --pool->num_connecting;
-        ++pool->stats.connect_failures;
+        H2O_DB_DEC(pool->num_connecting);
+        H2O_DB_INC(pool->stats.connect_failures);
     } else {
-        ++pool->stats.closed_broken;
+        H2O_DB_INC(pool->stats.closed_broken);
     }
 
     /* statements in flight: answered as lost (their requests may end inside the callbacks) */
@@ -522,7 +522,7 @@ void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *m
             s->conn = NULL;
         if (s->pinned == conn)
             lose_transaction(s, conn, sqlstate);
-        ++pool->stats.errors;
+        H2O_DB_INC(pool->stats.errors);
         h2o_db_op_complete(op, &err);
     }
     if (conn->pinned != NULL) {
@@ -540,7 +540,7 @@ void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *m
     conn_close(conn);
 
     if (was_connecting && !any_ready(pool)) {
-        pool->down = 1;
+        H2O_DB_SET(pool->down, 1);
         pool->last_failure_at = h2o_db_now(pool->thread);
         pool->backoff_ms = pool->backoff_ms == 0 ? BACKOFF_MIN_MS : pool->backoff_ms * 2;
         if (pool->backoff_ms > BACKOFF_MAX_MS)
@@ -580,14 +580,14 @@ void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
         if ((op->kind == H2O_DB_OP_COMMIT || op->kind == H2O_DB_OP_ROLLBACK) && s->pinned == conn) {
             s->pinned = NULL;
             conn->pinned = NULL;
-            --pool->num_pinned;
+            H2O_DB_DEC(pool->num_pinned);
             if (s->outstanding == 0)
                 s->conn = NULL;
         }
         if (result->status != H2O_DB_OK || op->failed_commit)
-            ++pool->stats.errors;
+            H2O_DB_INC(pool->stats.errors);
         if (result->status == H2O_DB_TIMEOUT)
-            ++pool->stats.timeouts; /* the server's statement_timeout answered first */
+            H2O_DB_INC(pool->stats.timeouts); /* the server's statement_timeout answered first */
         int alive = h2o_db_op_complete(op, result) == 0;
         if (alive && !h2o_linklist_is_empty(&s->pending) && s->pinned == NULL && s->outstanding == 0)
             h2o_db_pool_pump(s);
@@ -622,7 +622,7 @@ static void conn_close(h2o_db_conn_t *conn)
     h2o_db_pool_t *pool = conn->pool;
     if (h2o_linklist_is_linked(&conn->link)) {
         h2o_linklist_unlink(&conn->link);
-        --pool->num_conns;
+        H2O_DB_DEC(pool->num_conns);
         __atomic_sub_fetch(&pool->bind->total_conns, 1, __ATOMIC_RELAXED);
     }
     conn->state = H2O_DB_CONN_CLOSED;
@@ -636,7 +636,7 @@ static void conn_close(h2o_db_conn_t *conn)
 
 void h2o_db_conn_retire(h2o_db_conn_t *conn, uint64_t *counter)
 {
-    ++*counter;
+    H2O_DB_INC(*counter);
     conn_close(conn);
 }
 
@@ -656,8 +656,8 @@ void h2o_db_pool_on_statement_timeout(h2o_timeout_entry_t *entry)
     --s->outstanding;
     if (s->outstanding == 0 && s->conn == conn && s->pinned != conn)
         s->conn = NULL;
-    ++pool->stats.timeouts;
-    ++pool->stats.errors;
+    H2O_DB_INC(pool->stats.timeouts);
+    H2O_DB_INC(pool->stats.errors);
     h2o_db_result_t r;
     h2o_db_result_init_error(&r, H2O_DB_TIMEOUT, "57014", "canceling statement due to statement timeout (pool.statement-timeout)");
     if (h2o_db_op_complete(op, &r) == 0 && s->outstanding == 0 && !h2o_linklist_is_empty(&s->pending))
@@ -696,7 +696,7 @@ void h2o_db_pool_detach(h2o_db_session_t *s, h2o_linklist_t *out)
         h2o_db_conn_t *conn = s->pinned;
         s->pinned = NULL;
         conn->pinned = NULL;
-        --pool->num_pinned;
+        H2O_DB_DEC(pool->num_pinned);
         if (conn->state == H2O_DB_CONN_READY) {
             /* stop what still runs there (only this session's statements can), roll back whatever
              * the transaction did; then the connection is clean again */

@@ -17,6 +17,13 @@ typedef struct st_h2o_db_session_t h2o_db_session_t;
 
 enum { H2O_DB_CONN_CONNECTING, H2O_DB_CONN_READY, H2O_DB_CONN_CLOSED };
 
+/* A pool's counts, counters and `down` are read by the status page on other threads: the owner
+ * thread, their only writer, stores them with these (relaxed atomic stores: plain moves on x86),
+ * the status page loads them atomically, so that the reads are race-free. */
+#define H2O_DB_SET(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+#define H2O_DB_INC(x)    H2O_DB_SET(x, (x) + 1)
+#define H2O_DB_DEC(x)    H2O_DB_SET(x, (x)-1)
+
 /* The generic part of a connection; drivers put it first in theirs. */
 struct st_h2o_db_conn_t {
     h2o_db_pool_t *pool;

@@ -88,7 +88,7 @@ static void report_leak(h2o_db_session_t *s, uint64_t now)
 {
     h2o_db_pool_t *pool = s->pool;
     s->leak_reported = 1;
-    ++pool->stats.leaks;
+    H2O_DB_INC(pool->stats.leaks);
     if (s->owner != NULL) {
         h2o_req_t *req = s->owner->req;
         fprintf(stderr,
@@ -165,7 +165,7 @@ void h2o_db_pool_destroy(h2o_db_pool_t *pool)
     while (!h2o_linklist_is_empty(&pool->conns)) {
         h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, pool->conns.next);
         if (conn->state == H2O_DB_CONN_CONNECTING)
-            --pool->num_connecting;
+            H2O_DB_DEC(pool->num_connecting);
         conn->state = H2O_DB_CONN_READY; /* so that h2o_db_conn_failed answers what is in flight */
         h2o_db_conn_failed(conn, "57P01", "the server is shutting down");
     }

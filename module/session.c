@@ -413,8 +413,8 @@ static void enqueue(h2o_db_session_t *s, h2o_db_op_t *op)
     }
     unsigned limit = s->bind->pool.queue > s->bind->pool.pipeline_depth ? s->bind->pool.queue : s->bind->pool.pipeline_depth;
     if (s->num_pending > limit) {
-        ++s->pool->stats.queue_full;
-        ++s->pool->stats.errors;
+        H2O_DB_INC(s->pool->stats.queue_full);
+        H2O_DB_INC(s->pool->stats.errors);
         h2o_db_op_answer_later(op, H2O_DB_BUSY, "53300", "too many statements queued on one session (pool queue)");
         return;
     }
@@ -641,6 +641,6 @@ void h2o_db_session_abort(h2o_db_session_t *s, h2o_db_status_t status, const cha
 static void on_deadline(h2o_timeout_entry_t *entry)
 {
     h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, deadline, entry);
-    ++s->pool->stats.timeouts;
+    H2O_DB_INC(s->pool->stats.timeouts);
     h2o_db_session_abort(s, H2O_DB_TIMEOUT, "57014", "the request waited too long for the database (pool.request-timeout)");
 }

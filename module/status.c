@@ -5,7 +5,8 @@
  *   GET /path?format=prometheus   Prometheus text exposition format
  *
  * Pools belong to their threads; this handler reads other threads' counters
- * without locks (single writer, relaxed loads). Connection counts are exact;
+ * with relaxed atomic loads (their one writer stores them atomically: pool.h),
+ * holding the thread registry's lock so that no pool is destroyed meanwhile. Connection counts are exact;
  * idle/busy are what each thread published at its last housekeeping tick (at
  * most a second old), or exact for the thread serving the request.
  * URLs are shown with their passwords masked.
@@ -146,7 +147,7 @@ struct row {
     struct snapshot s;
 };
 
-static size_t collect(h2o_db_thread_t **threads, size_t num_threads, struct row **rows)
+static size_t collect(h2o_db_thread_t *const *threads, size_t num_threads, struct row **rows)
 {
     size_t n = 0;
     *rows = malloc(sizeof(**rows) * (h2o_db_config.binds.size * num_threads + 1));
@@ -258,10 +259,11 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")) &&
         !h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD")))
         return -1;
-    h2o_db_thread_t **threads;
-    size_t num_threads = h2o_db_threads_snapshot(&threads);
+    h2o_db_thread_t *const *threads;
+    size_t num_threads = h2o_db_threads_lock(&threads);
     struct row *rows;
     size_t n = collect(threads, num_threads, &rows);
+    h2o_db_threads_unlock();
     struct out o = {malloc(4096), 0, 4096};
     int prom = wants_prometheus(req);
     if (prom)
@@ -269,7 +271,6 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     else
         render_json(&o, rows, n, num_threads);
     free(rows);
-    free(threads);
 
     h2o_iovec_t body = h2o_strdup(&req->pool, o.buf, o.len);
     free(o.buf);

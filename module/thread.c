@@ -10,18 +10,22 @@
 
 __thread h2o_db_thread_t *h2o_db_thread;
 
+__thread int h2o_db_thread_start_failed;
+
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static h2o_db_thread_t **registry;
 static size_t registry_size;
 
-size_t h2o_db_threads_snapshot(h2o_db_thread_t ***threads)
+size_t h2o_db_threads_lock(h2o_db_thread_t *const **threads)
 {
     pthread_mutex_lock(&registry_lock);
-    size_t n = registry_size;
-    *threads = malloc(sizeof(**threads) * (n + 1));
-    memcpy(*threads, registry, sizeof(**threads) * n);
+    *threads = registry;
+    return registry_size;
+}
+
+void h2o_db_threads_unlock(void)
+{
     pthread_mutex_unlock(&registry_lock);
-    return n;
 }
 
 static void run_later(uv_idle_t *idle)
@@ -72,6 +76,17 @@ static void on_check(uv_check_t *check)
 static void on_prepare(uv_prepare_t *prepare)
 {
     run_flushers(prepare->data);
+}
+
+void h2o_db_on_dispose(h2o_db_thread_t *thread, h2o_db_disposer_t *disposer)
+{
+    h2o_linklist_insert(&thread->disposers, &disposer->link);
+}
+
+void h2o_db_on_dispose_cancel(h2o_db_disposer_t *disposer)
+{
+    if (h2o_linklist_is_linked(&disposer->link))
+        h2o_linklist_unlink(&disposer->link);
 }
 
 void h2o_db_flush_later(h2o_db_thread_t *thread, h2o_db_flusher_t *flusher)
@@ -184,6 +199,11 @@ static void dispose_thread(void *data)
         }
     }
     pthread_mutex_unlock(&registry_lock);
+    while (!h2o_linklist_is_empty(&thread->disposers)) {
+        h2o_db_disposer_t *d = H2O_STRUCT_FROM_MEMBER(h2o_db_disposer_t, link, thread->disposers.next);
+        h2o_linklist_unlink(&d->link);
+        d->cb(d);
+    }
     for (size_t i = 0; i < thread->num_pools; ++i)
         if (thread->pools[i] != NULL)
             h2o_db_pool_destroy(thread->pools[i]);
@@ -208,6 +228,7 @@ h2o_db_thread_t *h2o_db_thread_init(h2o_context_t *ctx)
     t->ctx = ctx;
     h2o_linklist_init_anchor(&t->later);
     h2o_linklist_init_anchor(&t->flushers);
+    h2o_linklist_init_anchor(&t->disposers);
     uv_idle_init(t->loop, &t->later_idle);
     t->later_idle.data = t;
     uv_check_init(t->loop, &t->flush_check);

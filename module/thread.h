@@ -26,6 +26,13 @@ typedef struct st_h2o_db_flusher_t {
     void (*cb)(struct st_h2o_db_flusher_t *flusher);
 } h2o_db_flusher_t;
 
+/* Something to run when the thread's state is disposed, before its pools are destroyed:
+ * background work that uses the pools (two-phase resolvers) stops there. */
+typedef struct st_h2o_db_disposer_t {
+    h2o_linklist_t link;
+    void (*cb)(struct st_h2o_db_disposer_t *disposer);
+} h2o_db_disposer_t;
+
 typedef struct st_h2o_db_thread_t {
     uv_loop_t *loop;
     h2o_context_t *ctx;
@@ -42,6 +49,7 @@ typedef struct st_h2o_db_thread_t {
     h2o_linklist_t later;
     uv_idle_t later_idle;
     h2o_linklist_t flushers;
+    h2o_linklist_t disposers;
     uv_check_t flush_check;
     uv_prepare_t flush_prepare;
     /* set while a user callback runs, so that a dispose inside it (h2o_send → dispose)
@@ -50,6 +58,11 @@ typedef struct st_h2o_db_thread_t {
     int delivering_gone;
     int closing;
 } h2o_db_thread_t;
+
+/* Set (after printing why) by a handler's on_context_init that cannot start on the calling
+ * thread (mruby: its state or app failed); the server checks it once the thread's context is
+ * made and refuses to start instead of serving without that handler. */
+extern __thread int h2o_db_thread_start_failed;
 
 /* The calling thread's state, or NULL when h2o-db was never used on it. */
 extern __thread h2o_db_thread_t *h2o_db_thread;
@@ -60,6 +73,10 @@ h2o_db_thread_t *h2o_db_thread_init(h2o_context_t *ctx);
 /* Runs later->cb on the next loop iteration (not before the current call returns). */
 void h2o_db_later(h2o_db_thread_t *thread, h2o_db_later_t *later);
 void h2o_db_later_cancel(h2o_db_later_t *later);
+
+/* Runs disposer->cb when the thread is disposed (owner thread; cancel before freeing it). */
+void h2o_db_on_dispose(h2o_db_thread_t *thread, h2o_db_disposer_t *disposer);
+void h2o_db_on_dispose_cancel(h2o_db_disposer_t *disposer);
 
 /* Registers a flusher for the next loop iteration (a no-op when already registered). */
 void h2o_db_flush_later(h2o_db_thread_t *thread, h2o_db_flusher_t *flusher);
@@ -81,7 +98,11 @@ static inline uint64_t h2o_db_now(h2o_db_thread_t *thread)
     return uv_now(thread->loop);
 }
 
-/* Every thread state created so far (for the status page); the array grows under a lock. */
-size_t h2o_db_threads_snapshot(h2o_db_thread_t ***threads);
+/* Every live thread state (for the status page): returns how many and sets *threads, holding
+ * the registry's lock until h2o_db_threads_unlock(). Meanwhile no thread disposes its pools (a
+ * thread leaves the registry under that lock before it destroys them), so they can be read; read
+ * their numbers with relaxed atomic loads (pool.h). Any thread; do not block while holding it. */
+size_t h2o_db_threads_lock(h2o_db_thread_t *const **threads);
+void h2o_db_threads_unlock(void);
 
 #endif

@@ -187,6 +187,8 @@ Exit:
 static const uint64_t attempt_delays_ms[] = {500, 3000, 20000};
 
 struct resolver {
+    h2o_db_disposer_t disposer; /* the thread's end stops it */
+    h2o_linklist_t steps;       /* callbacks' data still out */
     h2o_db_thread_t *thread;
     h2o_db_bind_t *bind;
     char txn[96];
@@ -199,9 +201,25 @@ struct resolver {
 };
 
 struct step {
+    h2o_linklist_t link; /* r->steps */
     struct resolver *r;
     size_t index;
 };
+
+static struct step *new_step(struct resolver *r, size_t index)
+{
+    struct step *st = calloc(1, sizeof(*st));
+    st->r = r;
+    st->index = index;
+    h2o_linklist_insert(&r->steps, &st->link);
+    return st;
+}
+
+static void free_step(struct step *st)
+{
+    h2o_linklist_unlink(&st->link);
+    free(st);
+}
 
 static void attempt_done(struct resolver *r);
 
@@ -209,7 +227,7 @@ static void on_resolved_one(h2o_db_result_t *result, void *data)
 {
     struct step *st = data;
     struct resolver *r = st->r;
-    free(st);
+    free_step(st);
     if (--r->awaiting == 0)
         attempt_done(r);
 }
@@ -225,8 +243,7 @@ static void on_gids(h2o_db_result_t *result, void *data)
                 continue;
             char sql[256];
             snprintf(sql, sizeof(sql), "%s PREPARED '%s'", r->decided ? "COMMIT" : "ROLLBACK", gid);
-            struct step *next = malloc(sizeof(*next));
-            *next = (struct step){r, st->index};
+            struct step *next = new_step(r, st->index);
             ++r->awaiting;
             h2o_db_op_t *op =
                 h2o_db_session_enqueue(r->sessions[st->index], H2O_DB_OP_QUERY, sql, 0, NULL, 0, on_resolved_one, next);
@@ -235,7 +252,7 @@ static void on_gids(h2o_db_result_t *result, void *data)
                     r->decided ? "committing" : "rolling back", gid);
         }
     }
-    free(st);
+    free_step(st);
     if (--r->awaiting == 0)
         attempt_done(r);
 }
@@ -244,8 +261,7 @@ static void query_gids(struct resolver *r)
 {
     r->awaiting = r->n;
     for (size_t i = 0; i < r->n; ++i) {
-        struct step *st = malloc(sizeof(*st));
-        *st = (struct step){r, i};
+        struct step *st = new_step(r, i);
         const char *params[] = {r->txn};
         h2o_db_session_enqueue(
             r->sessions[i], H2O_DB_OP_QUERY,
@@ -258,7 +274,7 @@ static void on_decision(h2o_db_result_t *result, void *data)
 {
     struct step *st = data;
     struct resolver *r = st->r;
-    free(st);
+    free_step(st);
     r->decided = h2o_db_result_status(result) == H2O_DB_OK && h2o_db_result_rows(result) > 0;
     query_gids(r);
 }
@@ -270,8 +286,7 @@ static void on_timer(uv_timer_t *timer)
     r->sessions[0] = h2o_db_session_open_bind(r->thread, r->bind);
     for (size_t i = 1; i < r->n; ++i)
         r->sessions[i] = h2o_db_session_open_bind(r->thread, r->bind->partitions.entries[i - 1].bind);
-    struct step *st = malloc(sizeof(*st));
-    *st = (struct step){r, 0};
+    struct step *st = new_step(r, 0);
     const char *params[] = {r->txn};
     h2o_db_session_enqueue(r->sessions[0], H2O_DB_OP_QUERY, "SELECT 1 FROM " H2O_DB_TWOPHASE_TABLE " WHERE txn = $1", 1, params, 0,
                            on_decision, st);
@@ -280,6 +295,23 @@ static void on_timer(uv_timer_t *timer)
 static void free_resolver(uv_handle_t *handle)
 {
     free(handle->data);
+}
+
+/* The thread ends while the resolver waits or works: stop it (what it did not resolve stays for
+ * the next start-up's recovery). */
+static void on_thread_dispose(h2o_db_disposer_t *disposer)
+{
+    struct resolver *r = H2O_STRUCT_FROM_MEMBER(struct resolver, disposer, disposer);
+    if (r->sessions != NULL) {
+        for (size_t i = 0; i < r->n; ++i)
+            h2o_db_session_close(r->sessions[i]); /* none of their callbacks runs afterwards */
+        free(r->sessions);
+        r->sessions = NULL;
+    }
+    while (!h2o_linklist_is_empty(&r->steps))
+        free_step(H2O_STRUCT_FROM_MEMBER(struct step, link, r->steps.next));
+    uv_timer_stop(&r->timer);
+    uv_close((uv_handle_t *)&r->timer, free_resolver);
 }
 
 static void close_sessions_later(h2o_db_later_t *later);
@@ -312,6 +344,7 @@ static void attempt_done(struct resolver *r)
         uv_timer_start(&r->timer, on_timer, attempt_delays_ms[r->attempt], 0);
         return;
     }
+    h2o_db_on_dispose_cancel(&r->disposer);
     uv_close((uv_handle_t *)&r->timer, free_resolver);
 }
 
@@ -324,6 +357,9 @@ void h2o_db_twophase_resolve_later(h2o_db_thread_t *thread, h2o_db_bind_t *bind,
     r->bind = bind;
     r->n = 1 + bind->partitions.size;
     snprintf(r->txn, sizeof(r->txn), "%s", txn);
+    h2o_linklist_init_anchor(&r->steps);
+    r->disposer.cb = on_thread_dispose;
+    h2o_db_on_dispose(thread, &r->disposer);
     uv_timer_init(thread->loop, &r->timer);
     r->timer.data = r;
     uv_timer_start(&r->timer, on_timer, attempt_delays_ms[0], 0);

@@ -77,8 +77,8 @@ static char *tcp_url(int backend, int port, const char *user)
 enum { FWD_PROXY, FWD_DROP };
 
 struct fwd {
-    int fd, port, target, mode;
-    volatile int stop;
+    int fd, port, target;
+    int mode, stop; /* written by the test, read by the forwarder's thread: __atomic */
     pthread_t thread;
 };
 
@@ -120,14 +120,14 @@ static int connect_to(int port)
 static void *fwd_main(void *arg)
 {
     struct fwd *f = arg;
-    while (!f->stop) {
+    while (!__atomic_load_n(&f->stop, __ATOMIC_RELAXED)) {
         struct pollfd pfd = {f->fd, POLLIN, 0};
         if (poll(&pfd, 1, 50) <= 0)
             continue;
         int client = accept(f->fd, NULL, NULL);
         if (client < 0)
             continue;
-        int server = f->mode == FWD_PROXY ? connect_to(f->target) : -1;
+        int server = __atomic_load_n(&f->mode, __ATOMIC_RELAXED) == FWD_PROXY ? connect_to(f->target) : -1;
         if (server < 0) {
             close(client); /* FWD_DROP: the server "dies" during the handshake */
             continue;
@@ -159,7 +159,7 @@ static void fwd_start(struct fwd *f, int mode)
 
 static void fwd_stop(struct fwd *f)
 {
-    f->stop = 1;
+    __atomic_store_n(&f->stop, 1, __ATOMIC_RELAXED);
     pthread_join(f->thread, NULL);
     close(f->fd);
 }
@@ -313,7 +313,7 @@ START_TEST(server_drops_connections_while_connecting_then_serves)
     fwd_start(&f, FWD_DROP);
     start(url);
     expect_unavailable(what, "08");
-    f.mode = FWD_PROXY;
+    __atomic_store_n(&f.mode, FWD_PROXY, __ATOMIC_RELAXED);
     expect_recovery(what);
     stop();
     fwd_stop(&f);

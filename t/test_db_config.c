@@ -1,5 +1,5 @@
 /*
- * db.bind / db.use configuration through `h2o-db -t` (DESIGN §1.1, §1.2, §1.5):
+ * db.bind / db.use configuration through `h2o-db -t` (docs/directives/db.bind.md, db.use.md):
  * every config error exits 1 with FILE:LINE:COLUMN and says what is wrong (and,
  * for duplicates, where the other place is); every URL form users write parses;
  * no password written in a URL ever appears in the output.

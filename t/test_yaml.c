@@ -16,7 +16,7 @@ static yoml_t *load(const char *text, char *err)
 
 START_TEST(layout_matches_libh2o_2_2_5)
 {
-    /* DESIGN §6: the compiled library reads these offsets */
+    /* docs/architecture.md: the compiled library reads these offsets */
     ck_assert_uint_eq(offsetof(yoml_t, type), 0);
     ck_assert_uint_eq(offsetof(yoml_t, filename), 8);
     ck_assert_uint_eq(offsetof(yoml_t, line), 16);

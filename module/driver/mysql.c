@@ -266,12 +266,12 @@ static int start_job(h2o_db_mysql_conn_t *c)
     if (!job->no_cache && c->cache.capacity != 0) {
         h2o_db_stmt_t *entry = h2o_db_stmt_cache_get(&c->cache, job->sql.base, job->sql.len);
         if (entry != NULL && entry->value != NULL) {
-            ++pool->stats.cache_hits;
+            H2O_DB_INC(pool->stats.cache_hits);
             c->entry = entry;
             c->current = entry->value;
             return start_execute(c);
         }
-        ++pool->stats.cache_misses;
+        H2O_DB_INC(pool->stats.cache_misses);
     }
     /* prepare it */
     const char *sqlstate;

@@ -320,9 +320,9 @@ static void send_statement(h2o_db_pg_conn_t *c, h2o_db_op_t *op, const char *sql
         h2o_db_stmt_t *stmt = h2o_db_stmt_cache_get(&c->cache, op->sql, op->sql_len);
         int prepare = 0;
         if (stmt != NULL) {
-            ++pool->stats.cache_hits;
+            H2O_DB_INC(pool->stats.cache_hits);
         } else {
-            ++pool->stats.cache_misses;
+            H2O_DB_INC(pool->stats.cache_misses);
             /* (an eviction here queues its DEALLOCATE before this statement's segment) */
             if ((stmt = h2o_db_stmt_cache_put(&c->cache, op->sql, op->sql_len)) == NULL)
                 goto Unnamed;

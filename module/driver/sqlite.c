@@ -586,9 +586,9 @@ static void on_async(uv_async_t *async)
         case JOB_EXEC:
             if (job->cacheable) {
                 if (job->cache_hit)
-                    ++c->super.pool->stats.cache_hits;
+                    H2O_DB_INC(c->super.pool->stats.cache_hits);
                 else
-                    ++c->super.pool->stats.cache_misses;
+                    H2O_DB_INC(c->super.pool->stats.cache_misses);
             }
             if (c->super.state == H2O_DB_CONN_READY) {
                 h2o_db_result_t r;

@@ -32,6 +32,7 @@
 #include <mruby/string.h>
 #include <mruby/variable.h>
 #include "mruby/internal.h"
+#include "thread.h"
 #include "mruby/prelude.h"
 
 struct st_h2o_db_mruby_handler_t {
@@ -671,7 +672,8 @@ static void on_context_init(h2o_handler_t *_self, h2o_context_t *ctx)
     if (vm == NULL) {
         if ((vm = vm_open(err, sizeof(err))) == NULL) {
             fprintf(stderr, "h2o-db: %s\n", err);
-            exit(1);
+            h2o_db_thread_start_failed = 1; /* the server refuses to start */
+            return;
         }
         h2o_db_mruby_thread_vm = vm;
     }
@@ -681,7 +683,9 @@ static void on_context_init(h2o_handler_t *_self, h2o_context_t *ctx)
     if (compile_app(vm, self, &app, err, sizeof(err)) != 0) {
         /* it compiled and ran at config time: something of the environment changed */
         fprintf(stderr, "%s:%u: mruby handler failed to start on a worker thread: %s\n", self->filename, self->lineno, err);
-        exit(1);
+        h2o_db_thread_start_failed = 1; /* the server refuses to start */
+        mrb_gc_arena_restore(vm->mrb, ai);
+        return;
     }
     mrb_ary_set(vm->mrb, vm->apps, (mrb_int)self->index, app);
     mrb_gc_arena_restore(vm->mrb, ai);

@@ -36,7 +36,7 @@ typedef struct st_h2o_db_server_t {
     char *pid_file;
     h2o_db_worker_t *workers;
     pthread_barrier_t ready;
-    volatile int start_failed;
+    int start_failed; /* a worker could not start: set by workers before the barrier (__atomic) */
 } h2o_db_server_t;
 
 /* Registers listen, num-threads, error-log, pid-file (global level) into `server`. */

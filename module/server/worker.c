@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include "server/server.h"
+#include "thread.h"
 
 struct client {
     uv_tcp_t tcp; /* first: h2o hands this back to on_client_close */
@@ -146,23 +147,26 @@ static void *worker_main(void *arg)
     w->accept_ctx.ctx = &w->ctx;
     w->accept_ctx.hosts = server->globalconf.hosts;
 
+    /* a handler that cannot start on this thread (mruby) said so while the context was made */
+    if (h2o_db_thread_start_failed)
+        __atomic_store_n(&server->start_failed, 1, __ATOMIC_RELAXED);
+
+    /* nothing is accepted before uv_run, so listening here still starts every thread together */
     w->listeners = calloc(server->listens.size, sizeof(*w->listeners));
     for (size_t i = 0; i < server->listens.size; ++i) {
         uv_tcp_init(&w->loop, &w->listeners[i]);
         uv_tcp_open(&w->listeners[i], server->listens.entries[i].fds[w->index]);
         w->listeners[i].data = w;
-    }
-
-    pthread_barrier_wait(&server->ready);
-    if (server->start_failed)
-        return NULL;
-    for (size_t i = 0; i < server->listens.size; ++i) {
         int err = uv_listen((uv_stream_t *)&w->listeners[i], 1024, on_accept);
         if (err != 0) {
             fprintf(stderr, "h2o-db: cannot listen on %s: %s\n", server->listens.entries[i].display, uv_strerror(err));
-            exit(1);
+            __atomic_store_n(&server->start_failed, 1, __ATOMIC_RELAXED);
         }
     }
+
+    pthread_barrier_wait(&server->ready);
+    if (__atomic_load_n(&server->start_failed, __ATOMIC_RELAXED))
+        return NULL; /* the main thread reports it and exits 1 */
 
     uv_run(&w->loop, UV_RUN_DEFAULT);
 
@@ -275,6 +279,12 @@ int h2o_db_server_run(h2o_db_server_t *server)
         }
     }
     pthread_barrier_wait(&server->ready);
+    if (__atomic_load_n(&server->start_failed, __ATOMIC_RELAXED)) {
+        for (unsigned i = 0; i < server->num_threads; ++i)
+            pthread_join(server->workers[i].tid, NULL);
+        fprintf(stderr, "h2o-db: a worker thread could not start (see above); exiting\n");
+        return 1;
+    }
 
     int sig;
     sigwait(&sigs, &sig);

@@ -34,7 +34,7 @@
 #define BACKOFF_MAX_MS 250
 
 /* The cleanup ROLLBACK of a transaction whose request ended: its ring entry points here. */
-static h2o_db_op_t cleanup_op = {.kind = H2O_DB_OP_ROLLBACK, .sql = "ROLLBACK", .sql_len = 8};
+static h2o_db_op_t cleanup_op = {.kind = H2O_DB_OP_ROLLBACK, .wire = {.kind = H2O_DB_WIRE_ROLLBACK}};
 
 static void conn_close(h2o_db_conn_t *conn);
 
@@ -146,7 +146,18 @@ static void conn_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
         if (pool->bind->pool.statement_timeout != 0)
             h2o_timeout_link(pool->thread->loop, &pool->statement_timeout, &op->timeout);
     }
-    DRIVER_CALL(pool, pool->bind->driver->send(conn, op));
+    /* the wire statement: a failed transaction's COMMIT goes as ROLLBACK (the session answers it
+     * as the error it is) */
+    if (op != &cleanup_op) {
+        static const h2o_db_wire_kind_t kinds[] = {[H2O_DB_OP_QUERY] = H2O_DB_WIRE_QUERY,
+                                                   [H2O_DB_OP_BEGIN] = H2O_DB_WIRE_BEGIN,
+                                                   [H2O_DB_OP_COMMIT] = H2O_DB_WIRE_COMMIT,
+                                                   [H2O_DB_OP_ROLLBACK] = H2O_DB_WIRE_ROLLBACK};
+        op->wire = (h2o_db_wire_t){kinds[op->kind], op->sql, op->sql_len, op->nparams, op->params, op->no_cache};
+        if (op->kind == H2O_DB_OP_COMMIT && op->failed_commit)
+            op->wire.kind = H2O_DB_WIRE_ROLLBACK, op->wire.sql = NULL;
+    }
+    DRIVER_CALL(pool, pool->bind->driver->send(conn, &op->wire));
 }
 
 static int conn_has_room(h2o_db_conn_t *conn)

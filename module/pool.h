@@ -14,6 +14,7 @@
 #include "thread.h"
 
 typedef struct st_h2o_db_session_t h2o_db_session_t;
+typedef struct st_h2o_db_op_t h2o_db_op_t;
 
 enum { H2O_DB_CONN_CONNECTING, H2O_DB_CONN_READY, H2O_DB_CONN_CLOSED };
 

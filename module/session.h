@@ -41,6 +41,7 @@ struct st_h2o_db_op_t {
     h2o_db_status_t status;
     const char *sqlstate;
     const char *message;
+    h2o_db_wire_t wire; /* what the driver is given when it is sent (pool.c fills it) */
 };
 
 struct st_h2o_db_session_t {
@@ -108,22 +109,6 @@ void h2o_db_session_abort(h2o_db_session_t *s, h2o_db_status_t status, const cha
 /* client.c */
 void h2o_db_client_busy(h2o_db_reqstate_t *rs);
 void h2o_db_client_idle(h2o_db_reqstate_t *rs);
-
-/* The SQL an op sends: its own, or BEGIN (as the backend spells it: `begin`), COMMIT, ROLLBACK;
- * the COMMIT of a transaction that had failed is sent as ROLLBACK (and answered as an error). */
-static inline const char *h2o_db_op_sql(const h2o_db_op_t *op, const char *begin)
-{
-    switch (op->kind) {
-    case H2O_DB_OP_BEGIN:
-        return begin;
-    case H2O_DB_OP_COMMIT:
-        return op->failed_commit ? "ROLLBACK" : op->sql != NULL ? op->sql : "COMMIT";
-    case H2O_DB_OP_ROLLBACK:
-        return op->sql != NULL ? op->sql : "ROLLBACK";
-    default:
-        return op->sql;
-    }
-}
 
 /* Called by the pool: the statement is answered; runs the callback (unless its request is gone)
  * and keeps the transaction state. Returns 0 if the session may be used afterwards, -1 if the

@@ -31,12 +31,41 @@
 
 typedef struct st_h2o_db_pool_t h2o_db_pool_t;
 typedef struct st_h2o_db_conn_t h2o_db_conn_t;
-typedef struct st_h2o_db_op_t h2o_db_op_t;
+
+/* What a driver sends: one statement, as the wire sees it (the pool makes it from a session's
+ * statement; valid during send() only: a driver copies what it keeps). */
+typedef enum { H2O_DB_WIRE_QUERY, H2O_DB_WIRE_BEGIN, H2O_DB_WIRE_COMMIT, H2O_DB_WIRE_ROLLBACK } h2o_db_wire_kind_t;
+
+typedef struct st_h2o_db_wire_t {
+    h2o_db_wire_kind_t kind;
+    /* QUERY: the statement. BEGIN: NULL (the driver's own spelling). COMMIT, ROLLBACK: NULL for the
+     * plain statement, or what to send instead (COMMIT PREPARED '...', PREPARE TRANSACTION '...') */
+    const char *sql;
+    size_t sql_len;
+    size_t nparams;
+    const char *const *params; /* NUL-terminated; NULL = SQL NULL */
+    int no_cache;              /* one-off SQL: not for a statement cache */
+} h2o_db_wire_t;
+
+/* The text to send for w; `begin` is the backend's BEGIN. */
+static inline const char *h2o_db_wire_sql(const h2o_db_wire_t *w, const char *begin)
+{
+    switch (w->kind) {
+    case H2O_DB_WIRE_BEGIN:
+        return begin;
+    case H2O_DB_WIRE_COMMIT:
+        return w->sql != NULL ? w->sql : "COMMIT";
+    case H2O_DB_WIRE_ROLLBACK:
+        return w->sql != NULL ? w->sql : "ROLLBACK";
+    default:
+        return w->sql;
+    }
+}
 
 struct st_h2o_db_driver_t {
     const char *name;
     h2o_db_conn_t *(*open)(h2o_db_pool_t *pool);
-    void (*send)(h2o_db_conn_t *conn, h2o_db_op_t *op);
+    void (*send)(h2o_db_conn_t *conn, const h2o_db_wire_t *stmt);
     void (*close)(h2o_db_conn_t *conn);
     /* optional: stops what runs on a pinned connection whose request ended (never called for a
      * shared one); when done (also on failure), the driver calls h2o_db_conn_cancelled */

@@ -91,13 +91,13 @@ static h2o_db_mysql_job_t *current_job(h2o_db_mysql_conn_t *c)
 }
 
 /* The pool sends a statement: it is copied into the FIFO and runs when the connection is free. */
-static void my_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
+static void my_send(h2o_db_conn_t *conn, const h2o_db_wire_t *op)
 {
     h2o_db_mysql_conn_t *c = (h2o_db_mysql_conn_t *)conn;
     if (c->phase != H2O_DB_MYSQL_READY)
         return; /* failing already: the pool answers everything in flight */
-    const char *sql = h2o_db_op_sql(op, "START TRANSACTION");
-    int text = op->kind != H2O_DB_OP_QUERY;
+    const char *sql = h2o_db_wire_sql(op, "START TRANSACTION");
+    int text = op->kind != H2O_DB_WIRE_QUERY;
     h2o_db_mysql_job_t *job = push_job(c);
     int ok = job != NULL;
     if (ok) {
@@ -144,12 +144,12 @@ static int is_rollback_to(const char *sql)
 static void track_txn(h2o_db_mysql_conn_t *c, h2o_db_mysql_job_t *job, h2o_db_result_t *r)
 {
     switch (job->kind) {
-    case H2O_DB_OP_BEGIN:
+    case H2O_DB_WIRE_BEGIN:
         c->in_txn = r->status == H2O_DB_OK;
         c->txn_failed = 0;
         break;
-    case H2O_DB_OP_COMMIT:
-    case H2O_DB_OP_ROLLBACK:
+    case H2O_DB_WIRE_COMMIT:
+    case H2O_DB_WIRE_ROLLBACK:
         if (job->commit_as_rollback && r->status == H2O_DB_OK)
             h2o_db_result_init_error(r, H2O_DB_SQL_ERROR, "25P02",
                                      "the transaction had failed, so it was rolled back instead of committed");
@@ -249,9 +249,9 @@ static int start_job(h2o_db_mysql_conn_t *c)
     c->entry = NULL;
     c->drop_rows = 0;
     if (c->txn_failed) {
-        if (job->kind == H2O_DB_OP_QUERY && !is_rollback_to(job->sql.base))
+        if (job->kind == H2O_DB_WIRE_QUERY && !is_rollback_to(job->sql.base))
             return refuse(c, "25P02", "current transaction is aborted, commands ignored until end of transaction block");
-        if (job->kind == H2O_DB_OP_COMMIT) {
+        if (job->kind == H2O_DB_WIRE_COMMIT) {
             job->sql.len = 0;
             if (buf_add(&job->sql, "ROLLBACK", 9) != 0)
                 return refuse(c, "53200", "out of memory");

@@ -16,7 +16,7 @@
 #include "driver/buf.h"
 #include "driver/stmt_cache.h"
 #include "pool.h"
-#include "session.h"
+#include "pool.h"
 
 /* where a connection is in its life (c->phase) */
 enum { H2O_DB_MYSQL_RESOLVE, H2O_DB_MYSQL_CONNECT, H2O_DB_MYSQL_SETUP, H2O_DB_MYSQL_READY, H2O_DB_MYSQL_BROKEN };
@@ -44,7 +44,7 @@ typedef struct st_h2o_db_mysql_param_t {
 
 /* A statement the pool sent, copied (the pool may forget its op before it runs). */
 typedef struct st_h2o_db_mysql_job_t {
-    h2o_db_op_kind_t kind;
+    h2o_db_wire_kind_t kind;
     int text;               /* a text query (BEGIN, COMMIT, ROLLBACK) rather than a prepared statement */
     int no_cache;           /* one-off SQL: not for the statement cache */
     int commit_as_rollback; /* a COMMIT of a transaction that failed here: sent as ROLLBACK, answered 25P02 */

@@ -19,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include "driver/postgres.h"
-#include "session.h"
 
 /* PQcancel blocks (it opens a connection of its own): it runs on libuv's thread pool */
 struct cancel_work {
@@ -297,12 +296,12 @@ static void on_evict(void *ctx, h2o_db_stmt_t *stmt)
         send_failed(c);
 }
 
-static void send_statement(h2o_db_pg_conn_t *c, h2o_db_op_t *op, const char *sql);
+static void send_statement(h2o_db_pg_conn_t *c, const h2o_db_wire_t *op, const char *sql);
 
-static void pg_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
+static void pg_send(h2o_db_conn_t *conn, const h2o_db_wire_t *op)
 {
     h2o_db_pg_conn_t *c = (h2o_db_pg_conn_t *)conn;
-    const char *sql = h2o_db_op_sql(op, "BEGIN");
+    const char *sql = h2o_db_wire_sql(op, "BEGIN");
     if (c->phase != H2O_DB_PG_READY)
         return; /* failing already: the pool answers everything in flight */
     c->in_call = 1;
@@ -310,12 +309,12 @@ static void pg_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
     c->in_call = 0;
 }
 
-static void send_statement(h2o_db_pg_conn_t *c, h2o_db_op_t *op, const char *sql)
+static void send_statement(h2o_db_pg_conn_t *c, const h2o_db_wire_t *op, const char *sql)
 {
     h2o_db_pool_t *pool = c->super.pool;
 
     int ok;
-    if (op->kind == H2O_DB_OP_QUERY && !op->no_cache && c->cache.capacity != 0) {
+    if (op->kind == H2O_DB_WIRE_QUERY && !op->no_cache && c->cache.capacity != 0) {
         char name[32];
         h2o_db_stmt_t *stmt = h2o_db_stmt_cache_get(&c->cache, op->sql, op->sql_len);
         int prepare = 0;
@@ -336,7 +335,7 @@ static void send_statement(h2o_db_pg_conn_t *c, h2o_db_op_t *op, const char *sql
              PQsendQueryPrepared(c->pg, name, (int)op->nparams, op->params, NULL, NULL, 0) && PQpipelineSync(c->pg);
     } else {
     Unnamed:
-        push_segment(c)->commit = op->kind == H2O_DB_OP_COMMIT && !op->failed_commit && op->sql == NULL;
+        push_segment(c)->commit = op->kind == H2O_DB_WIRE_COMMIT && op->sql == NULL;
         ok = PQsendQueryParams(c->pg, sql, (int)op->nparams, NULL, op->params, NULL, NULL, 0) && PQpipelineSync(c->pg);
     }
     if (!ok) {

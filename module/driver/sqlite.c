@@ -26,7 +26,6 @@
 #include "driver/stmt_cache.h"
 #include "driver/text.h"
 #include "pool.h"
-#include "session.h"
 
 #define MAX_RESULT_BYTES (64u * 1024 * 1024)
 
@@ -654,22 +653,22 @@ static h2o_db_conn_t *sq_open(h2o_db_pool_t *pool)
     return &c->super;
 }
 
-static void sq_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
+static void sq_send(h2o_db_conn_t *conn, const h2o_db_wire_t *op)
 {
     struct sq_conn *c = (struct sq_conn *)conn;
     struct job *job = next_job(c, JOB_EXEC);
     /* BEGIN IMMEDIATE takes the write lock at once: a deferred BEGIN that writes later can deadlock
      * on the upgrade */
-    const char *sql = h2o_db_op_sql(op, "BEGIN IMMEDIATE");
+    const char *sql = h2o_db_wire_sql(op, "BEGIN IMMEDIATE");
     job->sql.len = 0;
     job->params.len = 0;
     job->param_null.len = 0;
     job->nparams = op->nparams;
-    job->cacheable = op->kind == H2O_DB_OP_QUERY && !op->no_cache;
-    job->txn = op->kind == H2O_DB_OP_BEGIN                                      ? TXN_BEGIN
-               : op->kind == H2O_DB_OP_COMMIT && !op->failed_commit             ? TXN_COMMIT
-               : op->kind == H2O_DB_OP_ROLLBACK || op->kind == H2O_DB_OP_COMMIT ? TXN_ROLLBACK
-                                                                                : 0;
+    job->cacheable = op->kind == H2O_DB_WIRE_QUERY && !op->no_cache;
+    job->txn = op->kind == H2O_DB_WIRE_BEGIN      ? TXN_BEGIN
+               : op->kind == H2O_DB_WIRE_COMMIT   ? TXN_COMMIT
+               : op->kind == H2O_DB_WIRE_ROLLBACK ? TXN_ROLLBACK
+                                                  : 0;
     int failed = buf_add(&job->sql, sql, strlen(sql) + 1) != 0;
     job->sql.len -= 1; /* the NUL stays, the length does not count it */
     for (size_t i = 0; i < op->nparams && !failed; ++i) {

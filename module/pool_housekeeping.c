@@ -9,6 +9,7 @@
  *                republished once per loop iteration after a change
  *   creation and destruction of a pool (one per bind per worker thread)
  */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include "pool.h"
@@ -169,13 +170,16 @@ void h2o_db_pool_destroy(h2o_db_pool_t *pool)
         conn->state = H2O_DB_CONN_READY; /* so that h2o_db_conn_failed answers what is in flight */
         h2o_db_conn_failed(conn, "57P01", "the server is shutting down");
     }
-    pool->closing = 3; /* 1 + two timer handles */
+    /* the pool is freed once all its handles are closed, in whatever order libuv finishes them:
+     * its two timers, and the uv_timer_t that each of libh2o's timeouts embeds (h2o_timeout_dispose
+     * would close that one without a callback; this does what it does, with one) */
+    h2o_timeout_t *timeouts[] = {&pool->acquire_timeout, &pool->statement_timeout, &pool->request_timeout};
+    pool->closing = 1 + 2 + sizeof(timeouts) / sizeof(timeouts[0]);
     uv_close((uv_handle_t *)&pool->retry_timer, on_pool_handle_closed);
     uv_close((uv_handle_t *)&pool->housekeeping, on_pool_handle_closed);
-    /* libh2o's timeouts embed their uv_timer_t in the pool and close it without a callback; libuv
-     * finishes closes in the reverse order of uv_close(), so closing them last lets them finish
-     * before the callbacks above free the pool */
-    h2o_timeout_dispose(pool->thread->loop, &pool->acquire_timeout);
-    h2o_timeout_dispose(pool->thread->loop, &pool->statement_timeout);
-    h2o_timeout_dispose(pool->thread->loop, &pool->request_timeout);
+    for (size_t i = 0; i < sizeof(timeouts) / sizeof(timeouts[0]); ++i) {
+        assert(h2o_linklist_is_empty(&timeouts[i]->_entries));
+        timeouts[i]->_backend.timer.data = pool;
+        uv_close((uv_handle_t *)&timeouts[i]->_backend.timer, on_pool_handle_closed);
+    }
 }

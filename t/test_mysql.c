@@ -2,10 +2,12 @@
  * The MySQL / MariaDB backend against a real MariaDB (scripts/test starts one: see
  * h2o_db_start_mariadb in scripts/test-servers.sh) and the real h2o-db binary:
  * placeholders, typed JSON, SQLSTATEs, transactions, the pool's cap seen from the
- * server, healing after a server restart, the three-backend example, and passwords
- * that never show.
+ * server, healing after the server went away (through a forwarder that cuts connections and
+ * refuses new ones: the real MariaDB is shared with other suites), the three-backend example,
+ * and passwords that never show.
  *
- * Direct checks go through libmariadb as root on the server's unix socket.
+ * Direct checks go through libmariadb as root on the server's unix socket. The suite works in
+ * a database of its own (h2o_test_mysql), which it makes afresh.
  */
 #include <errno.h>
 #include <mysql.h>
@@ -13,6 +15,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include "harness.h"
@@ -20,10 +26,26 @@
 #define HANDLERS      "@BUILD@/t/db_handlers.so"
 #define PASSWORD_PART "s3cr" /* of the test user's password (Zq7:s3cr@t/pw) */
 
+/* This suite's own database on the shared MariaDB (made afresh by main): other suites (test_connect)
+ * connect to H2O_DB_TEST_MYSQL's h2o_test as the same user, and the processlist tells them apart by
+ * database only. */
+#define MY_DB "h2o_test_mysql"
+
+/* H2O_DB_TEST_MYSQL with the database MY_DB; NULL when absent. */
 static const char *mysql_url(void)
 {
+    static char url[1024];
     const char *u = getenv("H2O_DB_TEST_MYSQL");
-    return u != NULL && *u ? u : NULL;
+    if (u == NULL || *u == '\0' || strlen(u) > sizeof(url) - sizeof(MY_DB) - 2)
+        return NULL;
+    const char *slash = strrchr(u, '/');
+    if (slash == NULL)
+        return NULL;
+    if (url[0] == '\0') {
+        const char *query = strchr(slash, '?');
+        snprintf(url, sizeof(url), "%.*s/" MY_DB "%s", (int)(slash - u), u, query != NULL ? query : "");
+    }
+    return url;
 }
 
 #define require_mysql() ck_assert_msg(mysql_url() != NULL, "no MariaDB: run the suite through scripts/test")
@@ -35,7 +57,7 @@ static MYSQL *direct(void)
     const char *sock = getenv("H2O_DB_TEST_MYSQL_SOCKET");
     ck_assert_msg(sock != NULL, "H2O_DB_TEST_MYSQL_SOCKET is not set");
     MYSQL *m = mysql_init(NULL);
-    ck_assert_msg(mysql_real_connect(m, "localhost", "root", NULL, "h2o_test", 0, sock, CLIENT_MULTI_STATEMENTS) != NULL,
+    ck_assert_msg(mysql_real_connect(m, "localhost", "root", NULL, MY_DB, 0, sock, CLIENT_MULTI_STATEMENTS) != NULL,
                   "cannot connect to MariaDB: %s", mysql_error(m));
     return m;
 }
@@ -76,17 +98,126 @@ static long my_count(const char *sql)
 static int no_open_h2o_transaction(void *arg)
 {
     return my_count("SELECT COUNT(*) FROM information_schema.innodb_trx t JOIN information_schema.processlist p "
-                    "ON p.id = t.trx_mysql_thread_id WHERE p.user = 'h2o'") == 0;
+                    "ON p.id = t.trx_mysql_thread_id WHERE p.user = 'h2o' AND p.db = '" MY_DB "'") == 0;
 }
 
-static void ctl(const char *what)
+/* ---- a MariaDB that goes away and comes back ---- */
+
+/* The MariaDB of scripts/test is shared with other suites (test_connect): stopping it would fail
+ * them. A forwarder on a loopback port of its own stands in for the server: fwd_down cuts every
+ * connection through it and refuses new ones (what clients see of a restart), fwd_up accepts again. */
+enum { FWD_MAX = 128 };
+
+struct fwd {
+    int port, target, listen_fd;
+    pthread_t acceptor;
+    pthread_mutex_t lock;
+    int fds[FWD_MAX]; /* the relayed sockets, cut by fwd_down (-1: a free place) */
+};
+
+struct relay {
+    struct fwd *f;
+    int a, b;
+};
+
+static void fwd_track(struct fwd *f, int fd, int add)
 {
-    const char *ctl = getenv("H2O_DB_TEST_MYSQL_CTL");
-    ck_assert_msg(ctl != NULL, "H2O_DB_TEST_MYSQL_CTL is not set");
-    char *cmd;
-    ck_assert(asprintf(&cmd, "'%s' %s", ctl, what) > 0);
-    ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
-    free(cmd);
+    pthread_mutex_lock(&f->lock);
+    for (int i = 0; i < FWD_MAX; ++i)
+        if (f->fds[i] == (add ? -1 : fd)) {
+            f->fds[i] = add ? fd : -1;
+            break;
+        }
+    pthread_mutex_unlock(&f->lock);
+}
+
+static void *relay_main(void *arg)
+{
+    struct relay *r = arg;
+    char buf[16384];
+    struct pollfd fds[2] = {{r->a, POLLIN, 0}, {r->b, POLLIN, 0}};
+    for (;;) {
+        if (poll(fds, 2, -1) <= 0)
+            break;
+        int from = fds[0].revents != 0 ? 0 : 1;
+        ssize_t n = read(fds[from].fd, buf, sizeof(buf));
+        if (n <= 0 || write(fds[1 - from].fd, buf, (size_t)n) != n)
+            break;
+    }
+    fwd_track(r->f, r->a, 0);
+    fwd_track(r->f, r->b, 0);
+    close(r->a);
+    close(r->b);
+    free(r);
+    return NULL;
+}
+
+static int tcp_to(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void *acceptor_main(void *arg)
+{
+    struct fwd *f = arg;
+    int client;
+    while ((client = accept(f->listen_fd, NULL, NULL)) >= 0) {
+        struct relay *r = malloc(sizeof(*r));
+        *r = (struct relay){f, client, tcp_to(f->target)};
+        if (r->b < 0) {
+            close(client);
+            free(r);
+            continue;
+        }
+        fwd_track(f, r->a, 1);
+        fwd_track(f, r->b, 1);
+        pthread_t t;
+        pthread_create(&t, NULL, relay_main, r);
+        pthread_detach(t);
+    }
+    return NULL;
+}
+
+/* Listens on f->port (a free one the first time) and relays to f->target. */
+static void fwd_up(struct fwd *f)
+{
+    f->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(f->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_in sin = {
+        .sin_family = AF_INET, .sin_port = htons((uint16_t)f->port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    ck_assert_msg(bind(f->listen_fd, (struct sockaddr *)&sin, sizeof(sin)) == 0 && listen(f->listen_fd, 64) == 0,
+                  "forwarder on port %d: %s", f->port, strerror(errno));
+    ck_assert(pthread_create(&f->acceptor, NULL, acceptor_main, f) == 0);
+}
+
+/* Stops listening (connects are refused) and cuts every relayed connection. */
+static void fwd_down(struct fwd *f)
+{
+    shutdown(f->listen_fd, SHUT_RDWR); /* wakes accept() */
+    pthread_join(f->acceptor, NULL);
+    close(f->listen_fd);
+    pthread_mutex_lock(&f->lock);
+    for (int i = 0; i < FWD_MAX; ++i)
+        if (f->fds[i] >= 0)
+            shutdown(f->fds[i], SHUT_RDWR); /* its relay sees the end and closes both */
+    pthread_mutex_unlock(&f->lock);
+}
+
+static void fwd_init(struct fwd *f, int target)
+{
+    memset(f, 0, sizeof(*f));
+    f->port = th_free_port();
+    f->target = target;
+    pthread_mutex_init(&f->lock, NULL);
+    for (int i = 0; i < FWD_MAX; ++i)
+        f->fds[i] = -1;
 }
 
 /* ---- the server ---- */
@@ -370,7 +501,7 @@ static void *post_script(void *arg)
 
 static long count_h2o_connections(void)
 {
-    return my_count("SELECT COUNT(*) FROM information_schema.processlist WHERE user = 'h2o' AND db = 'h2o_test'");
+    return my_count("SELECT COUNT(*) FROM information_schema.processlist WHERE user = 'h2o' AND db = '" MY_DB "'");
 }
 
 static int no_h2o_connections(void *arg)
@@ -480,22 +611,41 @@ static int loaders_reached(void *arg)
     return 1;
 }
 
+/* mysql_url() through the forwarder f: the same with its port */
+static char *forwarded_url(struct fwd *f)
+{
+    const char *u = mysql_url(), *at = strstr(u, "@127.0.0.1:");
+    ck_assert_msg(at != NULL, "no @127.0.0.1:PORT in the MariaDB URL");
+    const char *rest = at + strlen("@127.0.0.1:");
+    rest += strspn(rest, "0123456789");
+    return th_fmt("%.*s@127.0.0.1:%d%s", (int)(at - u), u, f->port, rest);
+}
+
 START_TEST(a_server_restart_under_load_heals)
 {
     require_mysql();
-    start(CONF);
+    const char *u = strstr(mysql_url(), "@127.0.0.1:");
+    ck_assert_msg(u != NULL, "no @127.0.0.1:PORT in the MariaDB URL");
+    struct fwd f;
+    fwd_init(&f, atoi(u + strlen("@127.0.0.1:")));
+    fwd_up(&f);
+    char *through = forwarded_url(&f), *conf = replace(CONF, "@MYSQL@", through);
+    start(conf);
+    free(conf);
+    free(through);
     struct load loads[LOADERS] = {{0}};
     pthread_t tids[LOADERS];
     for (int i = 0; i < LOADERS; ++i)
         pthread_create(tids + i, NULL, load_loop, loads + i);
-    /* facts, not time: every loader is served; MariaDB stops; every loader noticed; it starts;
-     * every loader is served again (the contract says within about a second: 20 s is a hang guard) */
+    /* facts, not time: every loader is served; the database goes away (connections cut, connects
+     * refused); every loader noticed; it is back; every loader is served again (the contract says
+     * within about a second: 20 s is a hang guard) */
     struct load_phase served = {loads, 0}, noticed = {loads, 1}, healed = {loads, 2};
     int ok_before = th_wait_until(loaders_reached, &served, 10000), ok_noticed = 0, ok_healed = 0;
     if (ok_before) {
-        ctl("stop");
+        fwd_down(&f);
         ok_noticed = th_wait_until(loaders_reached, &noticed, 10000);
-        ctl("start");
+        fwd_up(&f);
         ok_healed = ok_noticed && th_wait_until(loaders_reached, &healed, 20000);
     }
     for (int i = 0; i < LOADERS; ++i) {
@@ -503,7 +653,7 @@ START_TEST(a_server_restart_under_load_heals)
         pthread_join(tids[i], NULL);
     }
     ck_assert_msg(ok_before, "the loaders were not served before the restart");
-    ck_assert_msg(ok_noticed, "the stop of MariaDB went unnoticed by a loader");
+    ck_assert_msg(ok_noticed, "the database going away went unnoticed by a loader");
     for (int i = 0; i < LOADERS; ++i) {
         ck_assert_msg(ok_healed && loads[i].failed > 0 && loads[i].ok_since_failure > 0,
                       "loader %d: %ld failures, %ld answers since the last one: never recovered", i, loads[i].failed,
@@ -521,6 +671,7 @@ START_TEST(a_server_restart_under_load_heals)
     ck_assert_msg(strstr(res.body, PASSWORD_PART) == NULL, "%s", res.body);
     th_response_free(&res);
     stop();
+    fwd_down(&f);
 }
 END_TEST
 
@@ -536,7 +687,7 @@ START_TEST(on_connect_schema_socket_and_statement_cache_off)
     char *sock_url = replace(mysql_url(), "@127.0.0.1", "@localhost"), *q = strchr(sock_url, '?');
     if (q != NULL)
         *q = '\0';
-    /* mysql://h2o:...@localhost:PORT/h2o_test?unix_socket=... (the port is ignored on a socket) */
+    /* mysql://h2o:...@localhost:PORT/h2o_test_mysql?unix_socket=... (the port is ignored on a socket) */
     char *templ;
     ck_assert(asprintf(&templ,
                        "listen: {host: 127.0.0.1, port: @PORT@}\n"
@@ -700,8 +851,26 @@ START_TEST(every_mysql_url_form_parses)
 }
 END_TEST
 
+/* Makes MY_DB afresh (as root, on the socket); 0 when done or when there is no MariaDB to use. */
+static int own_database(void)
+{
+    const char *sock = getenv("H2O_DB_TEST_MYSQL_SOCKET");
+    if (mysql_url() == NULL || sock == NULL)
+        return 0;
+    MYSQL *m = mysql_init(NULL);
+    int ok = mysql_real_connect(m, "localhost", "root", NULL, NULL, 0, sock, 0) != NULL &&
+             mysql_query(m, "DROP DATABASE IF EXISTS " MY_DB) == 0 &&
+             mysql_query(m, "CREATE DATABASE " MY_DB " CHARACTER SET utf8mb4") == 0;
+    if (!ok)
+        fprintf(stderr, "mysql: cannot make the database " MY_DB ": %s\n", mysql_error(m));
+    mysql_close(m);
+    return ok ? 0 : -1;
+}
+
 int main(void)
 {
+    if (own_database() != 0)
+        return 1;
     Suite *s = suite_create("mysql");
     TCase *tc = tcase_create("mariadb");
     tcase_set_timeout(tc, 90);

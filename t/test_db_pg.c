@@ -9,7 +9,6 @@
  * (t/handlers/db_handlers.c). Every test uses its own tables and its own
  * application_name, since all share one database.
  */
-#include <libgen.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -80,7 +79,7 @@ static void pg_parts(const char *url, struct pg_parts *p)
 struct watcher {
     pthread_t tid;
     const char *appname;
-    volatile int stop;
+    int stop; /* __atomic: written by the test, read by the watcher */
     long max, samples;
     char error[256];
 };
@@ -95,7 +94,7 @@ static void *watch_main(void *arg)
         return NULL;
     }
     const char *params[] = {w->appname};
-    while (!w->stop) {
+    while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
         PGresult *r =
             PQexecParams(c, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", 1, NULL, params, NULL, NULL, 0);
         if (PQresultStatus(r) == PGRES_TUPLES_OK) {
@@ -120,7 +119,7 @@ static void watch_start(struct watcher *w, const char *appname)
 
 static void watch_stop(struct watcher *w)
 {
-    w->stop = 1;
+    __atomic_store_n(&w->stop, 1, __ATOMIC_RELEASE);
     pthread_join(w->tid, NULL);
     ck_assert_msg(w->error[0] == '\0', "%s", w->error);
     ck_assert_msg(w->samples > 0, "the watcher took no sample");
@@ -764,9 +763,9 @@ START_TEST(every_postgres_url_form_reaches_the_database)
     struct pg_parts p, p2;
     pg_parts(th_pg_url(), &p);
     pg_parts(th_pg_url2(), &p2);
-    const char *pgdata = getenv("H2O_DB_TEST_PGDATA");
-    ck_assert_msg(pgdata != NULL, "H2O_DB_TEST_PGDATA is not set");
-    char *datadir = strdup(pgdata), *sockdir = strdup(dirname(datadir));
+    /* the shared cluster's unix socket folder (H2O_DB_TEST_PGDATA is the restartable cluster's) */
+    const char *sockdir = getenv("H2O_DB_TEST_PG_SOCKET_DIR");
+    ck_assert_msg(sockdir != NULL, "H2O_DB_TEST_PG_SOCKET_DIR is not set: run the suite through scripts/test");
     int dead = th_free_port();
     char *conf = th_fmt("listen: {host: 127.0.0.1, port: @PORT@}\n"
                         "num-threads: 1\n"
@@ -827,8 +826,6 @@ START_TEST(every_postgres_url_form_reaches_the_database)
     ck_assert_msg(strstr(log, "Pw_s3cr3tXYZ") == NULL, "the server log shows a password:\n%s", log);
     free(log);
     free(conf);
-    free(datadir);
-    free(sockdir);
 }
 END_TEST
 

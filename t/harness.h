@@ -101,6 +101,20 @@ double th_time_factor(void);
  * returns 1 when it did, 0 on time-out. */
 int th_wait_until(int (*cond)(void *), void *arg, int timeout_ms);
 
+/* A TCP forwarder on a free loopback port to the server on 127.0.0.1:target (forwarder.c): it makes
+ * a database look down, refusing or dropping connections, while the real (shared) one stays up. */
+typedef struct th_forwarder th_forwarder_t;
+enum { TH_FWD_RELAY, TH_FWD_DROP /* accept, then close at once: a server that dies in the handshake */ };
+/* A forwarder that does not listen yet (connects to its port are refused). */
+th_forwarder_t *th_forwarder_new(int target);
+int th_forwarder_port(th_forwarder_t *f);
+/* Starts listening, in `mode`. */
+void th_forwarder_up(th_forwarder_t *f, int mode);
+void th_forwarder_set_mode(th_forwarder_t *f, int mode);
+/* Stops listening (connects are refused again) and cuts every relayed connection. */
+void th_forwarder_down(th_forwarder_t *f);
+void th_forwarder_free(th_forwarder_t *f);
+
 /* Runs a suite the usual way; returns the process exit status. */
 int th_run_suite(Suite *s);
 

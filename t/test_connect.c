@@ -9,8 +9,8 @@
  *
  * "The database appears" is made without touching the shared servers: a symbolic link to their
  * socket is created where the bind looks for one, or a forwarder in this process starts
- * listening on the bind's port (forwarding to the real server, or closing every connection it
- * accepts, as a server that dies during the handshake does).
+ * listening on the bind's port (th_forwarder_t: relaying to the real server, or closing every
+ * connection it accepts, as a server that dies during the handshake does).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -70,98 +70,6 @@ static char *tcp_url(int backend, int port, const char *user)
         return th_fmt("mysql://%s@127.0.0.1:%d/h2o_test", user, port);
     const char *u = my_url(), *at = strrchr(u, '@');
     return th_fmt("%.*s@127.0.0.1:%d/h2o_test", (int)(at - u), u, port);
-}
-
-/* ---- a forwarder on a loopback port ---- */
-
-enum { FWD_PROXY, FWD_DROP };
-
-struct fwd {
-    int fd, port, target;
-    int mode, stop; /* written by the test, read by the forwarder's thread: __atomic */
-    pthread_t thread;
-};
-
-struct pipe_pair {
-    int a, b;
-};
-
-static void *relay_main(void *arg)
-{
-    struct pipe_pair *pp = arg;
-    char buf[16384];
-    struct pollfd fds[2] = {{pp->a, POLLIN, 0}, {pp->b, POLLIN, 0}};
-    for (;;) {
-        if (poll(fds, 2, 30000) <= 0)
-            break;
-        int from = (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0 ? 0 : 1;
-        ssize_t n = read(fds[from].fd, buf, sizeof(buf));
-        if (n <= 0 || write(fds[1 - from].fd, buf, (size_t)n) != n)
-            break;
-    }
-    close(pp->a);
-    close(pp->b);
-    free(pp);
-    return NULL;
-}
-
-static int connect_to(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-static void *fwd_main(void *arg)
-{
-    struct fwd *f = arg;
-    while (!__atomic_load_n(&f->stop, __ATOMIC_RELAXED)) {
-        struct pollfd pfd = {f->fd, POLLIN, 0};
-        if (poll(&pfd, 1, 50) <= 0)
-            continue;
-        int client = accept(f->fd, NULL, NULL);
-        if (client < 0)
-            continue;
-        int server = __atomic_load_n(&f->mode, __ATOMIC_RELAXED) == FWD_PROXY ? connect_to(f->target) : -1;
-        if (server < 0) {
-            close(client); /* FWD_DROP: the server "dies" during the handshake */
-            continue;
-        }
-        struct pipe_pair *pp = malloc(sizeof(*pp));
-        pp->a = client;
-        pp->b = server;
-        pthread_t t;
-        pthread_create(&t, NULL, relay_main, pp);
-        pthread_detach(t);
-    }
-    return NULL;
-}
-
-/* Starts listening on f->port (chosen before, so that the bind could name it). */
-static void fwd_start(struct fwd *f, int mode)
-{
-    f->mode = mode;
-    f->stop = 0;
-    f->fd = socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    setsockopt(f->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f->port)};
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ck_assert_msg(bind(f->fd, (struct sockaddr *)&sin, sizeof(sin)) == 0, "bind %d: %s", f->port, strerror(errno));
-    ck_assert(listen(f->fd, 128) == 0);
-    pthread_create(&f->thread, NULL, fwd_main, f);
-}
-
-static void fwd_stop(struct fwd *f)
-{
-    __atomic_store_n(&f->stop, 1, __ATOMIC_RELAXED);
-    pthread_join(f->thread, NULL);
-    close(f->fd);
 }
 
 /* ---- the server under test ---- */
@@ -294,29 +202,29 @@ END_TEST
 
 START_TEST(refused_port_then_it_listens)
 {
-    struct fwd f = {.port = th_free_port(), .target = real_port(_i)};
-    char *url = tcp_url(_i, f.port, NULL), *what = th_fmt("%s, refused port", NAMES[_i]);
+    th_forwarder_t *f = th_forwarder_new(real_port(_i));
+    char *url = tcp_url(_i, th_forwarder_port(f), NULL), *what = th_fmt("%s, refused port", NAMES[_i]);
     start(url);
     expect_unavailable(what, "08");
-    fwd_start(&f, FWD_PROXY);
+    th_forwarder_up(f, TH_FWD_RELAY);
     expect_recovery(what);
     stop();
-    fwd_stop(&f);
+    th_forwarder_free(f);
     free(what), free(url);
 }
 END_TEST
 
 START_TEST(server_drops_connections_while_connecting_then_serves)
 {
-    struct fwd f = {.port = th_free_port(), .target = real_port(_i)};
-    char *url = tcp_url(_i, f.port, NULL), *what = th_fmt("%s, connection dropped during the handshake", NAMES[_i]);
-    fwd_start(&f, FWD_DROP);
+    th_forwarder_t *f = th_forwarder_new(real_port(_i));
+    char *url = tcp_url(_i, th_forwarder_port(f), NULL), *what = th_fmt("%s, connection dropped during the handshake", NAMES[_i]);
+    th_forwarder_up(f, TH_FWD_DROP);
     start(url);
     expect_unavailable(what, "08");
-    __atomic_store_n(&f.mode, FWD_PROXY, __ATOMIC_RELAXED);
+    th_forwarder_set_mode(f, TH_FWD_RELAY);
     expect_recovery(what);
     stop();
-    fwd_stop(&f);
+    th_forwarder_free(f);
     free(what), free(url);
 }
 END_TEST

@@ -104,121 +104,9 @@ static int no_open_h2o_transaction(void *arg)
 /* ---- a MariaDB that goes away and comes back ---- */
 
 /* The MariaDB of scripts/test is shared with other suites (test_connect): stopping it would fail
- * them. A forwarder on a loopback port of its own stands in for the server: fwd_down cuts every
- * connection through it and refuses new ones (what clients see of a restart), fwd_up accepts again. */
-enum { FWD_MAX = 128 };
-
-struct fwd {
-    int port, target, listen_fd;
-    pthread_t acceptor;
-    pthread_mutex_t lock;
-    int fds[FWD_MAX]; /* the relayed sockets, cut by fwd_down (-1: a free place) */
-};
-
-struct relay {
-    struct fwd *f;
-    int a, b;
-};
-
-static void fwd_track(struct fwd *f, int fd, int add)
-{
-    pthread_mutex_lock(&f->lock);
-    for (int i = 0; i < FWD_MAX; ++i)
-        if (f->fds[i] == (add ? -1 : fd)) {
-            f->fds[i] = add ? fd : -1;
-            break;
-        }
-    pthread_mutex_unlock(&f->lock);
-}
-
-static void *relay_main(void *arg)
-{
-    struct relay *r = arg;
-    char buf[16384];
-    struct pollfd fds[2] = {{r->a, POLLIN, 0}, {r->b, POLLIN, 0}};
-    for (;;) {
-        if (poll(fds, 2, -1) <= 0)
-            break;
-        int from = fds[0].revents != 0 ? 0 : 1;
-        ssize_t n = read(fds[from].fd, buf, sizeof(buf));
-        if (n <= 0 || write(fds[1 - from].fd, buf, (size_t)n) != n)
-            break;
-    }
-    fwd_track(r->f, r->a, 0);
-    fwd_track(r->f, r->b, 0);
-    close(r->a);
-    close(r->b);
-    free(r);
-    return NULL;
-}
-
-static int tcp_to(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-static void *acceptor_main(void *arg)
-{
-    struct fwd *f = arg;
-    int client;
-    while ((client = accept(f->listen_fd, NULL, NULL)) >= 0) {
-        struct relay *r = malloc(sizeof(*r));
-        *r = (struct relay){f, client, tcp_to(f->target)};
-        if (r->b < 0) {
-            close(client);
-            free(r);
-            continue;
-        }
-        fwd_track(f, r->a, 1);
-        fwd_track(f, r->b, 1);
-        pthread_t t;
-        pthread_create(&t, NULL, relay_main, r);
-        pthread_detach(t);
-    }
-    return NULL;
-}
-
-/* Listens on f->port (a free one the first time) and relays to f->target. */
-static void fwd_up(struct fwd *f)
-{
-    f->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    setsockopt(f->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    struct sockaddr_in sin = {
-        .sin_family = AF_INET, .sin_port = htons((uint16_t)f->port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    ck_assert_msg(bind(f->listen_fd, (struct sockaddr *)&sin, sizeof(sin)) == 0 && listen(f->listen_fd, 64) == 0,
-                  "forwarder on port %d: %s", f->port, strerror(errno));
-    ck_assert(pthread_create(&f->acceptor, NULL, acceptor_main, f) == 0);
-}
-
-/* Stops listening (connects are refused) and cuts every relayed connection. */
-static void fwd_down(struct fwd *f)
-{
-    shutdown(f->listen_fd, SHUT_RDWR); /* wakes accept() */
-    pthread_join(f->acceptor, NULL);
-    close(f->listen_fd);
-    pthread_mutex_lock(&f->lock);
-    for (int i = 0; i < FWD_MAX; ++i)
-        if (f->fds[i] >= 0)
-            shutdown(f->fds[i], SHUT_RDWR); /* its relay sees the end and closes both */
-    pthread_mutex_unlock(&f->lock);
-}
-
-static void fwd_init(struct fwd *f, int target)
-{
-    memset(f, 0, sizeof(*f));
-    f->port = th_free_port();
-    f->target = target;
-    pthread_mutex_init(&f->lock, NULL);
-    for (int i = 0; i < FWD_MAX; ++i)
-        f->fds[i] = -1;
-}
+ * them. A forwarder (th_forwarder_t, harness.h) on a loopback port of its own stands in for the
+ * server: down cuts every connection through it and refuses new ones (what clients see of a
+ * restart), up accepts again. */
 
 /* ---- the server ---- */
 
@@ -612,13 +500,13 @@ static int loaders_reached(void *arg)
 }
 
 /* mysql_url() through the forwarder f: the same with its port */
-static char *forwarded_url(struct fwd *f)
+static char *forwarded_url(th_forwarder_t *f)
 {
     const char *u = mysql_url(), *at = strstr(u, "@127.0.0.1:");
     ck_assert_msg(at != NULL, "no @127.0.0.1:PORT in the MariaDB URL");
     const char *rest = at + strlen("@127.0.0.1:");
     rest += strspn(rest, "0123456789");
-    return th_fmt("%.*s@127.0.0.1:%d%s", (int)(at - u), u, f->port, rest);
+    return th_fmt("%.*s@127.0.0.1:%d%s", (int)(at - u), u, th_forwarder_port(f), rest);
 }
 
 START_TEST(a_server_restart_under_load_heals)
@@ -626,10 +514,9 @@ START_TEST(a_server_restart_under_load_heals)
     require_mysql();
     const char *u = strstr(mysql_url(), "@127.0.0.1:");
     ck_assert_msg(u != NULL, "no @127.0.0.1:PORT in the MariaDB URL");
-    struct fwd f;
-    fwd_init(&f, atoi(u + strlen("@127.0.0.1:")));
-    fwd_up(&f);
-    char *through = forwarded_url(&f), *conf = replace(CONF, "@MYSQL@", through);
+    th_forwarder_t *f = th_forwarder_new(atoi(u + strlen("@127.0.0.1:")));
+    th_forwarder_up(f, TH_FWD_RELAY);
+    char *through = forwarded_url(f), *conf = replace(CONF, "@MYSQL@", through);
     start(conf);
     free(conf);
     free(through);
@@ -643,9 +530,9 @@ START_TEST(a_server_restart_under_load_heals)
     struct load_phase served = {loads, 0}, noticed = {loads, 1}, healed = {loads, 2};
     int ok_before = th_wait_until(loaders_reached, &served, 10000), ok_noticed = 0, ok_healed = 0;
     if (ok_before) {
-        fwd_down(&f);
+        th_forwarder_down(f);
         ok_noticed = th_wait_until(loaders_reached, &noticed, 10000);
-        fwd_up(&f);
+        th_forwarder_up(f, TH_FWD_RELAY);
         ok_healed = ok_noticed && th_wait_until(loaders_reached, &healed, 20000);
     }
     for (int i = 0; i < LOADERS; ++i) {
@@ -671,7 +558,7 @@ START_TEST(a_server_restart_under_load_heals)
     ck_assert_msg(strstr(res.body, PASSWORD_PART) == NULL, "%s", res.body);
     th_response_free(&res);
     stop();
-    fwd_down(&f);
+    th_forwarder_free(f);
 }
 END_TEST
 

@@ -10,8 +10,22 @@
  * unchecked fixture (run by the parent process, even when the test's child failed or
  * timed out) starts it again and kills the servers the test started.
  *
- * Every test prints its measured figures on stderr ("faults: ..."), so that a CI log
- * shows them: `meson test -C build faults --print-errorlogs -v`.
+ * The tests wait for facts, never for time: what the status page shows (connections pinned,
+ * statements waiting, a pool down or up, counters), what pg_stat_activity shows (a statement
+ * running, sessions waiting at a gate, nothing left in a transaction), what the server logs, and
+ * how many answers the clients got. A request holds its connection for as long as the test wants
+ * by waiting at a gate, an advisory lock that the test holds (db_gate_close, db_util.h), never by
+ * sleeping for a guessed duration; a client leaves only once PostgreSQL shows its transaction
+ * running. Every wait is bounded (WAIT_MS, scaled by H2O_DB_TEST_TIME_FACTOR like th_wait_until:
+ * a hang guard far above what a loaded machine needs), and the few clock bounds left tell a
+ * behaviour from its failure by a wide margin (a statement cancelled instead of sleeping a
+ * minute, a shutdown well before its timeout) or cannot be hit by load (a timeout that fired no
+ * earlier than configured).
+ *
+ * How fast all this is (latencies, recovery times, the server's memory under exhaustion) is
+ * measured by bench/faults, not asserted here. Every test prints what it saw (counts,
+ * counters) on stderr ("faults: ..."), so that a CI log shows it:
+ * `meson test -C build faults --print-errorlogs -v`.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -45,6 +59,14 @@ static void track(pid_t pid)
     }
 }
 
+/* A server the test stopped (and reaped) itself: its pid may belong to anybody later. */
+static void untrack(pid_t pid)
+{
+    for (int i = 0; i < MAX_TRACKED; ++i)
+        if (tracked[i] == pid)
+            tracked[i] = 0;
+}
+
 static void kill_tracked(void)
 {
     if (tracked == NULL)
@@ -68,7 +90,9 @@ static void start_server(th_server_t *s, const char *conf)
 
 static void stop_server(th_server_t *s)
 {
+    pid_t pid = s->pid;
     int st = th_server_stop(s, 15000);
+    untrack(pid);
     ck_assert_msg(st == 0, "exit status %d; log:\n%s", st, th_server_log(s));
 }
 
@@ -85,12 +109,6 @@ static int count_substr(const char *text, const char *needle)
     for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
         ++n;
     return n;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 /* ---- PostgreSQL control ---- */
@@ -289,16 +307,138 @@ static long status_sum(const char *json, int bind, const char *field)
     }
 }
 
+/* ---- facts a test waits for ---- */
+
+/* The longest a test waits for something it expects within milliseconds: a hang guard, far
+ * above what a loaded machine needs, never a measure of speed. */
+#define WAIT_MS 10000
+
+/* MS scaled like th_wait_until's limits (H2O_DB_TEST_TIME_FACTOR: slower builds, e.g. ASan). */
+static double scaled(double ms)
+{
+    return ms * th_time_factor();
+}
+
+/* Whether every thread of bind B shows `down` as WANT ("true" or "false") on the status page. */
+static int every_thread_down_is(const char *json, int bind, const char *want)
+{
+    for (int t = 0;; ++t) {
+        char *path = th_fmt("binds.%d.threads.%d.down", bind, t), *down = jget(json, path);
+        free(path);
+        if (down == NULL)
+            return t > 0;
+        int same = strcmp(down, want) == 0;
+        free(down);
+        if (!same)
+            return 0;
+    }
+}
+
+struct pool_down {
+    th_server_t *s;
+    int bind;
+    const char *want; /* "true": every thread knows the database is down; "false": every one is up */
+};
+
+static int pool_down_is(void *arg)
+{
+    struct pool_down *p = arg;
+    char *json = get_status(p->s, "/status");
+    int yes = every_thread_down_is(json, p->bind, p->want);
+    free(json);
+    return yes;
+}
+
+/* The gauges of a bind, summed over its threads, on the status page; -1 = any value. */
+struct gauges {
+    th_server_t *s;
+    int bind;
+    long total, connecting, busy, pinned, waiting;
+};
+
+static int gauge_is(const char *json, int bind, const char *field, long want)
+{
+    return want < 0 || status_sum(json, bind, field) == want;
+}
+
+static int gauges_are(void *arg)
+{
+    struct gauges *g = arg;
+    char *json = get_status(g->s, "/status");
+    int yes = gauge_is(json, g->bind, "connections.total", g->total) &&
+              gauge_is(json, g->bind, "connections.connecting", g->connecting) &&
+              gauge_is(json, g->bind, "connections.busy", g->busy) && gauge_is(json, g->bind, "connections.pinned", g->pinned) &&
+              gauge_is(json, g->bind, "waiting", g->waiting);
+    free(json);
+    return yes;
+}
+
+/* Waits until the bind's gauges are as given, or fails the test with the status page. */
+static void wait_gauges(th_server_t *s, struct gauges g, const char *what)
+{
+    g.s = s;
+    if (!th_wait_until(gauges_are, &g, WAIT_MS)) {
+        char *json = get_status(s, "/status");
+        ck_abort_msg("%s: bind %d never showed connections %ld (connecting %ld, busy %ld, pinned %ld), waiting %ld (-1: any) in "
+                     "%d s:\n%s",
+                     what, g.bind, g.total, g.connecting, g.busy, g.pinned, g.waiting, WAIT_MS / 1000, json);
+    }
+}
+
+/* N connections open (none still connecting). */
+static void wait_connections(th_server_t *s, int bind, long n, const char *what)
+{
+    wait_gauges(s, (struct gauges){.bind = bind, .total = n, .connecting = 0, .busy = -1, .pinned = -1, .waiting = -1}, what);
+}
+
+/* Nothing of the bind is in use or under way: no connection connecting, busy or pinned, nobody waiting. */
+static void wait_pool_idle(th_server_t *s, int bind, const char *what)
+{
+    wait_gauges(s, (struct gauges){.bind = bind, .total = -1, .connecting = 0, .busy = 0, .pinned = 0, .waiting = 0}, what);
+}
+
+/* PINNED connections pinned by transactions and WAITING statements waiting for one. */
+static void wait_pinned(th_server_t *s, int bind, long pinned, long waiting, const char *what)
+{
+    wait_gauges(s, (struct gauges){.bind = bind, .total = -1, .connecting = -1, .busy = -1, .pinned = pinned, .waiting = waiting},
+                what);
+}
+
+struct counter_goal {
+    th_server_t *s;
+    int bind;
+    const char *field;
+    long want;
+};
+
+static int counter_reaches(void *arg)
+{
+    struct counter_goal *g = arg;
+    char *json = get_status(g->s, "/status");
+    long v = status_sum(json, g->bind, g->field);
+    free(json);
+    return v >= g->want;
+}
+
+struct log_goal {
+    th_server_t *s;
+    const char *text;
+};
+
+static int log_has(void *arg)
+{
+    struct log_goal *g = arg;
+    char *log = th_server_log(g->s);
+    int yes = strstr(log, g->text) != NULL;
+    free(log);
+    return yes;
+}
+
 /* ---- pg_stat_activity ---- */
 
 static long pg_conns(const char *appname)
 {
     return th_pg_countf("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s'", appname);
-}
-
-static int has_conns(void *appname)
-{
-    return pg_conns(appname) > 0;
 }
 
 /* Samples the number of connections with an application_name until stopped; survives a
@@ -324,7 +464,7 @@ static void *watch_main(void *arg)
                 PQfinish(c);
             c = PQconnectdb(th_pg_url());
             if (PQstatus(c) != CONNECTION_OK) {
-                usleep(20000);
+                usleep(20000); /* a poll loop: PostgreSQL is down, try again */
                 continue;
             }
             PQsetNoticeProcessor(c, quiet_notice, NULL);
@@ -339,7 +479,7 @@ static void *watch_main(void *arg)
             ++w->samples;
         }
         PQclear(r);
-        usleep(10000);
+        usleep(10000); /* a poll loop: the next sample */
     }
     if (c != NULL)
         PQfinish(c);
@@ -361,11 +501,13 @@ static void watch_stop(struct watcher *w)
 }
 
 /* ---- a wrk-like load: CONCURRENCY requests always in flight, every answer recorded ----
- * (GET when body == NULL, else POST) */
+ * (GET when body == NULL, else POST). The test counts answers while the load runs
+ * (load_count), to move on once enough of them arrived. */
 
 struct sample {
     double t0, t1; /* th_now_ms() when sent and when answered */
     char body[96]; /* the start of the body */
+    char sqlstate[8];
     long status;
     int retry_after;
     int curl_error;
@@ -373,6 +515,7 @@ struct sample {
 
 struct load {
     pthread_t tid;
+    pthread_mutex_t lock; /* over samples and n: the test counts while the load appends */
     char *url;
     const char *body;
     int version, concurrency;
@@ -386,6 +529,7 @@ struct slot {
     struct load *load;
     double t0;
     int retry_after;
+    char sqlstate[8];
     char body[96];
     size_t body_len;
 };
@@ -408,9 +552,12 @@ static size_t ld_body(char *ptr, size_t size, size_t nmemb, void *data)
 static size_t ld_header(char *ptr, size_t size, size_t nmemb, void *data)
 {
     struct slot *sl = data;
-    if (size * nmemb >= 12 && strncasecmp(ptr, "retry-after:", 12) == 0)
+    size_t n = size * nmemb;
+    if (n >= 12 && strncasecmp(ptr, "retry-after:", 12) == 0)
         sl->retry_after = 1;
-    return size * nmemb;
+    if (n >= 16 && strncasecmp(ptr, "x-sqlstate: ", 12) == 0)
+        snprintf(sl->sqlstate, sizeof(sl->sqlstate), "%.5s", ptr + 12);
+    return n;
 }
 
 static CURL *load_easy(struct load *ld, struct slot *sl, struct curl_slist *headers)
@@ -427,7 +574,7 @@ static CURL *load_easy(struct load *ld, struct slot *sl, struct curl_slist *head
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, ld_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, sl);
     curl_easy_setopt(e, CURLOPT_PRIVATE, sl);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT, 30L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT, 30L); /* a hang guard: answers take milliseconds */
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, ld->version == TH_HTTP2 ? CURL_HTTP_VERSION_2_0 : CURL_HTTP_VERSION_1_1);
     if (ld->version == TH_HTTP2)
@@ -436,10 +583,29 @@ static CURL *load_easy(struct load *ld, struct slot *sl, struct curl_slist *head
         curl_easy_setopt(e, CURLOPT_VERBOSE, 1L);
     sl->easy = e;
     sl->retry_after = 0;
+    sl->sqlstate[0] = '\0';
     sl->body_len = 0;
     sl->body[0] = '\0';
     sl->t0 = th_now_ms();
     return e;
+}
+
+/* Records the answer of a finished transfer. */
+static void load_record(struct load *ld, CURLMsg *msg)
+{
+    struct slot *sl;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&sl);
+    struct sample s = {.t0 = sl->t0, .t1 = th_now_ms(), .curl_error = msg->data.result, .retry_after = sl->retry_after};
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &s.status);
+    memcpy(s.body, sl->body, sizeof(s.body));
+    memcpy(s.sqlstate, sl->sqlstate, sizeof(s.sqlstate));
+    pthread_mutex_lock(&ld->lock);
+    if (ld->n == ld->cap) {
+        ld->cap = ld->cap == 0 ? 1024 : ld->cap * 2;
+        ld->samples = realloc(ld->samples, ld->cap * sizeof(*ld->samples));
+    }
+    ld->samples[ld->n++] = s;
+    pthread_mutex_unlock(&ld->lock);
 }
 
 static void *load_main(void *arg)
@@ -464,20 +630,8 @@ static void *load_main(void *arg)
                 continue;
             struct slot *sl;
             CURL *e = msg->easy_handle;
-            CURLcode result = msg->data.result;
             curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&sl);
-            if (ld->n == ld->cap) {
-                ld->cap = ld->cap == 0 ? 1024 : ld->cap * 2;
-                ld->samples = realloc(ld->samples, ld->cap * sizeof(*ld->samples));
-            }
-            struct sample *s = ld->samples + ld->n++;
-            s->t0 = sl->t0;
-            s->t1 = th_now_ms();
-            s->curl_error = result;
-            s->status = 0;
-            curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &s->status);
-            s->retry_after = sl->retry_after;
-            memcpy(s->body, sl->body, sizeof(s->body));
+            load_record(ld, msg);
             curl_multi_remove_handle(m, e);
             curl_easy_cleanup(e);
             sl->easy = NULL;
@@ -489,7 +643,7 @@ static void *load_main(void *arg)
         if (running > 0)
             curl_multi_poll(m, NULL, 0, 10, NULL);
         else if (!ld->stop)
-            usleep(1000);
+            usleep(1000); /* a poll loop: nothing in flight */
     }
     for (int i = 0; i < ld->concurrency; ++i)
         if (slots[i].easy != NULL) {
@@ -505,6 +659,7 @@ static void *load_main(void *arg)
 static void load_start(struct load *ld, th_server_t *s, const char *path, const char *body, int version, int concurrency)
 {
     memset(ld, 0, sizeof(*ld));
+    pthread_mutex_init(&ld->lock, NULL);
     ld->url = th_url(s, path);
     ld->body = body;
     ld->version = version;
@@ -516,7 +671,46 @@ static void load_stop(struct load *ld)
 {
     ld->stop = 1;
     pthread_join(ld->tid, NULL);
+    pthread_mutex_destroy(&ld->lock);
     free(ld->url);
+}
+
+/* How many answers arrived so far to requests sent after `since` (th_now_ms()), with that
+ * status (0: any). */
+static size_t load_count(struct load *ld, double since, long status)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&ld->lock);
+    for (size_t i = 0; i < ld->n; ++i)
+        n += ld->samples[i].t0 > since && (status == 0 || ld->samples[i].status == status);
+    pthread_mutex_unlock(&ld->lock);
+    return n;
+}
+
+struct loads_goal {
+    struct load *loads;
+    int n;
+    double since;
+    long status;
+    size_t want;
+};
+
+static int loads_reach(void *arg)
+{
+    struct loads_goal *g = arg;
+    for (int i = 0; i < g->n; ++i)
+        if (load_count(g->loads + i, g->since, g->status) < g->want)
+            return 0;
+    return 1;
+}
+
+/* Waits until each of the two loads has WANT answers (with that status; 0: any) to requests sent after SINCE. */
+static void wait_loads(struct load *loads, double since, long status, size_t want, const char *what)
+{
+    struct loads_goal g = {loads, 2, since, status, want};
+    ck_assert_msg(th_wait_until(loads_reach, &g, WAIT_MS),
+                  "%s: fewer than %zu answers (status %ld, 0: any) on each protocol in %d s: HTTP/1 %zu, HTTP/2 %zu", what, want,
+                  status, WAIT_MS / 1000, load_count(loads, since, status), load_count(loads + 1, since, status));
 }
 
 /* ---- n POSTs at once ----
@@ -620,8 +814,9 @@ struct activity_query {
 /* What PostgreSQL sees of a server's connections, for failure messages; malloc'd. */
 static char *activity_dump(const char *appname)
 {
-    char *sql =
-        th_fmt("SELECT string_agg(state || ': ' || query, ' | ') FROM pg_stat_activity WHERE application_name = '%s'", appname);
+    char *sql = th_fmt("SELECT string_agg(state || ' (' || coalesce(wait_event_type, '-') || '): ' || query, ' | ') FROM "
+                       "pg_stat_activity WHERE application_name = '%s'",
+                       appname);
     char *v = th_pg(sql);
     free(sql);
     return v != NULL ? v : strdup("(no connection)");
@@ -641,13 +836,36 @@ static int activity_is(void *arg)
            q->want;
 }
 
+/* Waits until PostgreSQL shows at least WANT sessions of the server matching WHERE. */
+static void wait_activity(const char *appname, const char *where, long want, const char *what)
+{
+    struct activity_query q = {appname, where, want};
+    ck_assert_msg(th_wait_until(activity_reaches, &q, WAIT_MS), "%s: PostgreSQL never showed %ld sessions with %s in %d s: %s",
+                  what, want, where, WAIT_MS / 1000, activity_dump(appname));
+}
+
+/* PostgreSQL sees no session of the server doing anything (every one idle, none in a transaction). */
+static int pool_settled(void *arg)
+{
+    const char *appname = arg;
+    return th_pg_countf("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND state <> 'idle'", appname) == 0;
+}
+
+static int is_unavailable(const char *sqlstate)
+{
+    return sqlstate != NULL && (strncmp(sqlstate, "08", 2) == 0 || strncmp(sqlstate, "57P0", 4) == 0);
+}
+
 /* ==== PostgreSQL restarted under load ==== */
 
+/* acquire-timeout 20 s: a request that waited it out instead of failing fast while the database
+ * was down would be answered BUSY 53300 and counted as an acquire timeout, both asserted never
+ * to happen */
 static const char *RESTART_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                                   "num-threads: 2\n"
                                   "db.bind:\n"
                                   "  url: \"@PG@?application_name=flt_restart_@PORT@\"\n"
-                                  "  pool: {max: 2, acquire-timeout: 2}\n"
+                                  "  pool: {max: 2, acquire-timeout: 20}\n"
                                   "hosts:\n"
                                   "  default:\n"
                                   "    paths:\n"
@@ -656,9 +874,86 @@ static const char *RESTART_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                                   "      /status:\n"
                                   "        db.status: ON\n";
 
-#define RESTART_THREADS    2
-#define RESTART_MAX        2
-#define RESTART_ACQUIRE_MS 2000
+#define RESTART_THREADS 2
+#define RESTART_MAX     2
+#define RESTART_ANSWERS 20 /* answers per protocol in each phase */
+
+/* th_now_ms() at the edges of the phases */
+struct restart_marks {
+    double stop0, stop1;   /* pg_ctl stop -w called, returned (PostgreSQL has exited) */
+    double start0, start1; /* pg_ctl start -w called, returned (PostgreSQL accepts connections) */
+    double up;             /* the test saw every thread's pool up again and a 200 on each protocol */
+};
+
+struct restart_tally {
+    size_t total, warm, outage, after;
+};
+
+/* Every answer of a load, by phase: before the stop, 200; to a request sent after PostgreSQL
+ * exited and answered before it started again, 503 UNAVAILABLE; sent after the recovery, 200. */
+static void restart_check(const struct load *ld, const struct restart_marks *m, struct restart_tally *t)
+{
+    for (size_t i = 0; i < ld->n; ++i) {
+        const struct sample *s = ld->samples + i;
+        int v = ld->version;
+        ++t->total;
+        ck_assert_msg(s->curl_error == 0, "HTTP/%d: a request failed without an answer (curl error %d: %s)", v, s->curl_error,
+                      curl_easy_strerror(s->curl_error));
+        ck_assert_msg(s->status == 200 || s->status == 503, "HTTP/%d: status %ld %s", v, s->status, s->body);
+        if (s->status == 200) {
+            ck_assert_msg(strcmp(s->body, "[{\"id\":7}]") == 0, "HTTP/%d: 200 with %s", v, s->body);
+        } else {
+            ck_assert_msg(s->retry_after, "HTTP/%d: a 503 without Retry-After", v);
+            /* not BUSY (53300): nobody waited for a connection, the database was known to be down */
+            ck_assert_msg(is_unavailable(s->sqlstate), "HTTP/%d: a 503 with SQLSTATE %s (expected UNAVAILABLE: 08xxx, 57P0x)", v,
+                          s->sqlstate);
+        }
+        if (s->t1 < m->stop0) {
+            ++t->warm;
+            ck_assert_msg(s->status == 200, "HTTP/%d: status %ld before PostgreSQL stopped", v, s->status);
+        } else if (s->t0 > m->stop1 && s->t1 < m->start0) {
+            ++t->outage;
+            ck_assert_msg(s->status == 503, "HTTP/%d: status %ld for a request sent while PostgreSQL was stopped", v, s->status);
+        } else if (s->t0 > m->up) {
+            ++t->after;
+            ck_assert_msg(s->status == 200, "HTTP/%d: status %ld (SQLSTATE %s) for a request sent after every pool was up again", v,
+                          s->status, s->sqlstate);
+        }
+    }
+}
+
+struct restart_recovery {
+    th_server_t *s;
+    struct load *loads;
+    double since;
+};
+
+/* Every thread's pool is up (down: false), and each protocol got a 200 for a request sent after the start. */
+static int restart_recovered(void *arg)
+{
+    struct restart_recovery *r = arg;
+    struct loads_goal g = {r->loads, 2, r->since, 200, 1};
+    struct pool_down up = {r->s, 0, "false"};
+    return loads_reach(&g) && pool_down_is(&up);
+}
+
+/* The phases, each ended by a fact: enough answers, PostgreSQL stopped or started, the pools up. */
+static void restart_phases(struct load *loads, struct restart_marks *m)
+{
+    wait_loads(loads, 0, 200, RESTART_ANSWERS, "before the stop");
+    m->stop0 = th_now_ms();
+    pg_stop();
+    m->stop1 = th_now_ms();
+    wait_loads(loads, m->stop1, 0, RESTART_ANSWERS, "while PostgreSQL was stopped");
+    m->start0 = th_now_ms();
+    pg_start();
+    m->start1 = th_now_ms();
+    struct restart_recovery r = {&server, loads, m->start1};
+    ck_assert_msg(th_wait_until(restart_recovered, &r, WAIT_MS), "no recovery %d s after PostgreSQL started: %zu and %zu 200s",
+                  WAIT_MS / 1000, load_count(loads, m->start1, 200), load_count(loads + 1, m->start1, 200));
+    m->up = th_now_ms();
+    wait_loads(loads, m->up, 0, RESTART_ANSWERS, "after the recovery");
+}
 
 START_TEST(postgres_restarted_under_load)
 {
@@ -670,110 +965,34 @@ START_TEST(postgres_restarted_under_load)
     struct load loads[2];
     load_start(loads + 0, &server, "/e?id=7", NULL, TH_HTTP1, 8);
     load_start(loads + 1, &server, "/e?id=7", NULL, TH_HTTP2, 8);
-
-    usleep(800000);
-    double t_stop0 = th_now_ms();
-    pg_stop();
-    double t_stop1 = th_now_ms();
-    usleep(1200000);
-    double t_start0 = th_now_ms();
-    pg_start();
-    double t_start1 = th_now_ms();
-    usleep(2000000);
+    struct restart_marks m;
+    restart_phases(loads, &m);
     load_stop(loads + 0);
     load_stop(loads + 1);
-    double t_end = th_now_ms();
-    usleep(300000);
     watch_stop(&w);
 
-    size_t total = 0, warm = 0, outage = 0, outage_503 = 0, after = 0, after_ok = 0, other = 0;
-    double slowest = 0, first_ok = -1, outage_max = 0;
-    double *outage_ms = NULL;
-    size_t outage_cap = 0;
-    for (int l = 0; l < 2; ++l) {
-        for (size_t i = 0; i < loads[l].n; ++i) {
-            struct sample *s = loads[l].samples + i;
-            ++total;
-            ck_assert_msg(s->curl_error == 0,
-                          "HTTP/%d: a request failed without an answer (curl error %d: %s) after %.0f ms, sent %.0f ms after the "
-                          "stop began (stopped at %.0f, start began at %.0f, returned at %.0f)",
-                          loads[l].version, s->curl_error, curl_easy_strerror(s->curl_error), s->t1 - s->t0, s->t0 - t_stop0,
-                          t_stop1 - t_stop0, t_start0 - t_stop0, t_start1 - t_stop0);
-            ck_assert_msg(s->status == 200 || s->status == 503, "HTTP/%d: status %ld", loads[l].version, s->status);
-            if (s->status == 503)
-                ck_assert_msg(s->retry_after, "HTTP/%d: a 503 without Retry-After", loads[l].version);
-            if (s->status == 200)
-                ck_assert_msg(strcmp(s->body, "[{\"id\":7}]") == 0, "HTTP/%d: 200 with %s", loads[l].version, s->body);
-            double d = s->t1 - s->t0;
-            if (d > slowest)
-                slowest = d;
-            if (s->t1 < t_stop0) {
-                ++warm;
-                ck_assert_msg(s->status == 200, "HTTP/%d: status %ld before PostgreSQL stopped", loads[l].version, s->status);
-            } else if (s->t0 > t_stop1 + 100 && s->t1 < t_start0) {
-                ++outage;
-                outage_503 += s->status == 503;
-                if (s->status != 503)
-                    fprintf(stderr,
-                            "faults: during the outage, HTTP/%d sent %.0f ms after the stop returned, answered %.0f ms later: "
-                            "%ld %s\n",
-                            loads[l].version, s->t0 - t_stop1, s->t1 - s->t0, s->status, s->body);
-                if (outage > outage_cap) {
-                    outage_cap = outage_cap == 0 ? 1024 : outage_cap * 2;
-                    outage_ms = realloc(outage_ms, outage_cap * sizeof(double));
-                }
-                outage_ms[outage - 1] = d;
-                if (d > outage_max)
-                    outage_max = d;
-            } else if (s->t0 > t_start1 + 1000) {
-                ++after;
-                after_ok += s->status == 200;
-            } else {
-                ++other;
-            }
-            if (s->status == 200 && s->t1 > t_start1 && (first_ok < 0 || s->t1 < first_ok))
-                first_ok = s->t1;
-        }
-    }
-    qsort(outage_ms, outage, sizeof(double), cmp_double);
-    double outage_median = outage != 0 ? outage_ms[outage / 2] : -1, outage_p99 = outage != 0 ? outage_ms[outage * 99 / 100] : -1;
-    double recovery = first_ok >= 0 ? first_ok - t_start1 : -1;
+    struct restart_tally t = {0};
+    restart_check(loads + 0, &m, &t);
+    restart_check(loads + 1, &m, &t);
     char *status_json = get_status(&server, "/status");
     long reconnects = status_sum(status_json, 0, "reconnects"), closed_broken = status_sum(status_json, 0, "closed_broken"),
-         connect_failures = status_sum(status_json, 0, "connect_failures");
+         connect_failures = status_sum(status_json, 0, "connect_failures"),
+         acquire_timeouts = status_sum(status_json, 0, "acquire_timeouts");
     fprintf(stderr,
-            "faults: restart under load: %zu requests in %.1f s (%zu before the stop, %zu during the outage, %zu from 1 s after "
-            "the start); slowest request %.0f ms (acquire-timeout %d ms); outage answers: %zu of %zu were 503, median %.1f ms, "
-            "p99 %.1f ms, max %.0f ms; pg_ctl stop took %.0f ms, start %.0f ms; first 200 %.0f ms after `pg_ctl start -w` "
-            "returned; at most %ld server connections seen (limit %d); status: reconnects %ld, closed_broken %ld, "
-            "connect_failures %ld\n",
-            total, (t_end - t_stop0 + 800) / 1000, warm, outage, after, slowest, RESTART_ACQUIRE_MS, outage_503, outage,
-            outage_median, outage_p99, outage_max, t_stop1 - t_stop0, t_start1 - t_start0, recovery, w.max,
-            RESTART_THREADS * RESTART_MAX, reconnects, closed_broken, connect_failures);
-
-    ck_assert_msg(warm >= 20, "only %zu requests before the stop", warm);
-    ck_assert_msg(slowest < RESTART_ACQUIRE_MS + 500, "a request took %.0f ms: longer than acquire-timeout (%d ms)", slowest,
-                  RESTART_ACQUIRE_MS);
-    ck_assert_msg(outage >= 20, "only %zu requests answered while PostgreSQL was down", outage);
-    ck_assert_msg(outage_503 == outage, "%zu of %zu requests during the outage were not 503", outage - outage_503, outage);
-    ck_assert_msg(outage_median < 100, "requests during the outage do not fail fast: median %.1f ms", outage_median);
-    ck_assert_msg(outage_max < RESTART_ACQUIRE_MS / 2, "a request during the outage waited %.0f ms", outage_max);
-    ck_assert_msg(first_ok >= 0, "no request succeeded after PostgreSQL came back");
-    ck_assert_msg(recovery < 1000, "the first success came %.0f ms after PostgreSQL accepted connections", recovery);
-    ck_assert_msg(after >= 20 && after_ok == after, "from 1 s after the start, %zu of %zu requests failed", after - after_ok,
-                  after);
+            "faults: restart under load: %zu requests (%zu answered before the stop, %zu sent and answered while PostgreSQL was "
+            "stopped, all 503, %zu sent after every pool was up again, all 200); at most %ld server connections seen (limit %d); "
+            "status: reconnects %ld, closed_broken %ld, connect_failures %ld, acquire_timeouts %ld\n",
+            t.total, t.warm, t.outage, t.after, w.max, RESTART_THREADS * RESTART_MAX, reconnects, closed_broken, connect_failures,
+            acquire_timeouts);
+    ck_assert_msg(t.warm >= 2 * RESTART_ANSWERS && t.outage >= 2 * RESTART_ANSWERS && t.after >= 2 * RESTART_ANSWERS,
+                  "answers by phase: %zu, %zu, %zu", t.warm, t.outage, t.after);
+    ck_assert_msg(acquire_timeouts == 0, "%ld requests waited out acquire-timeout:\n%s", acquire_timeouts, status_json);
     ck_assert_msg(w.max <= RESTART_THREADS * RESTART_MAX, "%ld connections from the server (threads × max = %d)", w.max,
                   RESTART_THREADS * RESTART_MAX);
     ck_assert_msg(pg_conns(appname) <= RESTART_THREADS * RESTART_MAX, "%ld connections afterwards", pg_conns(appname));
     ck_assert_msg(reconnects >= 1, "the status page counts no reconnect:\n%s", status_json);
-    for (int t = 0; t < RESTART_THREADS; ++t) {
-        char *path = th_fmt("binds.0.threads.%d.down", t), *down = jget(status_json, path);
-        ck_assert_msg(down != NULL && strcmp(down, "false") == 0, "thread %d still down after the recovery:\n%s", t, status_json);
-        free(path);
-        free(down);
-    }
+    ck_assert_msg(every_thread_down_is(status_json, 0, "false"), "a thread is down after the recovery:\n%s", status_json);
     free(status_json);
-    free(outage_ms);
     free(loads[0].samples);
     free(loads[1].samples);
     stop_server(&server);
@@ -792,52 +1011,64 @@ static const char *TERM_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                                "  default:\n"
                                "    paths:\n"
                                "      /s:\n"
-                               "        c.handler: " DB_HANDLERS ":db_script\n";
+                               "        c.handler: " DB_HANDLERS ":db_script\n"
+                               "      /status:\n"
+                               "        db.status: ON\n";
+
+/* Four requests each running pg_sleep(20) on a connection of its own; their backends terminated. */
+static void terminate_running(const char *appname, int v)
+{
+    /* two autocommit statements and two transactions, each on a connection of its own (max 4) */
+    const char *bodies[] = {"SENDERROR\nSQL SELECT pg_sleep(20)", "SENDERROR\nSQL SELECT pg_sleep(20)",
+                            "SENDERROR\nBEGIN\nSQL SELECT pg_sleep(20)\nCOMMIT",
+                            "SENDERROR\nBEGIN\nSQL SELECT pg_sleep(20)\nCOMMIT"};
+    /* one after the other: requests arriving together may pipeline on one connection (its oldest
+     * statement is young), and a killed backend would then fail two requests at once */
+    struct bg_posts bs[4];
+    for (int i = 0; i < 4; ++i) {
+        bg_posts_start(bs + i, &server, v, "/s", 1, bodies + i);
+        wait_activity(appname, "state = 'active' AND query LIKE 'SELECT pg_sleep%'", i + 1, "pg_sleep never ran");
+    }
+    double t_kill = th_now_ms();
+    long killed = th_pg_countf("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '%s' AND "
+                               "state = 'active'",
+                               appname);
+    ck_assert_int_eq(killed, 4);
+    double took = 0;
+    for (int i = 0; i < 4; ++i) {
+        bg_posts_join(bs + i);
+        if (bs[i].t_done - t_kill > took)
+            took = bs[i].t_done - t_kill;
+        th_response_t *r = bs[i].res;
+        ck_assert_msg(r->curl_error == 0, "HTTP/%d request %d: curl error %d", v, i, r->curl_error);
+        ck_assert_msg(r->status == 503, "HTTP/%d request %d (%s): status %ld, body %s", v, i, bodies[i], r->status, r->body);
+        char *ra = th_header(r, "retry-after"), *ss = th_header(r, "x-sqlstate");
+        ck_assert_msg(ra != NULL, "HTTP/%d: 503 without Retry-After", v);
+        ck_assert_msg(ss != NULL && (strcmp(ss, "57P01") == 0 || strncmp(ss, "08", 2) == 0),
+                      "HTTP/%d: SQLSTATE %s (expected 57P01 or 08xxx: UNAVAILABLE)", v, ss != NULL ? ss : "(none)");
+        free(ra);
+        free(ss);
+        bg_posts_free(bs + i);
+    }
+    fprintf(stderr, "faults: HTTP/%d: 4 requests on terminated backends answered 503 UNAVAILABLE\n", v);
+    /* a hang guard (the answers come within milliseconds): the statements would sleep 20 s */
+    ck_assert_msg(took < scaled(15000), "HTTP/%d: the answers took %.0f ms after the backends were terminated", v, took);
+}
+
+static void expect_all_ok(th_response_t *res, size_t n, int v, const char *what)
+{
+    for (size_t i = 0; i < n; ++i) {
+        ck_assert_msg(res[i].status == 200, "HTTP/%d: %s: %ld %s", v, what, res[i].status, res[i].body);
+        th_response_free(res + i);
+    }
+}
 
 START_TEST(terminated_backends_fail_their_requests_and_the_next_ones_succeed)
 {
     start_server(&server, TERM_CONF);
     char *appname = th_fmt("flt_term_%d", server.port);
     for (int v = TH_HTTP1; v <= TH_HTTP2; ++v) {
-        /* two autocommit statements and two transactions, each on a connection of its own (max 4) */
-        const char *bodies[] = {"SENDERROR\nSQL SELECT pg_sleep(20)", "SENDERROR\nSQL SELECT pg_sleep(20)",
-                                "SENDERROR\nBEGIN\nSQL SELECT pg_sleep(20)\nCOMMIT",
-                                "SENDERROR\nBEGIN\nSQL SELECT pg_sleep(20)\nCOMMIT"};
-        /* one after the other: requests arriving together may pipeline on one connection (its oldest
-         * statement is young), and a killed backend would then fail two requests at once */
-        struct bg_posts bs[4];
-        for (int i = 0; i < 4; ++i) {
-            bg_posts_start(bs + i, &server, v, "/s", 1, bodies + i);
-            struct activity_query q = {appname, "state = 'active' AND query LIKE 'SELECT pg_sleep%'", i + 1};
-            ck_assert_msg(th_wait_until(activity_reaches, &q, 10000), "HTTP/%d: pg_sleep %d never ran: %s", v, i + 1,
-                          activity_dump(appname));
-        }
-        double t_kill = th_now_ms();
-        long killed =
-            th_pg_countf("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '%s' AND "
-                         "state = 'active'",
-                         appname);
-        ck_assert_int_eq(killed, 4);
-        double took = 0;
-        for (int i = 0; i < 4; ++i) {
-            bg_posts_join(bs + i);
-            if (bs[i].t_done - t_kill > took)
-                took = bs[i].t_done - t_kill;
-            th_response_t *r = bs[i].res;
-            ck_assert_msg(r->curl_error == 0, "HTTP/%d request %d: curl error %d", v, i, r->curl_error);
-            ck_assert_msg(r->status == 503, "HTTP/%d request %d (%s): status %ld, body %s", v, i, bodies[i], r->status, r->body);
-            char *ra = th_header(r, "retry-after"), *ss = th_header(r, "x-sqlstate");
-            ck_assert_msg(ra != NULL, "HTTP/%d: 503 without Retry-After", v);
-            ck_assert_msg(ss != NULL && (strcmp(ss, "57P01") == 0 || strncmp(ss, "08", 2) == 0),
-                          "HTTP/%d: SQLSTATE %s (expected 57P01 or 08xxx: UNAVAILABLE)", v, ss != NULL ? ss : "(none)");
-            free(ra);
-            free(ss);
-        }
-        fprintf(stderr, "faults: HTTP/%d: 4 requests on terminated backends answered 503 within %.0f ms of pg_terminate_backend\n",
-                v, took);
-        ck_assert_msg(took < 3000, "HTTP/%d: the answers took %.0f ms after the backends were terminated", v, took);
-        for (int i = 0; i < 4; ++i)
-            bg_posts_free(bs + i);
+        terminate_running(appname, v);
 
         /* the next ones succeed, one after the other and four at once */
         for (int i = 0; i < 3; ++i) {
@@ -850,22 +1081,23 @@ START_TEST(terminated_backends_fail_their_requests_and_the_next_ones_succeed)
                               "SENDERROR\nBEGIN\nSQL SELECT 1 AS one\nCOMMIT", "SENDERROR\nSQL SELECT 1 AS one"};
         th_response_t res[4];
         par_posts(&server, res, 4, v, "/s", next);
-        for (int i = 0; i < 4; ++i) {
-            ck_assert_msg(res[i].status == 200, "HTTP/%d: after the termination: %ld %s", v, res[i].status, res[i].body);
-            th_response_free(res + i);
-        }
+        expect_all_ok(res, 4, v, "after the termination");
 
-        /* idle connections terminated: noticed before they are handed out again */
+        /* idle connections terminated: the server notices (its pool drops them: no connection
+         * left on the status page) before anybody gets them, and the next requests succeed. First
+         * nothing under way, not even a connect started for a statement that another connection
+         * then served: it would open after the termination and stay. */
+        wait_pool_idle(&server, 0, "before terminating the idle connections");
         long idle =
             th_pg_countf("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '%s'", appname);
         ck_assert_msg(idle >= 1, "no idle connection to terminate");
-        usleep(300000);
+        struct gauges none = {&server, 0, 0, -1, -1, -1, -1};
+        ck_assert_msg(th_wait_until(gauges_are, &none, WAIT_MS),
+                      "HTTP/%d: %ld idle connections terminated, but the server still shows connections %d s later; PostgreSQL "
+                      "has: %s",
+                      v, idle, WAIT_MS / 1000, activity_dump(appname));
         par_posts(&server, res, 4, v, "/s", next);
-        for (int i = 0; i < 4; ++i) {
-            ck_assert_msg(res[i].status == 200, "HTTP/%d: after %ld idle connections were terminated: %ld %s", v, idle,
-                          res[i].status, res[i].body);
-            th_response_free(res + i);
-        }
+        expect_all_ok(res, 4, v, "after the idle connections were terminated");
     }
     stop_server(&server);
     free(appname);
@@ -874,11 +1106,18 @@ END_TEST
 
 /* ==== the pool at 10× its capacity ==== */
 
+/* Two binds of max 2 and queue 4, their connections open from the start (min: 2): the default one
+ * with acquire-timeout 0.3 s, whose waiters time out; `full` with 30 s, whose waiters outlast the
+ * test's refused requests by far (the queue is full meanwhile). bench/faults measures how fast
+ * the refusals come and the server's memory over many rounds. */
 static const char *EXHAUST_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                                   "num-threads: 1\n"
                                   "db.bind:\n"
-                                  "  url: \"@PG@?application_name=flt_exhaust_@PORT@\"\n"
-                                  "  pool: {max: 2, queue: 4, acquire-timeout: 0.3}\n"
+                                  "  - url: \"@PG@?application_name=flt_exhaust_@PORT@\"\n"
+                                  "    pool: {max: 2, min: 2, queue: 4, acquire-timeout: 0.3}\n"
+                                  "  - url: \"@PG@?application_name=flt_exhaust_full_@PORT@\"\n"
+                                  "    key: full\n"
+                                  "    pool: {max: 2, min: 2, queue: 4, acquire-timeout: 30}\n"
                                   "hosts:\n"
                                   "  default:\n"
                                   "    paths:\n"
@@ -887,113 +1126,119 @@ static const char *EXHAUST_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                                   "      /status:\n"
                                   "        db.status: ON\n";
 
-static long vm_rss_kb(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    FILE *fp = fopen(path, "r");
-    ck_assert_msg(fp != NULL, "%s: %s", path, strerror(errno));
-    long kb = -1;
-    while (fgets(line, sizeof(line), fp) != NULL)
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kb = strtol(line + 6, NULL, 10);
-    fclose(fp);
-    return kb;
-}
+#define EXHAUST_MAX     2
+#define EXHAUST_QUEUE   4
+#define EXHAUST_REFUSED 18 /* 2 + 4 + 18 = 24 requests at once: 12× the pool */
 
-#define EXHAUST_N      24
-#define EXHAUST_ROUNDS 24
-
-/* One burst of EXHAUST_N transaction-holding requests; returns how many got 503. */
-static int exhaust_round(int version, double *slowest_503, int *ok_out)
+/* Every response: 503 BUSY (53300) with Retry-After. */
+static void expect_busy(th_response_t *res, size_t n, int version, const char *what)
 {
-    const char *bodies[EXHAUST_N];
-    for (int i = 0; i < EXHAUST_N; ++i)
-        bodies[i] = "SENDERROR\nBEGIN\nSQL SELECT 1 AS one\nSLEEP 500\nCOMMIT";
-    th_response_t res[EXHAUST_N];
-    par_posts(&server, res, EXHAUST_N, version, "/s", bodies);
-    int ok = 0, busy = 0;
-    for (int i = 0; i < EXHAUST_N; ++i) {
-        ck_assert_msg(res[i].curl_error == 0, "HTTP/%d: curl error %d", version, res[i].curl_error);
-        if (res[i].status == 200) {
-            ++ok;
-            db_assert_result(res[i].body, 2, "OK", NULL);
-        } else {
-            ck_assert_msg(res[i].status == 503, "HTTP/%d: status %ld %s", version, res[i].status, res[i].body);
-            char *ra = th_header(res + i, "retry-after"), *ss = th_header(res + i, "x-sqlstate");
-            ck_assert_msg(ra != NULL, "HTTP/%d: 503 without Retry-After", version);
-            ck_assert_msg(ss != NULL && strcmp(ss, "53300") == 0, "HTTP/%d: 503 with SQLSTATE %s", version, ss != NULL ? ss : "-");
-            free(ra);
-            free(ss);
-            ++busy;
-            if (res[i].seconds * 1000 > *slowest_503)
-                *slowest_503 = res[i].seconds * 1000;
-        }
+    for (size_t i = 0; i < n; ++i) {
+        ck_assert_msg(res[i].curl_error == 0, "HTTP/%d: %s: curl error %d", version, what, res[i].curl_error);
+        ck_assert_msg(res[i].status == 503, "HTTP/%d: %s: status %ld %s", version, what, res[i].status, res[i].body);
+        char *ra = th_header(res + i, "retry-after"), *ss = th_header(res + i, "x-sqlstate");
+        ck_assert_msg(ra != NULL, "HTTP/%d: %s: 503 without Retry-After", version, what);
+        ck_assert_msg(ss != NULL && strcmp(ss, "53300") == 0, "HTTP/%d: %s: 503 with SQLSTATE %s", version, what,
+                      ss != NULL ? ss : "-");
+        free(ra);
+        free(ss);
         th_response_free(res + i);
     }
-    *ok_out += ok;
-    ck_assert_msg(ok >= 2, "HTTP/%d: only %d of %d requests were served with max 2", version, ok, EXHAUST_N);
-    return busy;
 }
 
-START_TEST(pool_exhausted_tenfold_answers_503_quickly_and_does_not_grow)
+/* Every response: 200, the transaction committed (result INDEX is the COMMIT's OK). */
+static void expect_committed(th_response_t *res, size_t n, size_t index, int version, const char *what)
 {
-    /* under ./scripts/test --asan the server's freed memory would sit in ASan's quarantine (256 MB
-     * by default) and look like growth: measure this server without it */
-    char *saved = getenv("ASAN_OPTIONS") != NULL ? strdup(getenv("ASAN_OPTIONS")) : NULL;
-    if (saved != NULL) {
-        char *opts = th_fmt("%s:quarantine_size_mb=0:thread_local_quarantine_size_kb=0", saved);
-        setenv("ASAN_OPTIONS", opts, 1);
-        free(opts);
+    for (size_t i = 0; i < n; ++i) {
+        ck_assert_msg(res[i].curl_error == 0, "HTTP/%d: %s: curl error %d", version, what, res[i].curl_error);
+        ck_assert_msg(res[i].status == 200, "HTTP/%d: %s: status %ld %s", version, what, res[i].status, res[i].body);
+        db_assert_result(res[i].body, index, "OK", NULL);
     }
+}
+
+/* `full`: 2 requests hold both connections (waiting for the test's lock), 4 wait in the queue
+ * (acquire-timeout 30 s); 18 more are refused at once, queue full; then everybody is served. */
+static void exhaust_queue_full(int v, const char *body, long key)
+{
+    const char *bodies[EXHAUST_MAX + EXHAUST_QUEUE + EXHAUST_REFUSED];
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); ++i)
+        bodies[i] = body;
+    PGconn *lock = db_gate_close(key);
+    struct bg_posts held;
+    bg_posts_start(&held, &server, v, "/s?key=full", EXHAUST_MAX + EXHAUST_QUEUE, bodies);
+    wait_pinned(&server, 1, EXHAUST_MAX, EXHAUST_QUEUE, "connections pinned and the queue full");
+    th_response_t res[EXHAUST_REFUSED];
+    par_posts(&server, res, EXHAUST_REFUSED, v, "/s?key=full", bodies);
+    expect_busy(res, EXHAUST_REFUSED, v, "the queue full");
+    db_gate_open(lock);
+    bg_posts_join(&held);
+    expect_committed(held.res, held.n, 2, v, "held, then served");
+    bg_posts_free(&held);
+}
+
+/* The default bind: 2 requests hold both connections; 4 more wait, time out (0.3 s) and are
+ * refused, while the connections are still held; then the 2 commit. */
+static void exhaust_acquire_timeout(int v, const char *body, long key)
+{
+    const char *bodies[EXHAUST_QUEUE] = {body, body, body, body};
+    PGconn *lock = db_gate_close(key);
+    struct bg_posts held;
+    bg_posts_start(&held, &server, v, "/s", EXHAUST_MAX, bodies);
+    wait_pinned(&server, 0, EXHAUST_MAX, 0, "connections pinned");
+    th_response_t res[EXHAUST_QUEUE];
+    par_posts(&server, res, EXHAUST_QUEUE, v, "/s", bodies);
+    expect_busy(res, EXHAUST_QUEUE, v, "waited acquire-timeout");
+    db_gate_open(lock);
+    bg_posts_join(&held);
+    expect_committed(held.res, held.n, 2, v, "held");
+    bg_posts_free(&held);
+}
+
+START_TEST(pool_exhausted_tenfold_answers_503_and_serves_again)
+{
     start_server(&server, EXHAUST_CONF);
-    if (saved != NULL) {
-        setenv("ASAN_OPTIONS", saved, 1);
-        free(saved);
+    char *app = th_fmt("flt_exhaust_%d", server.port), *app_full = th_fmt("flt_exhaust_full_%d", server.port);
+    long key = db_gate_key();
+    char *body = th_fmt("SENDERROR\nBEGIN\nSQL SELECT pg_advisory_xact_lock_shared(%ld)\nCOMMIT", key);
+    wait_connections(&server, 0, EXHAUST_MAX, "min: 2");
+    wait_connections(&server, 1, EXHAUST_MAX, "min: 2");
+    for (int v = TH_HTTP1; v <= TH_HTTP2; ++v) {
+        exhaust_queue_full(v, body, key);
+        exhaust_acquire_timeout(v, body, key);
     }
-    char *appname = th_fmt("flt_exhaust_%d", server.port);
-    double slowest_503 = 0;
-    int busy = 0, ok = 0, rounds = 0;
-    for (int i = 0; i < 4; ++i, ++rounds)
-        busy += exhaust_round(i % 2 ? TH_HTTP2 : TH_HTTP1, &slowest_503, &ok);
-    long rss0 = vm_rss_kb(server.pid);
-    double t0 = th_now_ms();
-    for (int i = 0; i < EXHAUST_ROUNDS; ++i, ++rounds)
-        busy += exhaust_round(i % 2 ? TH_HTTP2 : TH_HTTP1, &slowest_503, &ok);
-    double took = th_now_ms() - t0;
-    usleep(200000);
-    long rss1 = vm_rss_kb(server.pid);
-    char *status_json = get_status(&server, "/status");
-    long queue_full = status_sum(status_json, 0, "queue_full"), acquire_timeouts = status_sum(status_json, 0, "acquire_timeouts"),
-         waiting = status_sum(status_json, 0, "waiting"), pinned = status_sum(status_json, 0, "connections.pinned");
+    wait_pool_idle(&server, 0, "after the rounds");
+    wait_pool_idle(&server, 1, "after the rounds");
+    char *json = get_status(&server, "/status");
+    long full_qf = status_sum(json, 1, "queue_full"), full_at = status_sum(json, 1, "acquire_timeouts"),
+         qf = status_sum(json, 0, "queue_full"), at = status_sum(json, 0, "acquire_timeouts"), waits = status_sum(json, 0, "waits");
     fprintf(stderr,
-            "faults: exhaustion: %d rounds of %d transactions holding a connection 500 ms (max 2, queue 4, acquire-timeout "
-            "300 ms): %d served, %d answered 503 (queue_full %ld, acquire_timeouts %ld), slowest 503 %.0f ms; %d rounds in "
-            "%.1f s; VmRSS %ld kB -> %ld kB (%+ld kB); server connections %ld\n",
-            rounds, EXHAUST_N, ok, busy, queue_full, acquire_timeouts, slowest_503, EXHAUST_ROUNDS, took / 1000, rss0, rss1,
-            rss1 - rss0, pg_conns(appname));
-    ck_assert_msg(busy >= rounds * (EXHAUST_N - 2 - 4 - 4), "only %d of %d requests were refused", busy, rounds * EXHAUST_N);
-    ck_assert_msg(slowest_503 < 300 + 300, "a 503 came after %.0f ms (acquire-timeout 300 ms)", slowest_503);
-    ck_assert_msg(queue_full >= 1 && acquire_timeouts >= 1, "queue_full %ld, acquire_timeouts %ld", queue_full, acquire_timeouts);
-    ck_assert_msg(queue_full + acquire_timeouts == busy, "the status page counts %ld refusals, the clients saw %d",
-                  queue_full + acquire_timeouts, busy);
-    ck_assert_int_eq(waiting, 0);
-    ck_assert_int_eq(pinned, 0);
-    ck_assert_msg(pg_conns(appname) <= 2, "%ld connections with max 2", pg_conns(appname));
-    ck_assert_msg(rss1 - rss0 < 4096, "VmRSS grew by %ld kB over %d rounds", rss1 - rss0, EXHAUST_ROUNDS);
-    free(status_json);
+            "faults: exhaustion (max 2, queue 4): bind full (acquire-timeout 30 s): %d refused with the queue full per protocol, "
+            "counted queue_full %ld, acquire_timeouts %ld; default bind (acquire-timeout 0.3 s): %d waited and were refused "
+            "per protocol, counted acquire_timeouts %ld, queue_full %ld, waits %ld; server connections %ld + %ld\n",
+            EXHAUST_REFUSED, full_qf, full_at, EXHAUST_QUEUE, at, qf, waits, pg_conns(app), pg_conns(app_full));
+    ck_assert_msg(full_qf == 2 * EXHAUST_REFUSED && full_at == 0, "bind full: queue_full %ld, acquire_timeouts %ld\n%s", full_qf,
+                  full_at, json);
+    ck_assert_msg(at == 2 * EXHAUST_QUEUE && qf == 0, "default bind: acquire_timeouts %ld, queue_full %ld\n%s", at, qf, json);
+    ck_assert_msg(waits >= 2 * EXHAUST_QUEUE, "default bind: waits %ld", waits);
+    ck_assert_msg(pg_conns(app) <= EXHAUST_MAX && pg_conns(app_full) <= EXHAUST_MAX, "%ld and %ld connections with max 2",
+                  pg_conns(app), pg_conns(app_full));
+    free(json);
+    free(body);
     stop_server(&server);
-    free(appname);
+    free(app);
+    free(app_full);
 }
 END_TEST
 
 /* ==== 1000 clients that leave in the middle of a transaction ==== */
 
+/* acquire-timeout 60 s: the requests queued behind the 8 connections are still waiting when
+ * their clients leave, however long the test waited for the 8 to be seen running */
 static const char *GONE_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                                "num-threads: 1\n"
                                "db.bind:\n"
                                "  url: \"@PG@?application_name=flt_gone_@PORT@\"\n"
-                               "  pool: {max: 8}\n"
+                               "  pool: {max: 8, acquire-timeout: 60}\n"
                                "hosts:\n"
                                "  default:\n"
                                "    access-log: {path: @DIR@/access.log, format: \"%H %U %s\"}\n"
@@ -1003,8 +1248,7 @@ static const char *GONE_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                                "      /status:\n"
                                "        db.status: ON\n";
 
-/* one worker thread: db_script parses its body with strtok(), which is not thread-safe; with
- * a hundred requests arriving at once on two threads, scripts get mixed up */
+#define GONE_MAX         8 /* pool.max: the transactions of a batch that run at once */
 #define GONE_BATCH       100
 #define GONE_PER_VERSION 500
 
@@ -1016,29 +1260,45 @@ static int connect_to(int port)
     return fd;
 }
 
-static long active_sleeps(const char *appname)
+/* A batch's transaction: it sleeps a minute in PostgreSQL, so that it commits only if nobody
+ * cancels it; the batch number in its SELECT tells this batch's statements from the last one's. */
+static char *gone_body(const char *table, int batch)
 {
-    return th_pg_countf("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND state = 'active' AND query LIKE "
-                        "'SELECT pg_sleep%%'",
-                        appname);
+    return th_fmt("BEGIN\nSQL INSERT INTO %s (v) VALUES ('gone')\nSQL SELECT pg_sleep(60) AS batch_%d\nCOMMIT\n", table, batch);
 }
 
-/* HTTP/1: raw sockets that send the request and close ~150 ms later (half with a RST) */
-static long gone_http1_batch(int port, const char *body, const char *appname)
+struct gone_batch {
+    const char *appname;
+    char *running; /* pg_stat_activity condition: this batch's pg_sleep running */
+};
+
+static int gone_all_running(void *arg)
+{
+    struct gone_batch *g = arg;
+    return th_pg_countf("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND %s", g->appname, g->running) >=
+           GONE_MAX;
+}
+
+static void gone_init(struct gone_batch *g, const char *appname, int batch)
+{
+    g->appname = appname;
+    g->running = th_fmt("state = 'active' AND query = 'SELECT pg_sleep(60) AS batch_%d'", batch);
+}
+
+/* HTTP/1: raw sockets that send the request and close (half with a RST) once PostgreSQL shows
+ * GONE_MAX of the batch's transactions in pg_sleep (every connection of the pool) */
+static void gone_http1_batch(int port, const char *body, struct gone_batch *g)
 {
     int fds[GONE_BATCH];
     char *req = th_fmt("POST /s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n\r\n%s",
                        strlen(body), body);
-    double t0 = th_now_ms();
     for (int i = 0; i < GONE_BATCH; ++i) {
         fds[i] = connect_to(port);
         size_t len = strlen(req);
         ck_assert_msg(write(fds[i], req, len) == (ssize_t)len, "write: %s", strerror(errno));
     }
-    double wait = 150 - (th_now_ms() - t0);
-    if (wait > 0)
-        usleep((useconds_t)(wait * 1000));
-    long sleeping = active_sleeps(appname);
+    ck_assert_msg(th_wait_until(gone_all_running, g, WAIT_MS), "HTTP/1: %d transactions of the batch never ran at once: %s",
+                  GONE_MAX, activity_dump(g->appname));
     for (int i = 0; i < GONE_BATCH; ++i) {
         if (i % 2) {
             struct linger lg = {1, 0};
@@ -1047,11 +1307,35 @@ static long gone_http1_batch(int port, const char *body, const char *appname)
         close(fds[i]);
     }
     free(req);
-    return sleeping;
 }
 
-/* HTTP/2: libcurl multiplexes the batch on one connection (h2c Upgrade, see par_posts) and resets each stream after 150 ms */
-static long gone_http2_batch(th_server_t *s, const char *body, const char *appname)
+/* Drives the transfers until PostgreSQL shows the batch's transactions running (checked every
+ * 20 ms); returns whether it did, and how many transfers ended meanwhile in *ended. */
+static int gone_http2_drive(CURLM *m, struct gone_batch *g, int *ended)
+{
+    double deadline = th_now_ms() + scaled(WAIT_MS), next_check = 0;
+    int running = 1, seen = 0;
+    while (running && !seen && th_now_ms() < deadline) {
+        curl_multi_perform(m, &running);
+        if (th_now_ms() >= next_check) {
+            seen = gone_all_running(g);
+            next_check = th_now_ms() + 20;
+        }
+        if (running && !seen)
+            curl_multi_poll(m, NULL, 0, 10, NULL);
+    }
+    CURLMsg *msg;
+    int left;
+    *ended = 0;
+    while ((msg = curl_multi_info_read(m, &left)) != NULL)
+        *ended += msg->msg == CURLMSG_DONE;
+    return seen;
+}
+
+/* HTTP/2: libcurl multiplexes the batch on one connection (h2c Upgrade, see par_posts); once
+ * PostgreSQL shows the batch's transactions running, every transfer is abandoned (removing a
+ * transfer in flight resets its stream) and the connection closed */
+static void gone_http2_batch(th_server_t *s, const char *body, struct gone_batch *g)
 {
     char *url = th_url(s, "/s");
     CURLM *m = curl_multi_init();
@@ -1064,28 +1348,12 @@ static long gone_http2_batch(th_server_t *s, const char *body, const char *appna
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, ld_discard);
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 150L);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_2_0); /* see par_posts */
         curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
         curl_multi_add_handle(m, e);
     }
-    double t0 = th_now_ms();
-    long sleeping = -1;
-    int running = 1;
-    while (running) {
-        curl_multi_perform(m, &running);
-        if (sleeping < 0 && th_now_ms() - t0 > 120)
-            sleeping = active_sleeps(appname);
-        if (running)
-            curl_multi_poll(m, NULL, 0, 10, NULL);
-    }
-    int timed_out = 0;
-    CURLMsg *msg;
-    int left;
-    while ((msg = curl_multi_info_read(m, &left)) != NULL)
-        if (msg->msg == CURLMSG_DONE && msg->data.result == CURLE_OPERATION_TIMEDOUT)
-            ++timed_out;
+    int ended, seen = gone_http2_drive(m, g, &ended);
     for (int i = 0; i < GONE_BATCH; ++i) {
         curl_multi_remove_handle(m, easies[i]);
         curl_easy_cleanup(easies[i]);
@@ -1093,86 +1361,45 @@ static long gone_http2_batch(th_server_t *s, const char *body, const char *appna
     curl_multi_cleanup(m);
     curl_slist_free_all(headers);
     free(url);
-    ck_assert_msg(timed_out == GONE_BATCH, "HTTP/2: only %d of %d requests were abandoned by the client", timed_out, GONE_BATCH);
-    return sleeping < 0 ? 0 : sleeping;
+    ck_assert_msg(seen, "HTTP/2: %d transactions of the batch never ran at once: %s", GONE_MAX, activity_dump(g->appname));
+    ck_assert_msg(ended == 0, "HTTP/2: %d of %d requests ended before the client left", ended, GONE_BATCH);
 }
 
-static int status_idle(void *arg)
+/* The client-gone batches, HTTP/1 then HTTP/2. */
+static void gone_batches(const char *table, const char *appname)
 {
-    char *json = get_status(arg, "/status");
-    int idle = status_sum(json, 0, "connections.busy") == 0 && status_sum(json, 0, "connections.pinned") == 0 &&
-               status_sum(json, 0, "waiting") == 0;
-    free(json);
-    return idle;
+    for (int i = 0; i < 2 * GONE_PER_VERSION / GONE_BATCH; ++i) {
+        char *body = gone_body(table, i);
+        struct gone_batch g;
+        gone_init(&g, appname, i);
+        if (i < GONE_PER_VERSION / GONE_BATCH)
+            gone_http1_batch(server.port, body, &g);
+        else
+            gone_http2_batch(&server, body, &g);
+        free(g.running);
+        free(body);
+    }
 }
 
-static int pool_settled(void *arg)
+static char *read_access_log(th_server_t *s)
 {
-    const char *appname = arg;
-    return th_pg_countf("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND state <> 'idle'", appname) == 0;
-}
-
-START_TEST(clients_that_leave_mid_transaction_commit_nothing)
-{
-    start_server(&server, GONE_CONF);
-    char *appname = th_fmt("flt_gone_%d", server.port), *t = th_uniq("flt_gone");
-    char *sql = th_fmt("CREATE TABLE %s (id serial PRIMARY KEY, v text)", t);
-    pg_exec(sql);
-    free(sql);
-    char *body = th_fmt("BEGIN\nSQL INSERT INTO %s (v) VALUES ('gone')\nSQL SELECT pg_sleep(3)\nCOMMIT\n", t);
-    char *before = get_status(&server, "/status");
-    long errors0 = status_sum(before, 0, "errors");
-    free(before);
-
-    double t0 = th_now_ms();
-    long sleeping1 = 0, sleeping2 = 0;
-    for (int i = 0; i < GONE_PER_VERSION / GONE_BATCH; ++i)
-        sleeping1 += gone_http1_batch(server.port, body, appname);
-    double t1 = th_now_ms();
-    for (int i = 0; i < GONE_PER_VERSION / GONE_BATCH; ++i)
-        sleeping2 += gone_http2_batch(&server, body, appname);
-    double t2 = th_now_ms();
-    int settled = th_wait_until(pool_settled, appname, 10000);
-    double t_settled = th_now_ms();
-    /* and h2o-db's side: every connection back to idle (a cancel or clean-up ROLLBACK may still be
-     * finishing when PostgreSQL already shows the session idle) */
-    int pool_idle = th_wait_until(status_idle, &server, 5000);
-    double t_idle = th_now_ms();
-
-    char *after = get_status(&server, "/status");
-    long errors = status_sum(after, 0, "errors") - errors0, busy = status_sum(after, 0, "connections.busy"),
-         pinned = status_sum(after, 0, "connections.pinned"), waiting = status_sum(after, 0, "waiting");
-    long rows = th_pg_countf("SELECT count(*) FROM %s", t);
-    long idle_in_tx = th_pg_countf(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND state LIKE 'idle in transaction%%'", appname);
-    long conns = pg_conns(appname);
-    fprintf(stderr,
-            "faults: client gone: %d HTTP/1 clients in %.1f s (%ld transactions seen sleeping when they left), %d HTTP/2 clients "
-            "in %.1f s (%ld seen sleeping); PostgreSQL saw every session idle %.0f ms after the last batch, the status page every "
-            "connection idle %.0f ms after it; %ld statements answered with an error; rows committed %ld, idle in transaction "
-            "%ld, server connections %ld, busy %ld, pinned %ld, waiting %ld\n",
-            GONE_PER_VERSION, (t1 - t0) / 1000, sleeping1, GONE_PER_VERSION, (t2 - t1) / 1000, sleeping2, t_settled - t2,
-            t_idle - t2, errors, rows, idle_in_tx, conns, busy, pinned, waiting);
-    ck_assert_msg(sleeping1 > 0, "HTTP/1: no transaction was ever seen running: the test proves nothing");
-    ck_assert_msg(sleeping2 > 0, "HTTP/2: no transaction was ever seen running: the test proves nothing");
-    ck_assert_msg(settled, "the server's connections were still busy 10 s after the clients left");
-    ck_assert_msg(pool_idle, "the status page still shows busy connections 5 s after PostgreSQL saw them idle");
-    ck_assert_msg(rows == 0, "%ld rows of clients that left were committed", rows);
-    ck_assert_msg(idle_in_tx == 0, "%ld sessions left idle in transaction", idle_in_tx);
-    ck_assert_msg(busy == 0 && pinned == 0 && waiting == 0, "pool not idle: busy %ld pinned %ld waiting %ld\n%s", busy, pinned,
-                  waiting, after);
-    ck_assert_msg(conns <= 8, "%ld connections with 1 thread × max 8", conns);
-    free(after);
-    /* the requests really came over both protocols (h2o logs a request when it ends, answered or not) */
-    char *logpath = th_fmt("%s/access.log", server.dir), *alog = NULL;
+    char *logpath = th_fmt("%s/access.log", s->dir);
     FILE *fp = fopen(logpath, "r");
     ck_assert_msg(fp != NULL, "no access log");
     size_t cap = 1 << 20, len = 0, n;
-    alog = malloc(cap);
+    char *alog = malloc(cap);
     while ((n = fread(alog + len, 1, cap - len - 1, fp)) > 0)
         len += n;
     alog[len] = '\0';
     fclose(fp);
+    free(logpath);
+    return alog;
+}
+
+/* the requests really came over both protocols (h2o logs a request when it ends, answered or not) */
+static void gone_check_access_log(th_server_t *s)
+{
+    char *alog = read_access_log(s);
     int h1 = count_substr(alog, "HTTP/1.1 /s "), h2 = count_substr(alog, "HTTP/2 /s "),
         h1_answered = count_substr(alog, "HTTP/1.1 /s 200\n"), h2_unanswered = count_substr(alog, "HTTP/2 /s 0\n");
     fprintf(stderr,
@@ -1182,7 +1409,44 @@ START_TEST(clients_that_leave_mid_transaction_commit_nothing)
     ck_assert_msg(h1 == GONE_PER_VERSION && h2 == GONE_PER_VERSION,
                   "access log: %d HTTP/1.1 and %d HTTP/2 requests (expected %d each)", h1, h2, GONE_PER_VERSION);
     free(alog);
-    free(logpath);
+}
+
+START_TEST(clients_that_leave_mid_transaction_commit_nothing)
+{
+    start_server(&server, GONE_CONF);
+    char *appname = th_fmt("flt_gone_%d", server.port), *t = th_uniq("flt_gone");
+    char *sql = th_fmt("CREATE TABLE %s (id serial PRIMARY KEY, v text)", t);
+    pg_exec(sql);
+    free(sql);
+    char *before = get_status(&server, "/status");
+    long errors0 = status_sum(before, 0, "errors");
+    free(before);
+
+    gone_batches(t, appname);
+    /* PostgreSQL: every session idle (cancelled, rolled back); the sleeps would hold them a minute */
+    int settled = th_wait_until(pool_settled, appname, 3 * WAIT_MS);
+    ck_assert_msg(settled, "the server's connections were still busy %d s after the clients left: %s", 3 * WAIT_MS / 1000,
+                  activity_dump(appname));
+    /* and h2o-db's side: every connection back to idle (a cancel or clean-up ROLLBACK may still be
+     * finishing when PostgreSQL already shows the session idle) */
+    wait_pool_idle(&server, 0, "after the clients left");
+
+    char *after = get_status(&server, "/status");
+    long errors = status_sum(after, 0, "errors") - errors0;
+    long rows = th_pg_countf("SELECT count(*) FROM %s", t);
+    long idle_in_tx = th_pg_countf(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND state LIKE 'idle in transaction%%'", appname);
+    long conns = pg_conns(appname);
+    fprintf(stderr,
+            "faults: client gone: %d HTTP/1 and %d HTTP/2 clients left, in batches of %d, each once PostgreSQL showed %d of its "
+            "batch's transactions in pg_sleep; %ld statements answered with an error; rows committed %ld, idle in transaction "
+            "%ld, server connections %ld\n",
+            GONE_PER_VERSION, GONE_PER_VERSION, GONE_BATCH, GONE_MAX, errors, rows, idle_in_tx, conns);
+    ck_assert_msg(rows == 0, "%ld rows of clients that left were committed", rows);
+    ck_assert_msg(idle_in_tx == 0, "%ld sessions left idle in transaction", idle_in_tx);
+    ck_assert_msg(conns <= GONE_MAX, "%ld connections with 1 thread × max 8", conns);
+    free(after);
+    gone_check_access_log(&server);
 
     /* and the pool works: a transaction that stays commits */
     th_response_t res;
@@ -1194,7 +1458,6 @@ START_TEST(clients_that_leave_mid_transaction_commit_nothing)
     }
     ck_assert_int_eq(th_pg_countf("SELECT count(*) FROM %s", t), 2);
     free(control);
-    free(body);
     stop_server(&server);
     free(t);
     free(appname);
@@ -1203,16 +1466,20 @@ END_TEST
 
 /* ==== the database is down when the server starts ==== */
 
+/* acquire-timeout 30 s: an answer that waited it out would be BUSY (53300) and counted as an
+ * acquire timeout; the pool that knows the database is down answers UNAVAILABLE instead */
 static const char *DOWN_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                                "num-threads: 2\n"
                                "db.bind:\n"
                                "  url: \"@PG@?application_name=flt_down_@PORT@\"\n"
-                               "  pool: {acquire-timeout: 3}\n"
+                               "  pool: {acquire-timeout: 30}\n"
                                "hosts:\n"
                                "  default:\n"
                                "    paths:\n"
                                "      /s:\n"
-                               "        c.handler: " DB_HANDLERS ":db_script\n";
+                               "        c.handler: " DB_HANDLERS ":db_script\n"
+                               "      /status:\n"
+                               "        db.status: ON\n";
 
 static const char *DOWN_CAS_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                                    "db.bind:\n"
@@ -1244,13 +1511,11 @@ static int request_succeeds(void *arg)
     return f->last_status == 200;
 }
 
-START_TEST(database_down_at_start_up)
+/* connect-at-start: ON, or a schema: the server refuses to start, naming the bind */
+static void down_refuses_to_start(void)
 {
-    pg_stop();
-
-    /* connect-at-start: ON, or a schema: the server refuses to start, naming the bind */
     char *dir = th_tmpdir(), *out = NULL;
-    int st = db_run_until_exit(dir, DOWN_CAS_CONF, 20000, &out);
+    int st = db_run_until_exit(dir, DOWN_CAS_CONF, (int)scaled(2 * WAIT_MS), &out);
     fprintf(stderr, "faults: down at start-up, connect-at-start: ON: exit %d: %s", st, out);
     ck_assert_msg(st == 1, "connect-at-start: ON with the database down: exit status %d (expected 1):\n%s", st, out);
     ck_assert_msg(strstr(out, "flt_needs_db") != NULL, "the message does not name the bind:\n%s", out);
@@ -1259,67 +1524,100 @@ START_TEST(database_down_at_start_up)
     free(dir);
     dir = th_tmpdir();
     free(th_write_file(dir, "schema.sql", "CREATE TABLE IF NOT EXISTS flt_schema_t (id int);\n", 0));
-    st = db_run_until_exit(dir, DOWN_SCHEMA_CONF, 20000, &out);
+    st = db_run_until_exit(dir, DOWN_SCHEMA_CONF, (int)scaled(2 * WAIT_MS), &out);
     fprintf(stderr, "faults: down at start-up, with a schema: exit %d: %s", st, out);
     ck_assert_msg(st == 1, "a schema with the database down: exit status %d (expected 1):\n%s", st, out);
     ck_assert_msg(strstr(out, "flt_with_schema") != NULL, "the message does not name the bind:\n%s", out);
     free(out);
     free(dir);
+}
 
-    /* the defaults: the server starts and answers 503 at once */
-    start_server(&server, DOWN_CONF);
+/* The defaults: the server starts and answers 503 UNAVAILABLE, failing fast: no request waited
+ * for a connection (no acquire timeout counted), the connect attempts failed. */
+static void down_answers_503(void)
+{
     for (int v = TH_HTTP1; v <= TH_HTTP2; ++v) {
         for (int i = 0; i < 5; ++i) {
             th_response_t res;
             db_request(&server, &res, v, NULL, "/s", "SENDERROR\nSQL SELECT 1 AS one");
-            char *ra = th_header(&res, "retry-after");
+            char *ra = th_header(&res, "retry-after"), *ss = th_header(&res, "x-sqlstate");
             ck_assert_msg(res.status == 503 && ra != NULL, "HTTP/%d with the database down: %ld (Retry-After %s)", v, res.status,
                           ra != NULL ? ra : "none");
-            ck_assert_msg(res.seconds < 1.0, "HTTP/%d: the 503 took %.0f ms (acquire-timeout is 3 s)", v, res.seconds * 1000);
+            ck_assert_msg(is_unavailable(ss), "HTTP/%d with the database down: SQLSTATE %s (expected UNAVAILABLE: 08xxx, 57P0x)", v,
+                          ss != NULL ? ss : "(none)");
             free(ra);
+            free(ss);
             th_response_free(&res);
-            usleep(50000);
         }
     }
-    /* PostgreSQL comes up: service returns within about a second, on every thread (each thread's
-     * pool retries on its own, at most every 250 ms while statements arrive) */
-    double t0 = th_now_ms();
-    pg_start();
-    double t1 = th_now_ms(), first_ok = -1, last_fail = t1;
-    int streak = 0;
-    struct first_ok f = {&server, TH_HTTP1, 0};
-    while (streak < 10 && th_now_ms() - t1 < 5000) {
-        int ok = 1;
-        for (f.version = TH_HTTP1; f.version <= TH_HTTP2; ++f.version)
-            ok &= request_succeeds(&f);
-        if (ok && first_ok < 0)
-            first_ok = th_now_ms();
-        if (!ok)
-            last_fail = th_now_ms();
-        streak = ok ? streak + 1 : 0;
-        usleep(30000);
+    char *json = get_status(&server, "/status");
+    long at = status_sum(json, 0, "acquire_timeouts"), cf = status_sum(json, 0, "connect_failures");
+    fprintf(stderr, "faults: down at start-up: 10 requests answered 503 UNAVAILABLE; connect_failures %ld, acquire_timeouts %ld\n",
+            cf, at);
+    ck_assert_msg(at == 0 && cf >= 1, "acquire_timeouts %ld, connect_failures %ld:\n%s", at, cf, json);
+    free(json);
+}
+
+/* After PostgreSQL started: rounds of one request per protocol until every thread's pool is up
+ * (down: false on the status page); from then on, DOWN_ROUNDS rounds that must all succeed. */
+#define DOWN_ROUNDS 10
+
+struct down_recovery {
+    struct first_ok f;
+    int up, ok_after_up, failed_after_up, rounds;
+};
+
+static int down_recovered(void *arg)
+{
+    struct down_recovery *r = arg;
+    int ok = 1;
+    for (r->f.version = TH_HTTP1; r->f.version <= TH_HTTP2; ++r->f.version)
+        ok &= request_succeeds(&r->f);
+    ++r->rounds;
+    if (r->up) {
+        r->ok_after_up += ok;
+        r->failed_after_up += !ok;
+        return r->ok_after_up + r->failed_after_up >= DOWN_ROUNDS;
     }
+    struct pool_down up = {r->f.server, 0, "false"};
+    r->up = ok && pool_down_is(&up);
+    return 0;
+}
+
+START_TEST(database_down_at_start_up)
+{
+    pg_stop();
+    down_refuses_to_start();
+    start_server(&server, DOWN_CONF);
+    down_answers_503();
+    /* PostgreSQL comes up: service returns, on every thread (each thread's pool retries on its
+     * own when statements arrive, after the back-off) */
+    pg_start();
+    struct down_recovery r = {{&server, TH_HTTP1, 0}};
+    int done = th_wait_until(down_recovered, &r, 2 * WAIT_MS);
     fprintf(stderr,
-            "faults: down at start-up: pg_ctl start took %.0f ms; first 200 %.0f ms after it returned; last 503 %.0f ms after "
-            "it (0: none)\n",
-            t1 - t0, first_ok - t1, last_fail - t1);
-    ck_assert_msg(streak >= 10, "requests still fail 5 s after PostgreSQL started (last status %ld)", f.last_status);
-    ck_assert_msg(first_ok - t1 < 1000, "the first success came %.0f ms after PostgreSQL accepted connections", first_ok - t1);
-    ck_assert_msg(last_fail - t1 < 1000, "a request failed %.0f ms after PostgreSQL accepted connections", last_fail - t1);
+            "faults: down at start-up: PostgreSQL started; %d rounds of a request per protocol, every thread up %s, then %d "
+            "rounds succeeded and %d failed\n",
+            r.rounds, r.up ? "yes" : "no", r.ok_after_up, r.failed_after_up);
+    ck_assert_msg(done, "requests still fail (or a thread is down) %d s after PostgreSQL started (last status %ld)",
+                  2 * WAIT_MS / 1000, r.f.last_status);
+    ck_assert_msg(r.failed_after_up == 0, "%d rounds failed after every thread's pool was up", r.failed_after_up);
     stop_server(&server);
 }
 END_TEST
 
 /* ==== statement-timeout and request-timeout ==== */
 
+/* min: 1: each bind's only connection is open from the start and stays (`connects` counts every
+ * attempt: 1 means it was never replaced) */
 static const char *TIMEOUT_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                                   "num-threads: 1\n"
                                   "db.bind:\n"
                                   "  - url: \"@PG@?application_name=flt_st_@PORT@\"\n"
-                                  "    pool: {max: 1, statement-timeout: 0.5}\n"
+                                  "    pool: {max: 1, min: 1, statement-timeout: 0.5}\n"
                                   "  - url: \"@PG@?application_name=flt_rt_@PORT@\"\n"
                                   "    key: rt\n"
-                                  "    pool: {max: 1, request-timeout: 0.5}\n"
+                                  "    pool: {max: 1, min: 1, request-timeout: 0.5}\n"
                                   "hosts:\n"
                                   "  default:\n"
                                   "    paths:\n"
@@ -1328,65 +1626,99 @@ static const char *TIMEOUT_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                                   "      /status:\n"
                                   "        db.status: ON\n";
 
-static void expect_504(int version, const char *path, const char *script, double min_ms, double max_ms, const char *what)
+/* The configured timeout, 0.5 s, with the clocks' granularity: the client's clock starts before
+ * the server's, so no load can make an answer look early; how late it comes is bench/faults'. */
+#define TIMEOUT_MIN_MS 450
+
+static void expect_504(int version, const char *path, const char *script, const char *what)
 {
     th_response_t res;
     db_request(&server, &res, version, NULL, path, script);
     char *ss = th_header(&res, "x-sqlstate");
-    fprintf(stderr, "faults: %s, HTTP/%d: %ld (SQLSTATE %s) after %.0f ms\n", what, version, res.status, ss != NULL ? ss : "-",
-            res.seconds * 1000);
+    fprintf(stderr, "faults: %s, HTTP/%d: %ld (SQLSTATE %s)\n", what, version, res.status, ss != NULL ? ss : "-");
     ck_assert_msg(res.status == 504, "%s, HTTP/%d: status %ld body %s", what, version, res.status, res.body);
     ck_assert_msg(ss != NULL && strcmp(ss, "57014") == 0, "%s: SQLSTATE %s", what, ss != NULL ? ss : "(none)");
-    ck_assert_msg(res.seconds * 1000 >= min_ms && res.seconds * 1000 < max_ms, "%s, HTTP/%d: answered after %.0f ms", what, version,
-                  res.seconds * 1000);
+    ck_assert_msg(res.seconds * 1000 >= TIMEOUT_MIN_MS, "%s, HTTP/%d: answered after %.0f ms, before the timeout (0.5 s)", what,
+                  version, res.seconds * 1000);
     free(ss);
     th_response_free(&res);
 }
 
-static double expect_ok(int version, const char *path, const char *script, const char *what)
+static void expect_ok(int version, const char *path, const char *script, const char *what)
 {
     th_response_t res;
     db_request(&server, &res, version, NULL, path, script);
     ck_assert_msg(res.status == 200, "%s, HTTP/%d: status %ld body %s", what, version, res.status, res.body);
     ck_assert_msg(strstr(res.body, "\"status\":\"OK\"") != NULL && strstr(res.body, "ERROR") == NULL, "%s: %s", what, res.body);
-    double ms = res.seconds * 1000;
     th_response_free(&res);
-    return ms;
+}
+
+/* The bind's connection is free again: PostgreSQL shows its session idle (the statement was
+ * cancelled, or ran to its end), and the status page shows nothing busy, pinned or waiting. */
+static void wait_free_again(int bind, const char *appname, const char *what)
+{
+    ck_assert_msg(th_wait_until(pool_settled, (void *)appname, WAIT_MS), "%s: the statement still runs %d s later: %s", what,
+                  WAIT_MS / 1000, activity_dump(appname));
+    wait_pool_idle(&server, bind, what);
+}
+
+/* statement-timeout: 0.5 s, on a shared connection and in a transaction; pg_sleep(60) stops only
+ * when cancelled (PostgreSQL's statement_timeout, the same deadline) */
+static void statement_timeouts(int v, const char *st_app)
+{
+    expect_504(v, "/s", "SENDERROR\nSQL SELECT pg_sleep(60)", "statement-timeout 0.5 s, autocommit");
+    wait_free_again(0, st_app, "after a statement-timeout");
+    expect_ok(v, "/s", "SQL SELECT 1 AS one", "the connection after a statement-timeout");
+    expect_504(v, "/s", "SENDERROR\nBEGIN\nSQL SELECT pg_sleep(60)\nCOMMIT", "statement-timeout 0.5 s, in a transaction");
+    wait_free_again(0, st_app, "after a statement-timeout in a transaction");
+    expect_ok(v, "/s", "BEGIN\nSQL SELECT 2 AS two\nCOMMIT", "a transaction after a statement-timeout");
+}
+
+/* request-timeout: 0.5 s; in a transaction the running statement is cancelled (PQcancel) */
+static void request_timeouts(int v, const char *rt_app)
+{
+    expect_504(v, "/s?key=rt", "SENDERROR\nBEGIN\nSQL SELECT pg_sleep(60)\nCOMMIT", "request-timeout 0.5 s, in a transaction");
+    wait_free_again(1, rt_app, "after a request-timeout in a transaction");
+    expect_ok(v, "/s?key=rt", "BEGIN\nSQL SELECT 3 AS three\nCOMMIT", "after a request-timeout in a transaction");
+    /* on a shared connection nothing is cancelled (it could be another request's statement): the
+     * statement runs to its end (meanwhile a next request would wait for the only connection, and
+     * hit request-timeout itself); then the connection serves again. 3 s, far beyond the 0.5 s: a
+     * server starved of CPU for longer than the gap would see the result and its timer due at once,
+     * and the result would win */
+    expect_504(v, "/s?key=rt", "SENDERROR\nSQL SELECT pg_sleep(3)", "request-timeout 0.5 s, autocommit");
+    wait_free_again(1, rt_app, "after a request-timeout on a shared connection");
+    expect_ok(v, "/s?key=rt", "SQL SELECT 4 AS four", "after a request-timeout on a shared connection");
 }
 
 START_TEST(statement_timeout_and_request_timeout_answer_504_and_the_connection_is_reused)
 {
     start_server(&server, TIMEOUT_CONF);
-    char *st_app = th_fmt("flt_st_%d", server.port);
+    char *st_app = th_fmt("flt_st_%d", server.port), *rt_app = th_fmt("flt_rt_%d", server.port);
+    wait_connections(&server, 0, 1, "min: 1");
+    wait_connections(&server, 1, 1, "min: 1");
     for (int v = TH_HTTP1; v <= TH_HTTP2; ++v) {
-        /* statement-timeout: 0.5 s, on a shared connection and in a transaction */
-        expect_504(v, "/s", "SENDERROR\nSQL SELECT pg_sleep(5)", 450, 1500, "statement-timeout 0.5 s, autocommit");
-        double ms = expect_ok(v, "/s", "SQL SELECT 1 AS one", "the connection after a statement-timeout");
-        ck_assert_msg(ms < 500, "the only connection (max 1) was busy for %.0f ms after the timeout", ms);
-        expect_504(v, "/s", "SENDERROR\nBEGIN\nSQL SELECT pg_sleep(5)\nCOMMIT", 450, 1500,
-                   "statement-timeout 0.5 s, in a transaction");
-        ms = expect_ok(v, "/s", "BEGIN\nSQL SELECT 2 AS two\nCOMMIT", "a transaction after a statement-timeout");
-        ck_assert_msg(ms < 500, "the connection was busy for %.0f ms after the timeout", ms);
-
-        /* request-timeout: 0.5 s; in a transaction the running statement is cancelled (PQcancel) */
-        expect_504(v, "/s?key=rt", "SENDERROR\nBEGIN\nSQL SELECT pg_sleep(5)\nCOMMIT", 450, 1500,
-                   "request-timeout 0.5 s, in a transaction");
-        ms = expect_ok(v, "/s?key=rt", "BEGIN\nSQL SELECT 3 AS three\nCOMMIT", "after a request-timeout in a transaction");
-        ck_assert_msg(ms < 1000, "the connection was busy for %.0f ms after the cancelled transaction", ms);
-        /* on a shared connection nothing is cancelled (it could be another request's statement): the
-         * statement runs to its end, and meanwhile the next request waits for the only connection (and
-         * would itself hit request-timeout); then the connection serves again */
-        expect_504(v, "/s?key=rt", "SENDERROR\nSQL SELECT pg_sleep(1.2)", 450, 1500, "request-timeout 0.5 s, autocommit");
-        usleep(1000000);
-        ms = expect_ok(v, "/s?key=rt", "SQL SELECT 4 AS four", "after a request-timeout on a shared connection");
-        ck_assert_msg(ms < 500, "the next request waited %.0f ms", ms);
+        statement_timeouts(v, st_app);
+        request_timeouts(v, rt_app);
     }
-    /* one connection each the whole time */
-    ck_assert_int_eq(pg_conns(st_app), 1);
     char *status_json = get_status(&server, "/status");
-    long timeouts_st = status_sum(status_json, 0, "timeouts"), timeouts_rt = status_sum(status_json, 1, "timeouts");
-    fprintf(stderr, "faults: timeouts counted on the status page: statement-timeout bind %ld, request-timeout bind %ld\n",
-            timeouts_st, timeouts_rt);
+    long timeouts_st = status_sum(status_json, 0, "timeouts"), timeouts_rt = status_sum(status_json, 1, "timeouts"),
+         connects_st = status_sum(status_json, 0, "connects"), connects_rt = status_sum(status_json, 1, "connects");
+    fprintf(stderr,
+            "faults: timeouts counted on the status page: statement-timeout bind %ld, request-timeout bind %ld; connection "
+            "attempts %ld and %ld\n",
+            timeouts_st, timeouts_rt, connects_st, connects_rt);
+    /* one connection each (max 1), which served the next request after every timeout. It is
+     * normally the same one throughout (1 attempt each); a pool that closed it in a race (a cancel
+     * meeting the clean-up ROLLBACK) and opened another still did what this test checks: shown,
+     * not asserted */
+    ck_assert_int_eq(pg_conns(st_app), 1);
+    ck_assert_int_eq(pg_conns(rt_app), 1);
+    if (connects_st != 1 || connects_rt != 1) {
+        char *log = th_server_log(&server);
+        fprintf(stderr, "faults: note: a connection was replaced (%ld and %ld attempts); status:\n%s\nthe server's log:\n%s",
+                connects_st, connects_rt, status_json, log);
+        free(log);
+    }
     /* every statement answered TIMEOUT is counted, whichever timer fired first: h2o-db's, or
      * PostgreSQL's statement_timeout (same deadline) */
     ck_assert_msg(timeouts_st == 4, "statement-timeout bind: timeouts %ld (expected 4: four statements were answered TIMEOUT)",
@@ -1395,17 +1727,21 @@ START_TEST(statement_timeout_and_request_timeout_answer_504_and_the_connection_i
     free(status_json);
     stop_server(&server);
     free(st_app);
+    free(rt_app);
 }
 END_TEST
 
 /* ==== leak-threshold ==== */
 
+/* idle-timeout 0.5 s: a connection left idle is retired by the next housekeeping tick after
+ * that, which the test sees as closed_idle moving: proof that a tick ran. leak-threshold 1 s:
+ * the quick transactions (held for milliseconds) stay far below it even on a loaded machine */
 static const char *LEAK_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                                "num-threads: 1\n"
                                "db.bind:\n"
                                "  url: \"@PG@?application_name=flt_leak_@PORT@\"\n"
                                "  key: leaky_key\n"
-                               "  pool: {leak-threshold: 0.5}\n"
+                               "  pool: {leak-threshold: 1, idle-timeout: 0.5}\n"
                                "hosts:\n"
                                "  default:\n"
                                "    paths:\n"
@@ -1416,19 +1752,23 @@ static const char *LEAK_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                                "      /status:\n"
                                "        db.status: ON\n";
 
-START_TEST(leak_threshold_logs_one_line_naming_the_path)
+/* While the holder's transaction is still held after its report: a connection made idle now is
+ * retired by a later tick (closed_idle moves), and that tick saw the held transaction again. */
+static void leak_wait_another_tick(void)
 {
-    start_server(&server, LEAK_CONF);
+    char *json = get_status(&server, "/status");
+    struct counter_goal g = {&server, 0, "closed_idle", status_sum(json, 0, "closed_idle") + 1};
+    free(json);
     th_response_t res;
-    /* below the threshold: nothing */
-    for (int i = 0; i < 3; ++i) {
-        db_script(&server, &res, TH_HTTP1, "/quick-one?key=leaky_key", "BEGIN\nSQL SELECT 1 AS one\nSLEEP 100\nCOMMIT");
-        th_response_free(&res);
-    }
-    /* held 2.6 s: reported once (housekeeping looks every second) */
-    db_script(&server, &res, TH_HTTP1, "/slow-holder?key=leaky_key", "BEGIN\nSQL SELECT 1 AS one\nSLEEP 2600\nCOMMIT");
-    db_assert_result(res.body, 2, "OK", NULL);
+    db_script(&server, &res, TH_HTTP1, "/quick-one?key=leaky_key", "SQL SELECT 1 AS one");
     th_response_free(&res);
+    ck_assert_msg(th_wait_until(counter_reaches, &g, WAIT_MS), "no housekeeping tick retired the idle connection in %d s",
+                  WAIT_MS / 1000);
+}
+
+/* The one leak-threshold line of the log, checked; malloc'd. */
+static char *leak_line(void)
+{
     char *log = th_server_log(&server);
     int lines = count_substr(log, "leak-threshold");
     char *line = strstr(log, "leak-threshold");
@@ -1436,19 +1776,50 @@ START_TEST(leak_threshold_logs_one_line_naming_the_path)
     while (line > log && line[-1] != '\n')
         --line;
     char *one = strndup(line, strcspn(line, "\n"));
-    fprintf(stderr, "faults: leak-threshold 0.5 s, a transaction held 2.6 s: %d line: %s\n", lines, one);
+    free(log);
     ck_assert_msg(strstr(one, "/slow-holder") != NULL, "the line does not name the path: %s", one);
     ck_assert_msg(strstr(one, "leaky_key") != NULL, "the line does not name the bind: %s", one);
     ck_assert_msg(strstr(one, "/quick-one") == NULL, "a short transaction was reported: %s", one);
+    return one;
+}
+
+START_TEST(leak_threshold_logs_one_line_naming_the_path)
+{
+    start_server(&server, LEAK_CONF);
+    th_response_t res;
+    /* below the threshold (held for a few milliseconds): nothing */
+    for (int i = 0; i < 3; ++i) {
+        db_script(&server, &res, TH_HTTP1, "/quick-one?key=leaky_key", "BEGIN\nSQL SELECT 1 AS one\nCOMMIT");
+        th_response_free(&res);
+    }
+    /* their connection retired (idle-timeout): from here on, only the holder's connection is open */
+    wait_connections(&server, 0, 0, "the quick ones' connection retired");
+    /* held until the test lets go: reported once, in the first tick past 1 s (ticks come every
+     * second), and not again in the ticks after */
+    long key = db_gate_key();
+    PGconn *lock = db_gate_close(key);
+    char *holder = th_fmt("BEGIN\nSQL SELECT 1 AS one\nSQL SELECT pg_advisory_xact_lock_shared(%ld)\nCOMMIT", key);
+    struct bg_posts b;
+    bg_posts_start(&b, &server, TH_HTTP1, "/slow-holder?key=leaky_key", 1, (const char *const *)&holder);
+    struct log_goal reported = {&server, "leak-threshold"};
+    ck_assert_msg(th_wait_until(log_has, &reported, WAIT_MS), "no leak-threshold line %d s into the transaction:\n%s",
+                  WAIT_MS / 1000, th_server_log(&server));
+    leak_wait_another_tick();
+    db_gate_open(lock);
+    bg_posts_join(&b);
+    ck_assert_msg(b.res[0].status == 200, "the holder: %ld %s", b.res[0].status, b.res[0].body);
+    db_assert_result(b.res[0].body, 3, "OK", NULL);
+    bg_posts_free(&b);
+    free(holder);
+    char *one = leak_line();
+    fprintf(stderr, "faults: leak-threshold 1 s, a transaction held past two housekeeping ticks: 1 line: %s\n", one);
     free(one);
-    free(log);
     char *status_json = get_status(&server, "/status");
     ck_assert_int_eq(status_sum(status_json, 0, "leaks"), 1);
     free(status_json);
     stop_server(&server);
 }
 END_TEST
-
 /* ==== the status page ==== */
 
 static const char *STATUS_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
@@ -1501,14 +1872,9 @@ static const char *const COUNTERS[] = {
     "closed_broken", "closed_idle", "closed_lifetime",  "statements", "pipelined", "cache_hits", "cache_misses",     "timeouts",
     "leaks"};
 
-START_TEST(status_page_json_and_prometheus)
+/* The document's shape: binds, their settings, every gauge and counter on every thread. */
+static void status_shape(const char *s0)
 {
-    ensure_role();
-    char *appname = th_uniq("flt_status"), *url = pw_url(appname), *conf = with_url(STATUS_CONF, url);
-    start_server(&server, conf);
-    char *s0 = get_status(&server, "/status");
-
-    /* the document's shape */
     ck_assert_int_eq(jnum(s0, "threads"), 2);
     char *key0 = jget(s0, "binds.0.key"), *key1 = jget(s0, "binds.1.key"), *url0 = jget(s0, "binds.0.url"),
          *backend0 = jget(s0, "binds.0.backend"), *backend1 = jget(s0, "binds.1.backend"), *scope = jget(s0, "binds.0.scope"),
@@ -1540,12 +1906,20 @@ START_TEST(status_page_json_and_prometheus)
             free(p);
         }
     }
-    /* min: 1 per thread: two connections open without any request */
-    ck_assert_msg(th_wait_until(has_conns, appname, 3000), "min: 1 opened nothing");
+    free(key0);
+    free(key1);
+    free(url0);
+    free(backend0);
+    free(backend1);
+    free(scope);
+    free(mw1);
+}
 
-    /* the counters move */
+/* The counters move: statements, acquires, errors, the statement cache, the SQLite bind. */
+static void status_counters_move(const char *s0)
+{
     long st0 = status_sum(s0, 0, "statements"), acq0 = status_sum(s0, 0, "acquires"), err0 = status_sum(s0, 0, "errors"),
-         rec0 = status_sum(s0, 0, "reconnects"), lite0 = status_sum(s0, 1, "statements");
+         lite0 = status_sum(s0, 1, "statements");
     th_response_t res;
     for (int i = 0; i < 10; ++i) {
         db_script(&server, &res, i % 2 ? TH_HTTP2 : TH_HTTP1, "/s", "SQL SELECT $1::int AS n\nP 5");
@@ -1560,27 +1934,47 @@ START_TEST(status_page_json_and_prometheus)
     long st1 = status_sum(s1, 0, "statements"), acq1 = status_sum(s1, 0, "acquires"), err1 = status_sum(s1, 0, "errors"),
          lite1 = status_sum(s1, 1, "statements"), hits = status_sum(s1, 0, "cache_hits"),
          misses = status_sum(s1, 0, "cache_misses");
+    fprintf(stderr, "faults: status page: statements +%ld, acquires +%ld, errors +%ld, cache hits %ld misses %ld\n", st1 - st0,
+            acq1 - acq0, err1 - err0, hits, misses);
     ck_assert_msg(st1 - st0 >= 11, "statements moved by %ld", st1 - st0);
     ck_assert_msg(acq1 - acq0 >= 11, "acquires moved by %ld", acq1 - acq0);
     ck_assert_msg(err1 - err0 == 1, "errors moved by %ld (one statement failed)", err1 - err0);
     ck_assert_msg(lite1 - lite0 >= 1, "the SQLite bind's statements moved by %ld", lite1 - lite0);
     ck_assert_msg(hits >= 1 && misses >= 1, "statement cache: %ld hits, %ld misses after the same statement 10 times", hits,
                   misses);
+    ck_assert_msg(strstr(s1, STATUS_SECRET) == NULL, "the password is on the status page");
+    free(s1);
+}
 
-    /* a restart: reconnects */
-    ck_assert_int_eq(pg_ctl("restart"), 0);
+/* PostgreSQL stopped: both threads' pools (min: 1, so they keep trying) know the database is
+ * down; started again: both reconnect by themselves, and the counters say so. */
+static void status_restart(void)
+{
+    char *s0 = get_status(&server, "/status");
+    long rec0 = status_sum(s0, 0, "reconnects"), broken0 = status_sum(s0, 0, "closed_broken");
+    free(s0);
+    pg_stop();
+    struct pool_down down = {&server, 0, "true"}, up = {&server, 0, "false"};
+    ck_assert_msg(th_wait_until(pool_down_is, &down, WAIT_MS), "a thread's pool does not know the database is down");
+    pg_start();
+    ck_assert_msg(th_wait_until(pool_down_is, &up, WAIT_MS), "a thread's pool did not reconnect");
     struct first_ok f = {&server, TH_HTTP1, 0};
-    ck_assert_msg(th_wait_until(request_succeeds, &f, 5000), "no success after the restart");
+    ck_assert_msg(th_wait_until(request_succeeds, &f, WAIT_MS), "no success after the restart (last status %ld)", f.last_status);
     char *s2 = get_status(&server, "/status");
     long rec2 = status_sum(s2, 0, "reconnects"), broken2 = status_sum(s2, 0, "closed_broken");
-    fprintf(stderr,
-            "faults: status page: statements +%ld, acquires +%ld, errors +%ld, cache hits %ld misses %ld; after a restart: "
-            "reconnects %ld -> %ld, closed_broken %ld\n",
-            st1 - st0, acq1 - acq0, err1 - err0, hits, misses, rec0, rec2, broken2);
-    ck_assert_msg(broken2 >= 1, "closed_broken did not move after a restart:\n%s", s2);
-    ck_assert_msg(rec2 > rec0, "reconnects did not move after a restart (%ld -> %ld):\n%s", rec0, rec2, s2);
+    fprintf(stderr, "faults: status page: after a restart: reconnects %ld -> %ld, closed_broken %ld -> %ld\n", rec0, rec2, broken0,
+            broken2);
+    ck_assert_msg(broken2 - broken0 >= 2, "closed_broken moved by %ld after a restart (min: 1 on 2 threads):\n%s",
+                  broken2 - broken0, s2);
+    ck_assert_msg(rec2 - rec0 >= 2, "reconnects moved by %ld after a restart (2 threads were down):\n%s", rec2 - rec0, s2);
+    ck_assert_msg(strstr(s2, STATUS_SECRET) == NULL, "the password is on the status page");
+    free(s2);
+}
 
-    /* Prometheus */
+/* Prometheus: every gauge and counter with its TYPE and HELP, samples for both binds and threads. */
+static void status_prometheus(void)
+{
+    th_response_t res;
     db_request(&server, &res, TH_HTTP1, NULL, "/status?format=prometheus", NULL);
     ck_assert_int_eq(res.status, 200);
     char *ctype = th_header(&res, "content-type");
@@ -1624,22 +2018,26 @@ START_TEST(status_page_json_and_prometheus)
     }
     ck_assert_msg(strstr(res.body, STATUS_SECRET) == NULL, "the password is on the Prometheus page");
     th_response_free(&res);
+}
 
+START_TEST(status_page_json_and_prometheus)
+{
+    ensure_role();
+    char *appname = th_uniq("flt_status"), *url = pw_url(appname), *conf = with_url(STATUS_CONF, url);
+    start_server(&server, conf);
+    char *s0 = get_status(&server, "/status");
+    status_shape(s0);
+    /* min: 1 per thread: two connections open without any request */
+    wait_connections(&server, 0, 2, "min: 1 on 2 threads");
+    status_counters_move(s0);
+    status_restart();
+    status_prometheus();
     /* the password: never on the page, never in the log */
-    ck_assert_msg(strstr(s0, STATUS_SECRET) == NULL && strstr(s2, STATUS_SECRET) == NULL, "the password is on the status page");
+    ck_assert_msg(strstr(s0, STATUS_SECRET) == NULL, "the password is on the status page");
     char *log = th_server_log(&server);
     ck_assert_msg(strstr(log, STATUS_SECRET) == NULL, "the password is in the log:\n%s", log);
     free(log);
     free(s0);
-    free(s1);
-    free(s2);
-    free(key0);
-    free(key1);
-    free(url0);
-    free(backend0);
-    free(backend1);
-    free(scope);
-    free(mw1);
     stop_server(&server);
     free(conf);
     free(url);
@@ -1649,9 +2047,11 @@ END_TEST
 
 /* ==== graceful shutdown with transactions in flight ==== */
 
+/* shutdown-timeout 30 s: a server that exits within the test's 20 s did not wait it out, it
+ * exited once its requests were done */
 static const char *SHUTDOWN_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                                    "num-threads: 2\n"
-                                   "shutdown-timeout: 5\n"
+                                   "shutdown-timeout: 30\n"
                                    "db.bind:\n"
                                    "  url: \"@PG@?application_name=flt_shutdown_@PORT@\"\n"
                                    "hosts:\n"
@@ -1660,6 +2060,57 @@ static const char *SHUTDOWN_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                                    "      /s:\n"
                                    "        c.handler: " DB_HANDLERS ":db_script\n";
 
+#define SHUTDOWN_N 8
+
+/* Request REQ's transaction: its first row, then it waits for the test's lock; once the test lets
+ * go (after SIGTERM), it waits 0.8 s more in the handler (SLEEP) or in the database (pg_sleep),
+ * while the server shuts down, and commits its second row. */
+static char *shutdown_body(const char *table, int req, long key)
+{
+    return th_fmt("BEGIN\nSQL INSERT INTO %s VALUES (%d, 1)\nSQL SELECT pg_advisory_xact_lock_shared(%ld)\n%s\nSQL INSERT INTO %s "
+                  "VALUES (%d, 2)\nCOMMIT\n",
+                  table, req, key, req % 2 ? "SLEEP 800" : "SQL SELECT pg_sleep(0.8)", table, req);
+}
+
+static int refuses_connections(void *arg)
+{
+    int port = *(int *)arg, fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int refused = connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0 && errno == ECONNREFUSED;
+    close(fd);
+    return refused;
+}
+
+/* SIGTERM while every transaction waits for the lock; the lock let go once the server has begun
+ * to shut down: it said so, and no worker listens any more. */
+static void shutdown_signal(PGconn *lock)
+{
+    kill(server.pid, SIGTERM);
+    struct log_goal said = {&server, "received SIGTERM"};
+    ck_assert_msg(th_wait_until(log_has, &said, WAIT_MS), "the server did not log the signal:\n%s", th_server_log(&server));
+    ck_assert_msg(th_wait_until(refuses_connections, &server.port, WAIT_MS), "the server still accepts connections after SIGTERM");
+    db_gate_open(lock);
+}
+
+/* Each request: answered and both rows committed, or cut and nothing committed; returns how many finished. */
+static int shutdown_outcomes(struct bg_posts *b, const char *table)
+{
+    int finished = 0;
+    for (int i = 0; i < SHUTDOWN_N; ++i) {
+        th_response_t *r = b[i].res;
+        long rows = th_pg_countf("SELECT count(*) FROM %s WHERE req = %d", table, i);
+        size_t steps = i % 2 ? 5 : 6; /* BEGIN, INSERT, the lock, (pg_sleep), INSERT, COMMIT */
+        if (r->curl_error == 0 && r->status == 200 && db_num_results(r->body) == steps && strstr(r->body, "ERROR") == NULL) {
+            ++finished;
+            ck_assert_msg(rows == 2, "request %d answered its COMMIT but %ld rows are there", i, rows);
+        } else {
+            ck_assert_msg(rows == 0, "request %d did not finish (curl %d, status %ld, %s) but %ld of its rows committed", i,
+                          r->curl_error, r->status, r->body, rows);
+        }
+    }
+    return finished;
+}
+
 START_TEST(sigterm_lets_transactions_finish_and_exits_0)
 {
     start_server(&server, SHUTDOWN_CONF);
@@ -1667,77 +2118,48 @@ START_TEST(sigterm_lets_transactions_finish_and_exits_0)
     char *sql = th_fmt("CREATE TABLE %s (req int, step int)", t);
     pg_exec(sql);
     free(sql);
-    enum { N = 4 };
-    char *bodies1[N], *bodies2[N];
-    for (int i = 0; i < N; ++i) {
-        /* a transaction waiting in the handler (SLEEP), or in the database (pg_sleep) */
-        bodies1[i] =
-            i % 2 ? th_fmt("BEGIN\nSQL INSERT INTO %s VALUES (%d, 1)\nSLEEP 800\nSQL INSERT INTO %s VALUES (%d, 2)\nCOMMIT\n", t, i,
-                           t, i)
-                  : th_fmt("BEGIN\nSQL INSERT INTO %s VALUES (%d, 1)\nSQL SELECT pg_sleep(0.8)\nSQL INSERT INTO %s VALUES "
-                           "(%d, 2)\nCOMMIT\n",
-                           t, i, t, i);
-        bodies2[i] =
-            i % 2 ? th_fmt("BEGIN\nSQL INSERT INTO %s VALUES (%d, 1)\nSLEEP 800\nSQL INSERT INTO %s VALUES (%d, 2)\nCOMMIT\n", t,
-                           100 + i, t, 100 + i)
-                  : th_fmt("BEGIN\nSQL INSERT INTO %s VALUES (%d, 1)\nSQL SELECT pg_sleep(0.8)\nSQL INSERT INTO %s VALUES "
-                           "(%d, 2)\nCOMMIT\n",
-                           t, 100 + i, t, 100 + i);
+    long key = db_gate_key();
+    PGconn *lock = db_gate_close(key);
+    char *bodies[SHUTDOWN_N];
+    struct bg_posts b[SHUTDOWN_N];
+    for (int i = 0; i < SHUTDOWN_N; ++i) {
+        bodies[i] = shutdown_body(t, i, key);
+        bg_posts_start(b + i, &server, i < SHUTDOWN_N / 2 ? TH_HTTP1 : TH_HTTP2, "/s", 1, (const char *const *)(bodies + i));
     }
-    /* one client thread each, started 30 ms apart: db_script parses with strtok(), which is not
-     * thread-safe, so two worker threads must not parse at the same moment */
-    struct bg_posts b[2 * N];
-    for (int i = 0; i < 2 * N; ++i) {
-        bg_posts_start(b + i, &server, i < N ? TH_HTTP1 : TH_HTTP2, "/s", 1,
-                       (const char *const *)(i < N ? bodies1 + i : bodies2 + i - N));
-        usleep(30000);
-    }
-    /* every transaction has begun and inserted its first row */
-    struct activity_query q = {appname, "(state LIKE 'idle in transaction%' OR query LIKE 'SELECT pg_sleep%')", 2 * N};
-    ck_assert_msg(th_wait_until(activity_reaches, &q, 10000), "the transactions did not start");
+    /* every transaction has begun, inserted its first row, and waits for the lock */
+    ck_assert_msg(db_gate_wait_for(key, SHUTDOWN_N), "the transactions did not start: %s", activity_dump(appname));
     double t0 = th_now_ms();
-    int st = th_server_stop(&server, 15000);
+    shutdown_signal(lock);
+    /* th_server_stop sends SIGTERM again (the server takes one) and waits for the exit: 20 s, well
+     * below shutdown-timeout (30 s), and far above the second or so the transactions need */
+    pid_t pid = server.pid;
+    int st = th_server_stop(&server, 20000);
+    untrack(pid);
     double took = th_now_ms() - t0;
-    for (int i = 0; i < 2 * N; ++i)
+    for (int i = 0; i < SHUTDOWN_N; ++i)
         bg_posts_join(b + i);
-    int finished = 0, cut = 0;
-    for (int i = 0; i < 2 * N; ++i) {
-        int req = i < N ? i : 100 + i - N;
-        th_response_t *r = b[i].res;
-        long rows = th_pg_countf("SELECT count(*) FROM %s WHERE req = %d", t, req);
-        size_t steps = i % 2 ? 4 : 5; /* BEGIN, INSERT, (pg_sleep), INSERT, COMMIT */
-        if (r->curl_error == 0 && r->status == 200 && db_num_results(r->body) == steps && strstr(r->body, "ERROR") == NULL) {
-            ++finished;
-            ck_assert_msg(rows == 2, "request %d answered its COMMIT but %ld rows are there", req, rows);
-        } else {
-            ++cut;
-            ck_assert_msg(rows == 0, "request %d did not finish (curl %d, status %ld, %s) but %ld of its rows committed", req,
-                          r->curl_error, r->status, r->body, rows);
-        }
-    }
+    int finished = shutdown_outcomes(b, t);
     struct activity_query gone = {appname, "true", 0};
-    int closed = th_wait_until(activity_is, &gone, 3000);
+    int closed = th_wait_until(activity_is, &gone, WAIT_MS);
     char *log = th_server_log(&server);
     fprintf(stderr,
-            "faults: SIGTERM with %d transactions in flight: exit status %d after %.0f ms; %d finished and committed, %d cut "
-            "(rolled back); server connections left %ld\n",
-            2 * N, st, took, finished, cut, pg_conns(appname));
-    ck_assert_msg(st == 0, "exit status %d after SIGTERM; log:\n%s", st, log);
-    ck_assert_msg(took < 5000 + 2000, "the server took %.0f ms to stop (shutdown-timeout 5 s)", took);
-    ck_assert_msg(strstr(log, "SIGTERM") != NULL, "the log does not mention SIGTERM:\n%s", log);
-    ck_assert_msg(finished == 2 * N,
-                  "%d of %d transactions in flight did not finish (graceful shutdown finishes in-flight requests)", cut, 2 * N);
+            "faults: SIGTERM with %d transactions in flight: exit status %d; %d finished and committed, %d cut (rolled back); "
+            "server connections left %ld\n",
+            SHUTDOWN_N, st, finished, SHUTDOWN_N - finished, pg_conns(appname));
+    ck_assert_msg(st == 0, "exit status %d after SIGTERM (-1: still running %.0f ms later, shutdown-timeout 30 s); log:\n%s", st,
+                  took, log);
+    ck_assert_msg(finished == SHUTDOWN_N,
+                  "%d of %d transactions in flight did not finish (graceful shutdown finishes in-flight requests)",
+                  SHUTDOWN_N - finished, SHUTDOWN_N);
     ck_assert_msg(closed, "%ld server connections left after exit", pg_conns(appname));
     ck_assert_int_eq(th_pg_countf("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' AND state LIKE 'idle in "
                                   "transaction%%'",
                                   appname),
                      0);
     free(log);
-    for (int i = 0; i < 2 * N; ++i)
+    for (int i = 0; i < SHUTDOWN_N; ++i) {
         bg_posts_free(b + i);
-    for (int i = 0; i < N; ++i) {
-        free(bodies1[i]);
-        free(bodies2[i]);
+        free(bodies[i]);
     }
     free(t);
     free(appname);
@@ -1769,13 +2191,14 @@ int main(void)
         setenv("H2O_DB_TEST_PG", getenv("H2O_DB_TEST_PG_RESTARTABLE"), 1);
     curl_global_init(CURL_GLOBAL_ALL);
     Suite *s = suite_create("faults");
-    ADD(s, postgres_restarted_under_load, 60);
-    ADD(s, terminated_backends_fail_their_requests_and_the_next_ones_succeed, 60);
-    ADD(s, pool_exhausted_tenfold_answers_503_quickly_and_does_not_grow, 90);
-    ADD(s, clients_that_leave_mid_transaction_commit_nothing, 90);
-    ADD(s, database_down_at_start_up, 60);
-    ADD(s, statement_timeout_and_request_timeout_answer_504_and_the_connection_is_reused, 60);
-    ADD(s, leak_threshold_logs_one_line_naming_the_path, 30);
+    /* time limits: hang guards, several times what the waits inside can add up to */
+    ADD(s, postgres_restarted_under_load, 90);
+    ADD(s, terminated_backends_fail_their_requests_and_the_next_ones_succeed, 90);
+    ADD(s, pool_exhausted_tenfold_answers_503_and_serves_again, 90);
+    ADD(s, clients_that_leave_mid_transaction_commit_nothing, 120);
+    ADD(s, database_down_at_start_up, 90);
+    ADD(s, statement_timeout_and_request_timeout_answer_504_and_the_connection_is_reused, 90);
+    ADD(s, leak_threshold_logs_one_line_naming_the_path, 60);
     ADD(s, status_page_json_and_prometheus, 60);
     ADD(s, sigterm_lets_transactions_finish_and_exits_0, 60);
     return th_run_suite(s);

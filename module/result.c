@@ -276,6 +276,34 @@ h2o_iovec_t h2o_db_result_json(h2o_mem_pool_t *pool, const h2o_db_result_t *r)
 
 /* ---- HTTP answers for failures ---- */
 
+/* The error log gets at most LOG_BURST lines a second per thread from failed requests: an outage
+ * under load fails thousands of requests a second, and one line each would fill a disk. What is
+ * left out is counted and said on the next line logged. */
+#define LOG_BURST 20
+
+static void log_failure(h2o_req_t *req, const h2o_db_result_t *r)
+{
+    static __thread uint64_t window;
+    static __thread unsigned logged, skipped;
+    uint64_t now = h2o_now(req->conn->ctx->loop);
+    if (now - window >= 1000) {
+        window = now;
+        logged = 0;
+    }
+    if (logged >= LOG_BURST) {
+        ++skipped;
+        return;
+    }
+    ++logged;
+    if (skipped != 0) {
+        h2o_req_log_error(req, "h2o-db", "(%u more failed requests were not logged: at most %d lines a second)", skipped,
+                          LOG_BURST);
+        skipped = 0;
+    }
+    h2o_req_log_error(req, "h2o-db", "%s (SQLSTATE %s)", r->error != NULL ? r->error : "database error",
+                      r->sqlstate != NULL ? r->sqlstate : "XX000");
+}
+
 void h2o_db_send_error(h2o_req_t *req, const h2o_db_result_t *r)
 {
     static h2o_generator_t generator = {NULL, NULL};
@@ -307,8 +335,7 @@ void h2o_db_send_error(h2o_req_t *req, const h2o_db_result_t *r)
         body = text;
     }
     if (r->status != H2O_DB_CLIENT_GONE)
-        h2o_req_log_error(req, "h2o-db", "%s (SQLSTATE %s)", r->error != NULL ? r->error : "database error",
-                          r->sqlstate != NULL ? r->sqlstate : "XX000");
+        log_failure(req, r);
     req->res.status = status;
     req->res.reason = reason;
     req->res.content_length = strlen(body);

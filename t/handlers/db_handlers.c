@@ -146,8 +146,9 @@ static void on_result(h2o_db_result_t *r, void *data)
         sc->failed = 1;
         if (sc->send_error) {
             sc->done = 1;
-            h2o_add_header_by_str(&sc->req->pool, &sc->req->res.headers, H2O_STRLIT("x-sqlstate"), 0, NULL,
-                                  h2o_db_result_sqlstate(r), strlen(h2o_db_result_sqlstate(r)));
+            /* the SQLSTATE is valid during the callback only: the header (and the access log) keep a copy */
+            h2o_iovec_t state = h2o_strdup(&sc->req->pool, h2o_db_result_sqlstate(r), SIZE_MAX);
+            h2o_add_header_by_str(&sc->req->pool, &sc->req->res.headers, H2O_STRLIT("x-sqlstate"), 0, NULL, state.base, state.len);
             h2o_db_send_error(sc->req, r);
             return;
         }

@@ -25,6 +25,7 @@
 #include <string.h>
 #include "result.h"
 #include "session.h"
+#include "pool.h"
 #include "twophase.h"
 
 enum { SETTLE, ROLLBACK_ALL, COMMIT_EACH, ROLLBACK_REST, PREPARE, DECIDE, COMMIT_PREPARED, ROLLBACK_PREPARED };
@@ -75,6 +76,12 @@ static void finish(h2o_db_commit_t *c, h2o_db_status_t status, const char *sqlst
     void *data = c->data;
     free(c->p);
     free(c);
+    /* what was issued after the commit began goes now */
+    if (!h2o_linklist_is_empty(&root->pending))
+        h2o_db_pool_pump(root);
+    for (size_t i = 0; root->children != NULL && i < root->bind->partitions.size; ++i)
+        if (root->children[i] != NULL && !h2o_linklist_is_empty(&root->children[i]->pending))
+            h2o_db_pool_pump(root->children[i]);
     cb(&r, data);
 }
 

@@ -37,6 +37,7 @@
 static h2o_db_op_t cleanup_op = {.kind = H2O_DB_OP_ROLLBACK, .wire = {.kind = H2O_DB_WIRE_ROLLBACK}};
 
 static void conn_close(h2o_db_conn_t *conn);
+static void abandon_pinned(h2o_db_session_t *s);
 
 /* Every call into the driver goes through these: the driver reports what happens later, never
  * before the call returns (driver.h), and its callbacks check it. */
@@ -187,8 +188,11 @@ static void fail_head(h2o_db_session_t *s, h2o_db_status_t status, const char *s
     h2o_db_op_t *op = head_op(s);
     if (op == NULL)
         return;
+    int ends_txn = (op->kind == H2O_DB_OP_COMMIT || op->kind == H2O_DB_OP_ROLLBACK) && s->pinned != NULL;
     H2O_DB_INC(s->pool->stats.errors);
     h2o_db_op_answer_later(op, status, sqlstate, message);
+    if (ends_txn)
+        abandon_pinned(s); /* its COMMIT/ROLLBACK was not sent: roll back there, unpin */
 }
 
 /* Makes s wait (in `list`: the pool's FIFO or a connection's waiters) unless limits say no. */
@@ -338,6 +342,7 @@ static int place_begin(h2o_db_session_t *s, h2o_db_op_t *op)
     s->pinned_at = h2o_db_now(pool->thread);
     s->txn_lost = 0;
     H2O_DB_INC(pool->num_pinned);
+    s->begin_in_flight = 1;
     conn_send(conn, op);
     return 1;
 }
@@ -348,6 +353,8 @@ void h2o_db_pool_pump(h2o_db_session_t *s)
 
     /* answers made without the database go first, in order, once nothing is in flight */
     while (h2o_linklist_is_empty(&s->done) && (op = head_op(s)) != NULL) {
+        if (op->after_commit && h2o_db_session_root(s)->commit != NULL)
+            return; /* issued after a commit across partitions began: it runs once that ends */
         if (op->kind == H2O_DB_OP_BARRIER) {
             if (s->outstanding != 0)
                 return;
@@ -359,6 +366,9 @@ void h2o_db_pool_pump(h2o_db_session_t *s)
             continue;
         }
         if (op->in_txn && op->kind != H2O_DB_OP_BEGIN) {
+            if (s->begin_in_flight)
+                return; /* not before the BEGIN is known to have begun: after a failed one they
+                         * would run outside any transaction (answered 25P02 below instead) */
             if (s->pinned == NULL) {
                 /* the BEGIN failed, or the transaction's connection broke */
                 if (s->outstanding != 0)
@@ -534,7 +544,10 @@ void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *m
         if (s->pinned == conn)
             lose_transaction(s, conn, sqlstate);
         H2O_DB_INC(pool->stats.errors);
-        h2o_db_op_complete(op, &err);
+        int alive = h2o_db_op_complete(op, &err) == 0;
+        /* what waited behind its statements (a BEGIN, a BARRIER) goes on */
+        if (alive && s->outstanding == 0 && s->pinned == NULL && !h2o_linklist_is_empty(&s->pending))
+            h2o_db_pool_pump(s);
     }
     if (conn->pinned != NULL) {
         h2o_db_session_t *s = conn->pinned;
@@ -588,7 +601,10 @@ void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
         --s->outstanding;
         if (s->outstanding == 0 && s->conn == conn && s->pinned != conn)
             s->conn = NULL;
-        if ((op->kind == H2O_DB_OP_COMMIT || op->kind == H2O_DB_OP_ROLLBACK) && s->pinned == conn) {
+        if (((op->kind == H2O_DB_OP_COMMIT || op->kind == H2O_DB_OP_ROLLBACK) ||
+             (op->kind == H2O_DB_OP_BEGIN && result->status != H2O_DB_OK)) &&
+            s->pinned == conn) {
+            /* the transaction ended, or never began */
             s->pinned = NULL;
             conn->pinned = NULL;
             H2O_DB_DEC(pool->num_pinned);
@@ -667,6 +683,11 @@ void h2o_db_pool_on_statement_timeout(h2o_timeout_entry_t *entry)
     --s->outstanding;
     if (s->outstanding == 0 && s->conn == conn && s->pinned != conn)
         s->conn = NULL;
+    if ((op->kind == H2O_DB_OP_COMMIT || op->kind == H2O_DB_OP_ROLLBACK) && s->pinned == conn) {
+        abandon_pinned(s); /* the end of the transaction will not be heard of: roll back, unpin */
+        if (s->outstanding == 0)
+            s->conn = NULL;
+    }
     H2O_DB_INC(pool->stats.timeouts);
     H2O_DB_INC(pool->stats.errors);
     h2o_db_result_t r;
@@ -703,22 +724,29 @@ void h2o_db_pool_detach(h2o_db_session_t *s, h2o_linklist_t *out)
     }
     s->outstanding = 0;
     s->conn = NULL;
-    if (s->pinned != NULL) {
-        h2o_db_conn_t *conn = s->pinned;
-        s->pinned = NULL;
-        conn->pinned = NULL;
-        H2O_DB_DEC(pool->num_pinned);
-        if (conn->state == H2O_DB_CONN_READY) {
-            /* stop what still runs there (only this session's statements can), roll back whatever
-             * the transaction did; then the connection is clean again */
-            if (conn->ring.count != 0 && pool->bind->driver->cancel != NULL && !conn->cancelling) {
-                conn->cancelling = 1;
-                DRIVER_CALL(pool, pool->bind->driver->cancel(conn));
-            }
-            conn->cleaning = 1;
-            conn_send(conn, &cleanup_op);
-        }
+    if (s->pinned != NULL)
+        abandon_pinned(s);
+}
+
+/* The session lets go of its transaction's connection without hearing how it ended (its request
+ * ended, its COMMIT timed out or was never sent): what still runs there is cancelled, the
+ * transaction rolled back, and then the connection is clean again. */
+static void abandon_pinned(h2o_db_session_t *s)
+{
+    h2o_db_pool_t *pool = s->pool;
+    h2o_db_conn_t *conn = s->pinned;
+    s->pinned = NULL;
+    conn->pinned = NULL;
+    H2O_DB_DEC(pool->num_pinned);
+    if (conn->state != H2O_DB_CONN_READY)
+        return;
+    /* only this session's statements can run there */
+    if (conn->ring.count != 0 && pool->bind->driver->cancel != NULL && !conn->cancelling) {
+        conn->cancelling = 1;
+        DRIVER_CALL(pool, pool->bind->driver->cancel(conn));
     }
+    conn->cleaning = 1;
+    conn_send(conn, &cleanup_op);
 }
 
 void h2o_db_conn_cancelled(h2o_db_conn_t *conn)

@@ -398,6 +398,7 @@ static h2o_db_op_t *new_op(h2o_db_session_t *s, h2o_db_op_kind_t kind, const cha
     op->sql = sql != NULL ? dst : NULL;
     op->sql_len = sql_len;
     op->in_txn = s->txn_open;
+    op->after_commit = h2o_db_session_root(s)->commit != NULL;
     return op;
 }
 
@@ -405,7 +406,14 @@ static void enqueue(h2o_db_session_t *s, h2o_db_op_t *op)
 {
     if (session_idle(s))
         became_busy(s);
-    h2o_linklist_insert(&s->pending, &op->link);
+    /* a commit's own steps go before what the handler issued after the commit began */
+    h2o_linklist_t *pos = &s->pending;
+    for (h2o_linklist_t *n = s->pending.next; !op->after_commit && n != &s->pending; n = n->next)
+        if (H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, link, n)->after_commit) {
+            pos = n;
+            break;
+        }
+    h2o_linklist_insert(pos, &op->link);
     ++s->num_pending;
     if (s->aborted) {
         h2o_db_op_answer_later(op, s->abort_status, s->abort_sqlstate, s->abort_message);
@@ -431,6 +439,7 @@ h2o_db_op_t *h2o_db_session_enqueue(h2o_db_session_t *s, h2o_db_op_kind_t kind, 
 {
     h2o_db_op_t *op = new_op(s, kind, sql, nparams, params, cb, data);
     op->in_txn = in_txn;
+    op->after_commit = 0;
     enqueue(s, op);
     return op;
 }
@@ -530,6 +539,8 @@ int h2o_db_op_complete(h2o_db_op_t *op, h2o_db_result_t *result)
         s->txn_status = result->status;
         snprintf(s->txn_sqlstate, sizeof(s->txn_sqlstate), "%s", result->sqlstate != NULL ? result->sqlstate : "XX000");
     }
+    if (op->kind == H2O_DB_OP_BEGIN)
+        s->begin_in_flight = 0;
     if (op->kind == H2O_DB_OP_COMMIT || op->kind == H2O_DB_OP_ROLLBACK) {
         s->txn_failed = 0;
         s->txn_lost = 0;

@@ -30,6 +30,7 @@ struct st_h2o_db_op_t {
     unsigned answered : 1;      /* for `done` ops: the result below is final */
     unsigned heap : 1;          /* malloc'd (a session outside a request): freed once answered or dropped */
     unsigned no_cache : 1;      /* one-off SQL (PREPARE TRANSACTION '...'): not for the statement cache */
+    unsigned after_commit : 1;  /* issued while a commit across partitions runs: placed after it */
     const char *sql;
     size_t sql_len;
     size_t nparams;
@@ -54,12 +55,13 @@ struct st_h2o_db_session_t {
     h2o_linklist_t done;      /* answered without the database; delivered later, in order */
     h2o_db_later_t deliver_later;
     size_t num_pending;
-    size_t outstanding;      /* sent, not answered */
-    h2o_db_conn_t *conn;     /* where the outstanding statements are */
-    h2o_db_conn_t *pinned;   /* the connection of its transaction */
-    unsigned txn_open : 1;   /* between h2o_db_begin and h2o_db_commit/rollback, at issue time */
-    unsigned txn_failed : 1; /* a statement of the current transaction failed */
-    unsigned txn_lost : 1;   /* the transaction's connection broke */
+    size_t outstanding;           /* sent, not answered */
+    h2o_db_conn_t *conn;          /* where the outstanding statements are */
+    h2o_db_conn_t *pinned;        /* the connection of its transaction */
+    unsigned txn_open : 1;        /* between h2o_db_begin and h2o_db_commit/rollback, at issue time */
+    unsigned txn_failed : 1;      /* a statement of the current transaction failed */
+    unsigned txn_lost : 1;        /* the transaction's connection broke */
+    unsigned begin_in_flight : 1; /* its BEGIN is sent, not answered: the transaction's statements wait */
     unsigned released : 1;
     /* waiting for a connection: in pool->waiting or in a conn's waiters */
     h2o_linklist_t wait_link;

@@ -446,7 +446,7 @@ static long pg_conns(const char *appname)
 struct watcher {
     pthread_t tid;
     const char *appname;
-    volatile int stop;
+    int stop; /* set by the test, read by the thread: __atomic */
     long max, samples;
 };
 
@@ -458,7 +458,7 @@ static void *watch_main(void *arg)
 {
     struct watcher *w = arg;
     PGconn *c = NULL;
-    while (!w->stop) {
+    while (!__atomic_load_n(&w->stop, __ATOMIC_RELAXED)) {
         if (c == NULL || PQstatus(c) != CONNECTION_OK) {
             if (c != NULL)
                 PQfinish(c);
@@ -495,7 +495,7 @@ static void watch_start(struct watcher *w, const char *appname)
 
 static void watch_stop(struct watcher *w)
 {
-    w->stop = 1;
+    __atomic_store_n(&w->stop, 1, __ATOMIC_RELAXED);
     pthread_join(w->tid, NULL);
     ck_assert_msg(w->samples > 0, "the pg_stat_activity watcher took no sample");
 }
@@ -519,7 +519,7 @@ struct load {
     char *url;
     const char *body;
     int version, concurrency;
-    volatile int stop;
+    int stop; /* set by the test, read by the thread: __atomic */
     struct sample *samples;
     size_t n, cap;
 };
@@ -621,7 +621,7 @@ static void *load_main(void *arg)
         curl_multi_add_handle(m, load_easy(ld, slots + i, headers));
     }
     int running = 1;
-    while (running > 0 || !ld->stop) {
+    while (running > 0 || !__atomic_load_n(&ld->stop, __ATOMIC_RELAXED)) {
         curl_multi_perform(m, &running);
         CURLMsg *msg;
         int left;
@@ -635,14 +635,14 @@ static void *load_main(void *arg)
             curl_multi_remove_handle(m, e);
             curl_easy_cleanup(e);
             sl->easy = NULL;
-            if (!ld->stop) {
+            if (!__atomic_load_n(&ld->stop, __ATOMIC_RELAXED)) {
                 curl_multi_add_handle(m, load_easy(ld, sl, headers));
                 running = 1;
             }
         }
         if (running > 0)
             curl_multi_poll(m, NULL, 0, 10, NULL);
-        else if (!ld->stop)
+        else if (!__atomic_load_n(&ld->stop, __ATOMIC_RELAXED))
             usleep(1000); /* a poll loop: nothing in flight */
     }
     for (int i = 0; i < ld->concurrency; ++i)
@@ -669,7 +669,7 @@ static void load_start(struct load *ld, th_server_t *s, const char *path, const 
 
 static void load_stop(struct load *ld)
 {
-    ld->stop = 1;
+    __atomic_store_n(&ld->stop, 1, __ATOMIC_RELAXED);
     pthread_join(ld->tid, NULL);
     pthread_mutex_destroy(&ld->lock);
     free(ld->url);

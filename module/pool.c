@@ -587,9 +587,11 @@ void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
     --conn->ring.count;
 
     if (op == &cleanup_op) {
-        /* the ROLLBACK after a request ended inside a transaction */
+        /* the ROLLBACK after a request ended inside a transaction; one that did not succeed (the
+         * cancel of the statement before it may have hit it instead: MySQL's KILL QUERY answers
+         * 70100) leaves the transaction's state unknown: the connection is closed, never reused */
         conn->cleaning = conn->cancelling;
-        if (result->status == H2O_DB_UNAVAILABLE || result->status == H2O_DB_TIMEOUT) {
+        if (result->status != H2O_DB_OK) {
             h2o_db_conn_failed(conn, result->sqlstate, result->error);
             return;
         }

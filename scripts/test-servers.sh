@@ -46,7 +46,8 @@ CONF
 # suite databases of its own in it), and a restartable one for the suite that stops and restarts
 # PostgreSQL (faults), so that the others never see it go down.
 h2o_db_start_postgres() {
-    H2O_DB_SERVERS_DIR=$(mktemp -d /tmp/h2o-db-servers-XXXXXX)
+    # exported: the harness reserves the ports it hands out in $H2O_DB_SERVERS_DIR/ports
+    export H2O_DB_SERVERS_DIR=$(mktemp -d /tmp/h2o-db-servers-XXXXXX)
     chmod 755 "$H2O_DB_SERVERS_DIR"
     [ "$(id -u)" -eq 0 ] && chown postgres "$H2O_DB_SERVERS_DIR"
     h2o_db_pg_cluster pg || return 1
@@ -77,7 +78,7 @@ h2o_db_start_postgres() {
 # stops and starts the same server (the fault tests restart it).
 h2o_db_start_mariadb() {
     if [ -z "${H2O_DB_SERVERS_DIR:-}" ]; then
-        H2O_DB_SERVERS_DIR=$(mktemp -d /tmp/h2o-db-servers-XXXXXX)
+        export H2O_DB_SERVERS_DIR=$(mktemp -d /tmp/h2o-db-servers-XXXXXX)
         chmod 755 "$H2O_DB_SERVERS_DIR"
     fi
     mydir="$H2O_DB_SERVERS_DIR/mariadb"

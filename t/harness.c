@@ -136,15 +136,45 @@ char *th_write_file(const char *dir, const char *name, const char *text, int por
     return path;
 }
 
-int th_free_port(void)
+static int port_is_free(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sin);
-    ck_assert(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
-    ck_assert(getsockname(fd, (struct sockaddr *)&sin, &len) == 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int ok = bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0;
     close(fd);
-    return ntohs(sin.sin_port);
+    return ok;
+}
+
+/* Suites run side by side, and a port one of them picked as free (for its server, or as a port
+ * nobody listens on) must not be picked by another meanwhile: every port handed out is reserved
+ * for the whole run by a file in $H2O_DB_SERVERS_DIR/ports (created with O_EXCL, so across
+ * processes). Ports come from below the kernel's ephemeral range, where it picks ports for
+ * outgoing connections and for the database servers of scripts/test. */
+int th_free_port(void)
+{
+    enum { LOW = 12000, COUNT = 20000 };
+    const char *dir = getenv("H2O_DB_SERVERS_DIR");
+    char path[1200];
+    if (dir != NULL) {
+        snprintf(path, sizeof(path), "%s/ports", dir);
+        mkdir(path, 0777);
+    }
+    unsigned start = (unsigned)getpid() * 7919u + (unsigned)th_now_ms();
+    for (unsigned i = 0; i < COUNT; ++i) {
+        int port = LOW + (int)((start + i) % COUNT);
+        if (!port_is_free(port))
+            continue;
+        if (dir != NULL) {
+            snprintf(path, sizeof(path), "%s/ports/%d", dir, port);
+            int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
+            if (fd < 0)
+                continue; /* another suite has it */
+            close(fd);
+        }
+        return port;
+    }
+    ck_abort_msg("no free port in %d..%d", LOW, LOW + COUNT - 1);
+    return -1;
 }
 
 static int can_connect(int port)

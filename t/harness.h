@@ -48,7 +48,8 @@ const char *th_build_dir(void);
 char *th_write_file(const char *dir, const char *name, const char *text, int port);
 /* Expands placeholders; malloc'd. */
 char *th_expand(const char *text, const char *dir, int port);
-/* A port nobody listens on right now. */
+/* A loopback port nobody listens on right now, which no other suite of this run gets either (it is
+ * reserved for the run): for a server to start, or as a port that stays closed. */
 int th_free_port(void);
 
 /* Starts h2o-db with the config template; waits until it accepts connections (or exits).

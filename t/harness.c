@@ -177,6 +177,37 @@ int th_free_port(void)
     return -1;
 }
 
+/* Servers a test started and has not stopped yet: killed when the process exits, so that a test
+ * that fails half-way (an assertion, a sanitizer report) leaves no server running. */
+enum { MAX_SERVERS = 64 };
+static pid_t servers[MAX_SERVERS];
+
+static void kill_servers(void)
+{
+    for (int i = 0; i < MAX_SERVERS; ++i) {
+        if (servers[i] > 0 && waitpid(servers[i], NULL, WNOHANG) == 0) {
+            kill(servers[i], SIGKILL);
+            waitpid(servers[i], NULL, 0);
+        }
+        servers[i] = 0;
+    }
+}
+
+static void remember_server(pid_t pid)
+{
+    static int registered;
+    if (!registered) {
+        atexit(kill_servers);
+        registered = 1;
+    }
+    for (int i = 0; i < MAX_SERVERS; ++i) {
+        if (servers[i] <= 0 || waitpid(servers[i], NULL, WNOHANG) != 0) {
+            servers[i] = pid;
+            return;
+        }
+    }
+}
+
 static int can_connect(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -207,6 +238,8 @@ int th_server_start_in(th_server_t *s, const char *dir, const char *conf_templat
     fflush(NULL);
     s->pid = fork();
     ck_assert(s->pid != -1);
+    if (s->pid != 0)
+        remember_server(s->pid);
     if (s->pid == 0) {
         int fd = open(s->log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
         dup2(fd, 1);

@@ -39,6 +39,22 @@ static h2o_db_op_t cleanup_op = {.kind = H2O_DB_OP_ROLLBACK, .wire = {.kind = H2
 static void conn_close(h2o_db_conn_t *conn);
 static void abandon_pinned(h2o_db_session_t *s);
 
+/* Whether op ends its session's transaction. */
+static int ends_txn(const h2o_db_op_t *op)
+{
+    return op->kind == H2O_DB_OP_COMMIT || op->kind == H2O_DB_OP_ROLLBACK;
+}
+
+/* The session's transaction lets go of its connection; returns that connection. */
+static h2o_db_conn_t *unpin(h2o_db_session_t *s)
+{
+    h2o_db_conn_t *conn = s->pinned;
+    s->pinned = NULL;
+    conn->pinned = NULL;
+    H2O_DB_DEC(conn->pool->num_pinned);
+    return conn;
+}
+
 /* Every call into the driver goes through these: the driver reports what happens later, never
  * before the call returns (driver.h), and its callbacks check it. */
 #define DRIVER_CALL(pool, call)                                                                                                    \
@@ -146,10 +162,8 @@ static void conn_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
         H2O_DB_INC(pool->stats.acquires);
         if (pool->bind->pool.statement_timeout != 0)
             h2o_timeout_link(pool->thread->loop, &pool->statement_timeout, &op->timeout);
-    }
-    /* the wire statement: a failed transaction's COMMIT goes as ROLLBACK (the session answers it
-     * as the error it is) */
-    if (op != &cleanup_op) {
+        /* the wire statement: a failed transaction's COMMIT goes as ROLLBACK (the session answers
+         * it as the error it is); the cleanup ROLLBACK's is fixed */
         static const h2o_db_wire_kind_t kinds[] = {[H2O_DB_OP_QUERY] = H2O_DB_WIRE_QUERY,
                                                    [H2O_DB_OP_BEGIN] = H2O_DB_WIRE_BEGIN,
                                                    [H2O_DB_OP_COMMIT] = H2O_DB_WIRE_COMMIT,
@@ -188,10 +202,10 @@ static void fail_head(h2o_db_session_t *s, h2o_db_status_t status, const char *s
     h2o_db_op_t *op = head_op(s);
     if (op == NULL)
         return;
-    int ends_txn = (op->kind == H2O_DB_OP_COMMIT || op->kind == H2O_DB_OP_ROLLBACK) && s->pinned != NULL;
+    int unsent_end = ends_txn(op) && s->pinned != NULL;
     H2O_DB_INC(s->pool->stats.errors);
     h2o_db_op_answer_later(op, status, sqlstate, message);
-    if (ends_txn)
+    if (unsent_end)
         abandon_pinned(s); /* its COMMIT/ROLLBACK was not sent: roll back there, unpin */
 }
 
@@ -483,17 +497,15 @@ static int any_ready(h2o_db_pool_t *pool)
 }
 
 /* The connection of s's transaction broke: the transaction is lost. */
-static void lose_transaction(h2o_db_session_t *s, h2o_db_conn_t *conn, const char *sqlstate)
+static void lose_transaction(h2o_db_session_t *s, const char *sqlstate)
 {
-    s->pinned = NULL;
+    unpin(s);
     s->txn_lost = 1;
     if (!s->txn_failed) {
         s->txn_failed = 1;
         s->txn_status = H2O_DB_UNAVAILABLE;
         snprintf(s->txn_sqlstate, sizeof(s->txn_sqlstate), "%s", sqlstate);
     }
-    conn->pinned = NULL;
-    H2O_DB_DEC(conn->pool->num_pinned);
 }
 
 void h2o_db_conn_log_failure(h2o_db_conn_t *conn, int connecting, const char *message)
@@ -542,7 +554,7 @@ void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *m
         if (s->outstanding == 0 && s->conn == conn)
             s->conn = NULL;
         if (s->pinned == conn)
-            lose_transaction(s, conn, sqlstate);
+            lose_transaction(s, sqlstate);
         H2O_DB_INC(pool->stats.errors);
         int alive = h2o_db_op_complete(op, &err) == 0;
         /* what waited behind its statements (a BEGIN, a BARRIER) goes on */
@@ -551,7 +563,7 @@ void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *m
     }
     if (conn->pinned != NULL) {
         h2o_db_session_t *s = conn->pinned;
-        lose_transaction(s, conn, sqlstate);
+        lose_transaction(s, sqlstate);
         if (!h2o_linklist_is_empty(&s->pending))
             h2o_db_pool_pump(s);
     }
@@ -603,13 +615,9 @@ void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
         --s->outstanding;
         if (s->outstanding == 0 && s->conn == conn && s->pinned != conn)
             s->conn = NULL;
-        if (((op->kind == H2O_DB_OP_COMMIT || op->kind == H2O_DB_OP_ROLLBACK) ||
-             (op->kind == H2O_DB_OP_BEGIN && result->status != H2O_DB_OK)) &&
-            s->pinned == conn) {
+        if ((ends_txn(op) || (op->kind == H2O_DB_OP_BEGIN && result->status != H2O_DB_OK)) && s->pinned == conn) {
             /* the transaction ended, or never began */
-            s->pinned = NULL;
-            conn->pinned = NULL;
-            H2O_DB_DEC(pool->num_pinned);
+            unpin(s);
             if (s->outstanding == 0)
                 s->conn = NULL;
         }
@@ -685,7 +693,7 @@ void h2o_db_pool_on_statement_timeout(h2o_timeout_entry_t *entry)
     --s->outstanding;
     if (s->outstanding == 0 && s->conn == conn && s->pinned != conn)
         s->conn = NULL;
-    if ((op->kind == H2O_DB_OP_COMMIT || op->kind == H2O_DB_OP_ROLLBACK) && s->pinned == conn) {
+    if (ends_txn(op) && s->pinned == conn) {
         abandon_pinned(s); /* the end of the transaction will not be heard of: roll back, unpin */
         if (s->outstanding == 0)
             s->conn = NULL;
@@ -736,10 +744,7 @@ void h2o_db_pool_detach(h2o_db_session_t *s, h2o_linklist_t *out)
 static void abandon_pinned(h2o_db_session_t *s)
 {
     h2o_db_pool_t *pool = s->pool;
-    h2o_db_conn_t *conn = s->pinned;
-    s->pinned = NULL;
-    conn->pinned = NULL;
-    H2O_DB_DEC(pool->num_pinned);
+    h2o_db_conn_t *conn = unpin(s);
     if (conn->state != H2O_DB_CONN_READY)
         return;
     /* only this session's statements can run there */

@@ -406,13 +406,16 @@ static void enqueue(h2o_db_session_t *s, h2o_db_op_t *op)
 {
     if (session_idle(s))
         became_busy(s);
-    /* a commit's own steps go before what the handler issued after the commit began */
+    /* while a commit across partitions runs, its own steps go before what the handler issued
+     * after it began (the common case appends without looking) */
     h2o_linklist_t *pos = &s->pending;
-    for (h2o_linklist_t *n = s->pending.next; !op->after_commit && n != &s->pending; n = n->next)
-        if (H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, link, n)->after_commit) {
-            pos = n;
-            break;
-        }
+    if (!op->after_commit && h2o_db_session_root(s)->commit != NULL) {
+        for (h2o_linklist_t *n = s->pending.next; n != &s->pending; n = n->next)
+            if (H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, link, n)->after_commit) {
+                pos = n;
+                break;
+            }
+    }
     h2o_linklist_insert(pos, &op->link);
     ++s->num_pending;
     if (s->aborted) {

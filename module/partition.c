@@ -77,11 +77,11 @@ static void finish(h2o_db_commit_t *c, h2o_db_status_t status, const char *sqlst
     free(c->p);
     free(c);
     /* what was issued after the commit began goes now */
-    if (!h2o_linklist_is_empty(&root->pending))
-        h2o_db_pool_pump(root);
+    if (root->place.num_pending != 0)
+        h2o_db_pool_pump(&root->place);
     for (size_t i = 0; root->children != NULL && i < root->bind->partitions.size; ++i)
-        if (root->children[i] != NULL && !h2o_linklist_is_empty(&root->children[i]->pending))
-            h2o_db_pool_pump(root->children[i]);
+        if (root->children[i] != NULL && root->children[i]->place.num_pending != 0)
+            h2o_db_pool_pump(&root->children[i]->place);
     cb(&r, data);
 }
 
@@ -111,8 +111,8 @@ static void list_keys(h2o_db_commit_t *c, char *buf, size_t size, size_t from, s
 
 static void issue(h2o_db_commit_t *c, struct participant *p, h2o_db_op_kind_t kind, const char *sql, int no_cache, h2o_db_cb cb)
 {
-    h2o_db_op_t *op = h2o_db_session_enqueue(p->s, kind, sql, 0, NULL, kind != H2O_DB_OP_BARRIER, cb, p);
-    op->no_cache = no_cache;
+    int flags = (kind != H2O_DB_OP_BARRIER ? H2O_DB_ENQ_IN_TXN : 0) | (no_cache ? H2O_DB_ENQ_NO_CACHE : 0);
+    h2o_db_session_enqueue(p->s, kind, sql, 0, NULL, flags, cb, p);
 }
 
 static void on_rolled_back(h2o_db_result_t *r, void *data);

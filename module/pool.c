@@ -26,7 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include "pool.h"
-#include "session.h"
 
 /* a shared connection takes more statements only while its oldest one is this young */
 #define YOUNG_MS       10
@@ -34,25 +33,61 @@
 #define BACKOFF_MAX_MS 250
 
 /* The cleanup ROLLBACK of a transaction whose request ended: its ring entry points here. */
-static h2o_db_op_t cleanup_op = {.kind = H2O_DB_OP_ROLLBACK, .wire = {.kind = H2O_DB_WIRE_ROLLBACK}};
+static h2o_db_stmt_t cleanup_op = {.kind = H2O_DB_OP_ROLLBACK, .wire = {.kind = H2O_DB_WIRE_ROLLBACK}};
 
 static void conn_close(h2o_db_conn_t *conn);
-static void abandon_pinned(h2o_db_session_t *s);
+static void on_statement_timeout(h2o_timeout_entry_t *entry);
+static void abandon_pinned(h2o_db_place_t *s);
 
 /* Whether op ends its session's transaction. */
-static int ends_txn(const h2o_db_op_t *op)
+static int ends_txn(const h2o_db_stmt_t *op)
 {
     return op->kind == H2O_DB_OP_COMMIT || op->kind == H2O_DB_OP_ROLLBACK;
 }
 
 /* The session's transaction lets go of its connection; returns that connection. */
-static h2o_db_conn_t *unpin(h2o_db_session_t *s)
+static h2o_db_conn_t *unpin(h2o_db_place_t *s)
 {
     h2o_db_conn_t *conn = s->pinned;
     s->pinned = NULL;
     conn->pinned = NULL;
     H2O_DB_DEC(conn->pool->num_pinned);
     return conn;
+}
+
+/* The pool's view of the transaction follows a statement that leaves it answered. */
+static void settle(h2o_db_place_t *s, const h2o_db_stmt_t *op, h2o_db_status_t status)
+{
+    if (op->kind == H2O_DB_OP_BEGIN)
+        s->begin_in_flight = 0;
+    if (status != H2O_DB_OK && (op->in_txn || op->kind == H2O_DB_OP_BEGIN))
+        s->txn_failed = 1;
+    if (ends_txn(op))
+        s->txn_failed = 0, s->txn_lost = 0;
+}
+
+/* Hands op back answered; returns what the place's `answer` returns (-1: the place is gone). */
+static int answer(h2o_db_stmt_t *op, h2o_db_result_t *result)
+{
+    h2o_db_place_t *s = op->place;
+    h2o_db_result_t rewritten;
+    settle(s, op, result->status);
+    if (op->failed_commit && result->status == H2O_DB_OK) {
+        h2o_db_result_init_error(&rewritten, H2O_DB_SQL_ERROR, "25P02",
+                                 "the transaction had failed, so it was rolled back instead of committed");
+        result = &rewritten;
+    }
+    return s->cbs->answer(op, result);
+}
+
+/* Takes the queued op off its place and hands it back to be answered without the database. */
+static void answer_later(h2o_db_stmt_t *op, h2o_db_status_t status, const char *sqlstate, const char *message)
+{
+    h2o_db_place_t *s = op->place;
+    h2o_linklist_unlink(&op->link);
+    --s->num_pending;
+    settle(s, op, status);
+    s->cbs->answer_later(op, status, sqlstate, message);
 }
 
 /* Every call into the driver goes through these: the driver reports what happens later, never
@@ -138,7 +173,7 @@ h2o_db_conn_t *h2o_db_pool_open_conn(h2o_db_pool_t *pool)
 }
 
 /* Sends op on conn and records it in the ring. */
-static void conn_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
+static void conn_send(h2o_db_conn_t *conn, h2o_db_stmt_t *op)
 {
     h2o_db_pool_t *pool = conn->pool;
     size_t idx = (conn->ring.head + conn->ring.count) % conn->ring.capacity;
@@ -152,7 +187,7 @@ static void conn_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
     ++conn->statements;
     H2O_DB_INC(pool->stats.statements);
     if (op != &cleanup_op) {
-        h2o_db_session_t *s = op->session;
+        h2o_db_place_t *s = op->place;
         h2o_linklist_unlink(&op->link);
         --s->num_pending;
         op->conn = conn;
@@ -162,8 +197,8 @@ static void conn_send(h2o_db_conn_t *conn, h2o_db_op_t *op)
         H2O_DB_INC(pool->stats.acquires);
         if (pool->bind->pool.statement_timeout != 0)
             h2o_timeout_link(pool->thread->loop, &pool->statement_timeout, &op->timeout);
-        /* the wire statement: a failed transaction's COMMIT goes as ROLLBACK (the session answers
-         * it as the error it is); the cleanup ROLLBACK's is fixed */
+        /* the wire statement: a failed transaction's COMMIT goes as ROLLBACK (answered as the error
+         * it is, 25P02); the cleanup ROLLBACK's is fixed */
         static const h2o_db_wire_kind_t kinds[] = {[H2O_DB_OP_QUERY] = H2O_DB_WIRE_QUERY,
                                                    [H2O_DB_OP_BEGIN] = H2O_DB_WIRE_BEGIN,
                                                    [H2O_DB_OP_COMMIT] = H2O_DB_WIRE_COMMIT,
@@ -182,7 +217,7 @@ static int conn_has_room(h2o_db_conn_t *conn)
 
 /* ---- waiting ---- */
 
-static void stop_waiting(h2o_db_session_t *s)
+static void stop_waiting(h2o_db_place_t *s)
 {
     if (!h2o_linklist_is_linked(&s->wait_link))
         return;
@@ -192,25 +227,25 @@ static void stop_waiting(h2o_db_session_t *s)
         h2o_timeout_unlink(&s->wait_timeout);
 }
 
-static h2o_db_op_t *head_op(h2o_db_session_t *s)
+static h2o_db_stmt_t *head_op(h2o_db_place_t *s)
 {
-    return h2o_linklist_is_empty(&s->pending) ? NULL : H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, link, s->pending.next);
+    return h2o_linklist_is_empty(&s->pending) ? NULL : H2O_STRUCT_FROM_MEMBER(h2o_db_stmt_t, link, s->pending.next);
 }
 
-static void fail_head(h2o_db_session_t *s, h2o_db_status_t status, const char *sqlstate, const char *message)
+static void fail_head(h2o_db_place_t *s, h2o_db_status_t status, const char *sqlstate, const char *message)
 {
-    h2o_db_op_t *op = head_op(s);
+    h2o_db_stmt_t *op = head_op(s);
     if (op == NULL)
         return;
     int unsent_end = ends_txn(op) && s->pinned != NULL;
     H2O_DB_INC(s->pool->stats.errors);
-    h2o_db_op_answer_later(op, status, sqlstate, message);
+    answer_later(op, status, sqlstate, message);
     if (unsent_end)
         abandon_pinned(s); /* its COMMIT/ROLLBACK was not sent: roll back there, unpin */
 }
 
 /* Makes s wait (in `list`: the pool's FIFO or a connection's waiters) unless limits say no. */
-static int start_waiting(h2o_db_session_t *s, h2o_linklist_t *list)
+static int start_waiting(h2o_db_place_t *s, h2o_linklist_t *list)
 {
     h2o_db_pool_t *pool = s->pool;
     if (h2o_linklist_is_linked(&s->wait_link))
@@ -234,7 +269,7 @@ static int start_waiting(h2o_db_session_t *s, h2o_linklist_t *list)
 
 static void on_wait_timeout(h2o_timeout_entry_t *entry)
 {
-    h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, wait_timeout, entry);
+    h2o_db_place_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_place_t, wait_timeout, entry);
     h2o_db_pool_t *pool = s->pool;
     stop_waiting(s);
     H2O_DB_INC(pool->stats.acquire_timeouts);
@@ -244,7 +279,7 @@ static void on_wait_timeout(h2o_timeout_entry_t *entry)
 void h2o_db_pool_fail_waiting(h2o_db_pool_t *pool, h2o_db_status_t status, const char *sqlstate, const char *message)
 {
     while (!h2o_linklist_is_empty(&pool->waiting)) {
-        h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, wait_link, pool->waiting.next);
+        h2o_db_place_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_place_t, wait_link, pool->waiting.next);
         stop_waiting(s);
         fail_head(s, status, sqlstate, message);
     }
@@ -294,7 +329,7 @@ static int maybe_connect(h2o_db_pool_t *pool)
     return 0;
 }
 
-static void fail_down(h2o_db_session_t *s)
+static void fail_down(h2o_db_place_t *s)
 {
     h2o_db_pool_t *pool = s->pool;
     fail_head(s, H2O_DB_UNAVAILABLE, pool->last_sqlstate[0] != '\0' ? pool->last_sqlstate : "08001",
@@ -303,7 +338,7 @@ static void fail_down(h2o_db_session_t *s)
 
 /* Places one autocommit statement; returns 1 when sent, 0 when the session now waits (or the
  * statement was answered without the database). */
-static int place_autocommit(h2o_db_session_t *s, h2o_db_op_t *op)
+static int place_autocommit(h2o_db_place_t *s, h2o_db_stmt_t *op)
 {
     h2o_db_pool_t *pool = s->pool;
     h2o_db_conn_t *conn;
@@ -336,7 +371,7 @@ static int place_autocommit(h2o_db_session_t *s, h2o_db_op_t *op)
 }
 
 /* BEGIN: pin a connection with nothing in flight. */
-static int place_begin(h2o_db_session_t *s, h2o_db_op_t *op)
+static int place_begin(h2o_db_place_t *s, h2o_db_stmt_t *op)
 {
     h2o_db_pool_t *pool = s->pool;
     h2o_db_conn_t *conn = find_idle(pool);
@@ -361,18 +396,17 @@ static int place_begin(h2o_db_session_t *s, h2o_db_op_t *op)
     return 1;
 }
 
-void h2o_db_pool_pump(h2o_db_session_t *s)
+void h2o_db_pool_pump(h2o_db_place_t *s)
 {
-    h2o_db_op_t *op;
+    h2o_db_stmt_t *op;
 
-    /* answers made without the database go first, in order, once nothing is in flight */
-    while (h2o_linklist_is_empty(&s->done) && (op = head_op(s)) != NULL) {
-        if (op->after_commit && h2o_db_session_root(s)->commit != NULL)
-            return; /* issued after a commit across partitions began: it runs once that ends */
+    while ((op = head_op(s)) != NULL) {
+        if (s->cbs->hold(s, op))
+            return; /* the layer above holds it: its earlier answers go first, or a commit runs */
         if (op->kind == H2O_DB_OP_BARRIER) {
             if (s->outstanding != 0)
                 return;
-            h2o_db_op_answer_later(op, H2O_DB_OK, NULL, NULL);
+            answer_later(op, H2O_DB_OK, NULL, NULL);
             continue;
         }
         if (s->pool->closing) {
@@ -388,7 +422,7 @@ void h2o_db_pool_pump(h2o_db_session_t *s)
                 if (s->outstanding != 0)
                     return;
                 if (op->kind == H2O_DB_OP_ROLLBACK) {
-                    h2o_db_op_answer_later(op, H2O_DB_OK, NULL, NULL);
+                    answer_later(op, H2O_DB_OK, NULL, NULL);
                 } else if (s->txn_lost) {
                     fail_head(s, H2O_DB_UNAVAILABLE, "08006", "the transaction's database connection was lost");
                 } else {
@@ -436,7 +470,7 @@ void h2o_db_pool_serve_waiting(h2o_db_pool_t *pool)
     h2o_linklist_t *n = pool->waiting.next;
     while (n != &pool->waiting && budget-- > 0) {
         h2o_linklist_t *next = n->next;
-        h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, wait_link, n);
+        h2o_db_place_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_place_t, wait_link, n);
         h2o_db_pool_pump(s);
         if (find_idle(pool) == NULL && find_shared(pool) == NULL)
             break;
@@ -455,15 +489,14 @@ static void conn_progress(h2o_db_conn_t *conn)
     if (conn->ring.count == 0)
         h2o_db_pool_changed(pool);
     while (!h2o_linklist_is_empty(&conn->waiters) && conn_has_room(conn)) {
-        h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, wait_link, conn->waiters.next);
+        h2o_db_place_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_place_t, wait_link, conn->waiters.next);
         stop_waiting(s);
         h2o_db_pool_pump(s);
         if (h2o_linklist_is_linked(&s->wait_link) && s->wait_link.next == &conn->waiters)
             break; /* it waits here again (no room after all) */
     }
     if (conn->pinned != NULL) {
-        if (h2o_linklist_is_empty(&conn->pinned->done))
-            h2o_db_pool_pump(conn->pinned);
+        h2o_db_pool_pump(conn->pinned);
         return;
     }
     if (conn->ring.count == 0 && !conn->cleaning)
@@ -497,15 +530,12 @@ static int any_ready(h2o_db_pool_t *pool)
 }
 
 /* The connection of s's transaction broke: the transaction is lost. */
-static void lose_transaction(h2o_db_session_t *s, const char *sqlstate)
+static void lose_transaction(h2o_db_place_t *s, const char *sqlstate)
 {
     unpin(s);
     s->txn_lost = 1;
-    if (!s->txn_failed) {
-        s->txn_failed = 1;
-        s->txn_status = H2O_DB_UNAVAILABLE;
-        snprintf(s->txn_sqlstate, sizeof(s->txn_sqlstate), "%s", sqlstate);
-    }
+    s->txn_failed = 1;
+    s->cbs->txn_lost(s, sqlstate);
 }
 
 void h2o_db_conn_log_failure(h2o_db_conn_t *conn, int connecting, const char *message)
@@ -541,12 +571,12 @@ void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *m
     h2o_db_result_t err;
     h2o_db_result_init_error(&err, H2O_DB_UNAVAILABLE, sqlstate, pool->last_error);
     while (conn->ring.count != 0) {
-        h2o_db_op_t *op = conn->ring.ops[conn->ring.head];
+        h2o_db_stmt_t *op = conn->ring.ops[conn->ring.head];
         conn->ring.head = (conn->ring.head + 1) % conn->ring.capacity;
         --conn->ring.count;
         if (op == NULL || op == &cleanup_op)
             continue;
-        h2o_db_session_t *s = op->session;
+        h2o_db_place_t *s = op->place;
         op->conn = NULL;
         if (h2o_timeout_is_linked(&op->timeout))
             h2o_timeout_unlink(&op->timeout);
@@ -556,20 +586,20 @@ void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *m
         if (s->pinned == conn)
             lose_transaction(s, sqlstate);
         H2O_DB_INC(pool->stats.errors);
-        int alive = h2o_db_op_complete(op, &err) == 0;
+        int alive = answer(op, &err) == 0;
         /* what waited behind its statements (a BEGIN, a BARRIER) goes on */
         if (alive && s->outstanding == 0 && s->pinned == NULL && !h2o_linklist_is_empty(&s->pending))
             h2o_db_pool_pump(s);
     }
     if (conn->pinned != NULL) {
-        h2o_db_session_t *s = conn->pinned;
+        h2o_db_place_t *s = conn->pinned;
         lose_transaction(s, sqlstate);
         if (!h2o_linklist_is_empty(&s->pending))
             h2o_db_pool_pump(s);
     }
     /* sessions waiting for room on this connection now wait for any */
     while (!h2o_linklist_is_empty(&conn->waiters)) {
-        h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, wait_link, conn->waiters.next);
+        h2o_db_place_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_place_t, wait_link, conn->waiters.next);
         stop_waiting(s);
         h2o_db_pool_pump(s);
     }
@@ -593,7 +623,7 @@ void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
     ASSERT_NOT_IN_DRIVER(pool);
     if (conn->ring.count == 0)
         return; /* a result nobody asked for: the driver resynchronizes by closing */
-    h2o_db_op_t *op = conn->ring.ops[conn->ring.head];
+    h2o_db_stmt_t *op = conn->ring.ops[conn->ring.head];
     conn->ring.ops[conn->ring.head] = NULL;
     conn->ring.head = (conn->ring.head + 1) % conn->ring.capacity;
     --conn->ring.count;
@@ -608,7 +638,7 @@ void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
             return;
         }
     } else if (op != NULL) {
-        h2o_db_session_t *s = op->session;
+        h2o_db_place_t *s = op->place;
         op->conn = NULL;
         if (h2o_timeout_is_linked(&op->timeout))
             h2o_timeout_unlink(&op->timeout);
@@ -625,7 +655,7 @@ void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
             H2O_DB_INC(pool->stats.errors);
         if (result->status == H2O_DB_TIMEOUT)
             H2O_DB_INC(pool->stats.timeouts); /* the server's statement_timeout answered first */
-        int alive = h2o_db_op_complete(op, result) == 0;
+        int alive = answer(op, result) == 0;
         if (alive && !h2o_linklist_is_empty(&s->pending) && s->pinned == NULL && s->outstanding == 0)
             h2o_db_pool_pump(s);
     }
@@ -680,11 +710,11 @@ void h2o_db_conn_retire(h2o_db_conn_t *conn, uint64_t *counter)
 /* statement-timeout ran out: answer TIMEOUT now and drop the late result (a shared connection is
  * never cancelled: the cancel could hit another request's statement; the server's own
  * statement_timeout, set when the connection opened, stops the statement there) */
-void h2o_db_pool_on_statement_timeout(h2o_timeout_entry_t *entry)
+static void on_statement_timeout(h2o_timeout_entry_t *entry)
 {
-    h2o_db_op_t *op = H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, timeout, entry);
+    h2o_db_stmt_t *op = H2O_STRUCT_FROM_MEMBER(h2o_db_stmt_t, timeout, entry);
     h2o_db_conn_t *conn = op->conn;
-    h2o_db_session_t *s = op->session;
+    h2o_db_place_t *s = op->place;
     h2o_db_pool_t *pool = s->pool;
     if (conn == NULL)
         return;
@@ -702,13 +732,13 @@ void h2o_db_pool_on_statement_timeout(h2o_timeout_entry_t *entry)
     H2O_DB_INC(pool->stats.errors);
     h2o_db_result_t r;
     h2o_db_result_init_error(&r, H2O_DB_TIMEOUT, "57014", "canceling statement due to statement timeout (pool.statement-timeout)");
-    if (h2o_db_op_complete(op, &r) == 0 && s->outstanding == 0 && !h2o_linklist_is_empty(&s->pending))
+    if (answer(op, &r) == 0 && s->outstanding == 0 && !h2o_linklist_is_empty(&s->pending))
         h2o_db_pool_pump(s);
 }
 
 /* ---- the session ended ---- */
 
-void h2o_db_pool_detach(h2o_db_session_t *s, h2o_linklist_t *out)
+void h2o_db_pool_detach(h2o_db_place_t *s, h2o_linklist_t *in_flight, h2o_linklist_t *queued)
 {
     h2o_db_pool_t *pool = s->pool;
     stop_waiting(s);
@@ -718,30 +748,30 @@ void h2o_db_pool_detach(h2o_db_session_t *s, h2o_linklist_t *out)
         h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, n);
         for (size_t i = 0; i < conn->ring.count; ++i) {
             size_t idx = (conn->ring.head + i) % conn->ring.capacity;
-            h2o_db_op_t *op = conn->ring.ops[idx];
-            if (op != NULL && op != &cleanup_op && op->session == s) {
+            h2o_db_stmt_t *op = conn->ring.ops[idx];
+            if (op != NULL && op != &cleanup_op && op->place == s) {
                 conn->ring.ops[idx] = NULL;
                 if (h2o_timeout_is_linked(&op->timeout))
                     h2o_timeout_unlink(&op->timeout);
                 op->conn = NULL;
                 --s->outstanding;
-                if (out != NULL)
-                    h2o_linklist_insert(out, &op->link);
-                else if (op->heap)
-                    free(op);
+                h2o_linklist_insert(in_flight, &op->link);
             }
         }
     }
-    s->outstanding = 0;
+    assert(s->outstanding == 0);
     s->conn = NULL;
     if (s->pinned != NULL)
         abandon_pinned(s);
+    h2o_linklist_insert_list(queued, &s->pending);
+    s->num_pending = 0;
+    s->begin_in_flight = s->txn_failed = s->txn_lost = 0;
 }
 
 /* The session lets go of its transaction's connection without hearing how it ended (its request
  * ended, its COMMIT timed out or was never sent): what still runs there is cancelled, the
  * transaction rolled back, and then the connection is clean again. */
-static void abandon_pinned(h2o_db_session_t *s)
+static void abandon_pinned(h2o_db_place_t *s)
 {
     h2o_db_pool_t *pool = s->pool;
     h2o_db_conn_t *conn = unpin(s);
@@ -767,12 +797,44 @@ void h2o_db_conn_cancelled(h2o_db_conn_t *conn)
     conn_progress(conn);
 }
 
-void h2o_db_pool_release(h2o_db_session_t *s)
+/* ---- places ---- */
+
+void h2o_db_place_init(h2o_db_place_t *s, h2o_db_pool_t *pool, const h2o_db_place_cbs_t *cbs)
 {
-    h2o_db_pool_detach(s, NULL);
+    memset(s, 0, sizeof(*s));
+    s->pool = pool;
+    s->cbs = cbs;
+    h2o_linklist_init_anchor(&s->pending);
+    s->wait_timeout.cb = on_wait_timeout;
 }
 
-void h2o_db_session_wait_timeout_init(h2o_db_session_t *s)
+void h2o_db_pool_enqueue(h2o_db_place_t *s, h2o_db_stmt_t *op, int urgent)
 {
-    s->wait_timeout.cb = on_wait_timeout;
+    h2o_db_pool_config_t *cfg = &s->pool->bind->pool;
+    op->place = s;
+    op->conn = NULL;
+    op->failed_commit = 0;
+    op->timeout = (h2o_timeout_entry_t){.cb = on_statement_timeout};
+    h2o_linklist_t *pos = &s->pending;
+    if (urgent) {
+        for (h2o_linklist_t *n = s->pending.next; n != &s->pending; n = n->next)
+            if (H2O_STRUCT_FROM_MEMBER(h2o_db_stmt_t, link, n)->after_commit) {
+                pos = n;
+                break;
+            }
+    }
+    h2o_linklist_insert(pos, &op->link);
+    ++s->num_pending;
+    if (s->num_pending > (cfg->queue > cfg->pipeline_depth ? cfg->queue : cfg->pipeline_depth)) {
+        H2O_DB_INC(s->pool->stats.queue_full);
+        H2O_DB_INC(s->pool->stats.errors);
+        answer_later(op, H2O_DB_BUSY, "53300", "too many statements queued on one session (pool queue)");
+        return;
+    }
+    h2o_db_pool_pump(s);
+}
+
+void h2o_db_pool_count_timeout(h2o_db_pool_t *pool)
+{
+    H2O_DB_INC(pool->stats.timeouts);
 }

@@ -13,8 +13,80 @@
 #include "result.h"
 #include "thread.h"
 
-typedef struct st_h2o_db_session_t h2o_db_session_t;
-typedef struct st_h2o_db_op_t h2o_db_op_t;
+typedef struct st_h2o_db_place_t h2o_db_place_t;
+typedef struct st_h2o_db_stmt_t h2o_db_stmt_t;
+
+/* What a statement is, for placement. */
+typedef enum {
+    H2O_DB_OP_QUERY,
+    H2O_DB_OP_BEGIN,
+    H2O_DB_OP_COMMIT,   /* sql may replace "COMMIT" (e.g. COMMIT PREPARED '...'); unpins when answered */
+    H2O_DB_OP_ROLLBACK, /* likewise */
+    H2O_DB_OP_BARRIER   /* never sent: answered once everything queued before it is answered */
+} h2o_db_op_kind_t;
+
+/* One statement as the pool sees it; the layer above embeds it in its own record. The caller fills
+ * kind, in_txn, no_cache, after_commit, sql and params before h2o_db_pool_enqueue; from then on
+ * the pool writes the rest, until it hands the statement back through the place's `answer` or
+ * `answer_later` (after which the pool never touches it again). */
+struct st_h2o_db_stmt_t {
+    h2o_linklist_t link; /* place->pending while queued */
+    h2o_db_place_t *place;
+    h2o_db_conn_t *conn; /* while in flight */
+    size_t ring_index;   /* its place in conn->ring while in flight */
+    h2o_db_op_kind_t kind;
+    unsigned in_txn : 1;        /* issued between BEGIN and COMMIT/ROLLBACK */
+    unsigned no_cache : 1;      /* one-off SQL (PREPARE TRANSACTION '...'): not for the statement cache */
+    unsigned after_commit : 1;  /* queued while a commit across partitions runs (see `hold`) */
+    unsigned failed_commit : 1; /* pool: a COMMIT of a failed transaction, sent as ROLLBACK, answered as 25P02 */
+    const char *sql;
+    size_t sql_len;
+    size_t nparams;
+    const char **params;         /* NUL-terminated; NULL = SQL NULL */
+    h2o_timeout_entry_t timeout; /* statement-timeout while in flight */
+    h2o_db_wire_t wire;          /* what the driver is given when it is sent */
+};
+
+/* How the pool reports to the layer above it (the session), for one place. Called on the pool's
+ * thread, never from inside an h2o_db_pool_* call that the layer above made, except answer_later. */
+typedef struct st_h2o_db_place_cbs_t {
+    /* stmt has its result (from the database, or UNAVAILABLE / TIMEOUT when its connection broke or
+     * statement-timeout ran out). Returns 0 if the place may still be used, -1 if its owner is
+     * gone (the pool then touches neither again). */
+    int (*answer)(h2o_db_stmt_t *stmt, h2o_db_result_t *result);
+    /* stmt, taken off the queue, is answered without the database (BUSY, UNAVAILABLE, an ended
+     * transaction's COMMIT/ROLLBACK); may run inside any h2o_db_pool_* call: the layer above
+     * delivers it later, in order */
+    void (*answer_later)(h2o_db_stmt_t *stmt, h2o_db_status_t status, const char *sqlstate, const char *message);
+    /* whether the first queued statement must wait (answers not delivered yet, a commit across
+     * partitions under way); the layer above calls h2o_db_pool_pump when that changes */
+    int (*hold)(h2o_db_place_t *place, const h2o_db_stmt_t *head);
+    /* the connection of the place's transaction broke (nothing of it was in flight, or before the
+     * in-flight statements are answered) */
+    void (*txn_lost)(h2o_db_place_t *place, const char *sqlstate);
+    /* leak-threshold: the transaction has held its connection for held_ms (said once) */
+    void (*leaked)(h2o_db_place_t *place, uint64_t held_ms);
+} h2o_db_place_cbs_t;
+
+/* A session as the pool sees it: its queue, where its statements run, its transaction's connection.
+ * Embedded in the session; written by the pool only (the layer above reads it). */
+struct st_h2o_db_place_t {
+    h2o_db_pool_t *pool;
+    const h2o_db_place_cbs_t *cbs;
+    h2o_linklist_t pending; /* queued, not sent, in order */
+    size_t num_pending;
+    size_t outstanding;           /* sent, not answered */
+    h2o_db_conn_t *conn;          /* where the outstanding statements are */
+    h2o_db_conn_t *pinned;        /* the connection of its transaction */
+    uint64_t pinned_at;           /* when it was pinned */
+    unsigned begin_in_flight : 1; /* its BEGIN is sent, not answered: the transaction's statements wait */
+    unsigned txn_failed : 1;      /* a statement of the transaction failed: its COMMIT goes as ROLLBACK */
+    unsigned txn_lost : 1;        /* the transaction's connection broke */
+    unsigned leak_reported : 1;
+    /* waiting for a connection: in pool->waiting or in a conn's waiters */
+    h2o_linklist_t wait_link;
+    h2o_timeout_entry_t wait_timeout;
+};
 
 enum { H2O_DB_CONN_CONNECTING, H2O_DB_CONN_READY, H2O_DB_CONN_CLOSED };
 
@@ -30,19 +102,19 @@ struct st_h2o_db_conn_t {
     h2o_db_pool_t *pool;
     h2o_linklist_t link; /* pool->conns */
     int state;
-    /* the session whose transaction holds this connection, or NULL */
-    h2o_db_session_t *pinned;
+    /* the place whose transaction holds this connection, or NULL */
+    h2o_db_place_t *pinned;
     /* after its request ended inside a transaction: rolling back, then back to the pool */
     int cleaning;
     int cancelling; /* the driver's cancel is under way: not back to the pool before it is done */
     /* statements sent, oldest first; an entry is NULL once nobody waits for its result
      * (its request ended, or it timed out locally): the result is then dropped */
     struct {
-        h2o_db_op_t **ops;
+        h2o_db_stmt_t **ops;
         uint64_t *sent_at;
         size_t head, count, capacity;
     } ring;
-    h2o_linklist_t waiters; /* sessions waiting for room on this connection */
+    h2o_linklist_t waiters; /* places waiting for room on this connection */
     uint64_t created_at, idle_since, retire_at;
     uint64_t statements; /* sent on this connection */
 };
@@ -72,7 +144,7 @@ struct st_h2o_db_pool_t {
     h2o_db_thread_t *thread;
     h2o_linklist_t conns;
     size_t num_conns, num_connecting, num_pinned;
-    h2o_linklist_t waiting; /* sessions waiting for any connection, FIFO */
+    h2o_linklist_t waiting; /* places waiting for any connection, FIFO */
     size_t num_waiting;
     h2o_timeout_t acquire_timeout;
     h2o_timeout_t statement_timeout;
@@ -101,17 +173,26 @@ h2o_db_pool_t *h2o_db_pool_create(h2o_db_thread_t *thread, h2o_db_bind_t *bind);
 /* Closes every connection (statements in flight fail UNAVAILABLE); frees when handles are closed. */
 void h2o_db_pool_destroy(h2o_db_pool_t *pool);
 
-/* Sends what it can of the session's pending statements, or makes the session wait. */
-void h2o_db_pool_pump(h2o_db_session_t *s);
-/* The session ended: forget it wherever it waits, drop its results, roll back its transaction. */
-void h2o_db_pool_release(h2o_db_session_t *s);
-/* The same, but the statements taken off their connections are appended to `out` (issue order)
- * instead of being forgotten, so that they can still be answered. */
-void h2o_db_pool_detach(h2o_db_session_t *s, h2o_linklist_t *out);
-
-/* Timeout callbacks the session code installs on its ops and sessions. */
-void h2o_db_pool_on_statement_timeout(h2o_timeout_entry_t *entry);
-void h2o_db_session_wait_timeout_init(h2o_db_session_t *s);
+/* Makes place usable with pool: empty, reporting through cbs (static, kept by the caller). */
+void h2o_db_place_init(h2o_db_place_t *place, h2o_db_pool_t *pool, const h2o_db_place_cbs_t *cbs);
+/* Whether nothing of place is queued or in flight. */
+static inline int h2o_db_place_idle(const h2o_db_place_t *place)
+{
+    return place->outstanding == 0 && place->num_pending == 0;
+}
+/* Queues stmt on place (after the others; `urgent`: before those marked after_commit) and sends
+ * what can be sent. A place holding more than max(queue, pipeline-depth) statements answers this
+ * one BUSY (through answer_later). The callbacks may run before it returns. */
+void h2o_db_pool_enqueue(h2o_db_place_t *place, h2o_db_stmt_t *stmt, int urgent);
+/* Sends what it can of the place's queued statements, or makes it wait. */
+void h2o_db_pool_pump(h2o_db_place_t *place);
+/* The place's owner is done with it (request ended, or everything is answered at once): it stops
+ * waiting, its transaction is rolled back on its connection, and its statements are handed back,
+ * never answered: those in flight (their results will be dropped) appended to `in_flight`, the
+ * queued ones to `queued`, each in order (through stmt->link). The place is empty afterwards. */
+void h2o_db_pool_detach(h2o_db_place_t *place, h2o_linklist_t *in_flight, h2o_linklist_t *queued);
+/* request-timeout ran out for one of the pool's sessions (the status page counts it) */
+void h2o_db_pool_count_timeout(h2o_db_pool_t *pool);
 
 /* Called by drivers. */
 void h2o_db_conn_connected(h2o_db_conn_t *conn);

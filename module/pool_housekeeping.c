@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include "pool.h"
-#include "session.h"
 
 /* Connections kept open: `min`, and at least one with connect-at-start: ON. */
 static unsigned warm(h2o_db_pool_t *pool)
@@ -84,24 +83,13 @@ void h2o_db_pool_publish(h2o_db_pool_t *pool)
 
 /* ---- the tick ---- */
 
-/* leak-threshold: a session has held its transaction's connection for too long; said once */
-static void report_leak(h2o_db_session_t *s, uint64_t now)
+/* leak-threshold: a transaction has held its connection for too long; said once (by the place's
+ * owner, which knows the request) */
+static void report_leak(h2o_db_pool_t *pool, h2o_db_place_t *place, uint64_t now)
 {
-    h2o_db_pool_t *pool = s->pool;
-    s->leak_reported = 1;
+    place->leak_reported = 1;
     H2O_DB_INC(pool->stats.leaks);
-    if (s->owner != NULL) {
-        h2o_req_t *req = s->owner->req;
-        fprintf(stderr,
-                "h2o-db: [%s] a request has held a connection in a transaction for %.1f s (leak-threshold %.1f s): %.*s %.*s\n",
-                pool->bind->key, (now - s->pinned_at) / 1000.0, pool->bind->pool.leak_threshold / 1000.0, (int)req->method.len,
-                req->method.base, (int)req->path.len, req->path.base);
-    } else {
-        fprintf(stderr,
-                "h2o-db: [%s] a session outside a request has held a connection in a transaction for %.1f s (leak-threshold "
-                "%.1f s)\n",
-                pool->bind->key, (now - s->pinned_at) / 1000.0, pool->bind->pool.leak_threshold / 1000.0);
-    }
+    place->cbs->leaked(place, now - place->pinned_at);
 }
 
 static void on_housekeeping(uv_timer_t *timer)
@@ -114,7 +102,7 @@ static void on_housekeeping(uv_timer_t *timer)
         n = n->next;
         if (conn->pinned != NULL && cfg->leak_threshold != 0 && !conn->pinned->leak_reported &&
             now - conn->pinned->pinned_at >= cfg->leak_threshold)
-            report_leak(conn->pinned, now);
+            report_leak(pool, conn->pinned, now);
         if (!h2o_db_conn_is_idle(conn))
             continue;
         if (conn->retire_at != 0 && now >= conn->retire_at) {

@@ -3,12 +3,12 @@
  * and the end of a request.
  *
  * One statement's life: h2o_db_query() copies it into an op in the request's
- * memory pool and appends it to the session's pending list; the pool places it
- * (pool.c) and the driver sends it; the driver's result comes back through
- * h2o_db_conn_result() to h2o_db_op_complete() below, which runs the callback.
- * Statements answered without the database (BUSY, UNAVAILABLE, a transaction
- * already failed) go through the session's `done` list and are answered on the
- * next loop iteration, in issue order.
+ * memory pool and queues the op's statement on the session's place
+ * (h2o_db_pool_enqueue); the pool places it and the driver sends it; the
+ * driver's result comes back through the pool to answer_cb() below, which runs
+ * the callback. Statements answered without the database (BUSY, UNAVAILABLE, a
+ * transaction already failed) go through the session's `done` list and are
+ * answered on the next loop iteration, in issue order.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,10 +60,11 @@ h2o_db_bind_t *h2o_db_path_find(h2o_db_path_t *path, const char *key)
 
 static void deliver_done(h2o_db_later_t *later);
 static void on_deadline(h2o_timeout_entry_t *entry);
+static const h2o_db_place_cbs_t place_cbs;
 
 static int session_idle(h2o_db_session_t *s)
 {
-    return s->outstanding == 0 && h2o_linklist_is_empty(&s->pending) && h2o_linklist_is_empty(&s->done);
+    return h2o_db_place_idle(&s->place) && h2o_linklist_is_empty(&s->done);
 }
 
 int h2o_db_reqstate_busy(h2o_db_reqstate_t *rs)
@@ -101,19 +102,19 @@ static void session_init(h2o_db_session_t *s, h2o_db_bind_t *bind, h2o_db_pool_t
     s->pool = pool;
     s->owner = owner;
     s->mem = mem;
-    h2o_linklist_init_anchor(&s->pending);
+    h2o_db_place_init(&s->place, pool, &place_cbs);
     h2o_linklist_init_anchor(&s->done);
     s->deliver_later.cb = deliver_done;
     s->deadline.cb = on_deadline;
-    h2o_db_session_wait_timeout_init(s);
 }
 
 /* The request ended (response sent, stream reset, connection closed). */
-static void drop_ops(h2o_linklist_t *list)
+static void drop_ops(h2o_linklist_t *list, int done)
 {
     while (!h2o_linklist_is_empty(list)) {
-        h2o_db_op_t *op = H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, link, list->next);
-        h2o_linklist_unlink(&op->link);
+        h2o_db_op_t *op = done ? H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, done_link, list->next)
+                               : H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, stmt.link, list->next);
+        h2o_linklist_unlink(list->next);
         if (op->heap)
             free(op);
     }
@@ -132,10 +133,14 @@ static void session_release(h2o_db_session_t *s)
     if (h2o_timeout_is_linked(&s->deadline))
         h2o_timeout_unlink(&s->deadline);
     h2o_db_later_cancel(&s->deliver_later);
-    drop_ops(&s->pending);
-    drop_ops(&s->done);
-    s->num_pending = 0;
-    h2o_db_pool_release(s);
+    drop_ops(&s->done, 1);
+    h2o_linklist_t in_flight, queued;
+    h2o_linklist_init_anchor(&in_flight);
+    h2o_linklist_init_anchor(&queued);
+    if (s->pool != NULL)
+        h2o_db_pool_detach(&s->place, &in_flight, &queued);
+    drop_ops(&in_flight, 0);
+    drop_ops(&queued, 0);
 }
 
 static void on_request_dispose(void *data)
@@ -377,59 +382,43 @@ static h2o_db_op_t *new_op(h2o_db_session_t *s, h2o_db_op_kind_t kind, const cha
     memset(op, 0, sizeof(*op));
     op->heap = s->heap;
     op->session = s;
-    op->kind = kind;
+    op->stmt.kind = kind;
     op->cb = cb;
     op->data = data;
-    op->timeout.cb = h2o_db_pool_on_statement_timeout;
-    op->nparams = nparams;
-    op->params = (const char **)(op + 1);
+    op->stmt.nparams = nparams;
+    op->stmt.params = (const char **)(op + 1);
     for (size_t i = 0; i < nparams; ++i) {
         if (params[i] == NULL) {
-            op->params[i] = NULL;
+            op->stmt.params[i] = NULL;
         } else {
             size_t n = strlen(params[i]) + 1;
             memcpy(dst, params[i], n);
-            op->params[i] = dst;
+            op->stmt.params[i] = dst;
             dst += n;
         }
     }
     if (sql != NULL)
         memcpy(dst, sql, sql_len + 1);
-    op->sql = sql != NULL ? dst : NULL;
-    op->sql_len = sql_len;
-    op->in_txn = s->txn_open;
-    op->after_commit = h2o_db_session_root(s)->commit != NULL;
+    op->stmt.sql = sql != NULL ? dst : NULL;
+    op->stmt.sql_len = sql_len;
+    op->stmt.in_txn = s->txn_open;
+    op->stmt.after_commit = h2o_db_session_root(s)->commit != NULL;
     return op;
 }
+
+static void to_done(h2o_db_op_t *op, h2o_db_status_t status, const char *sqlstate, const char *message);
 
 static void enqueue(h2o_db_session_t *s, h2o_db_op_t *op)
 {
     if (session_idle(s))
         became_busy(s);
-    /* while a commit across partitions runs, its own steps go before what the handler issued
-     * after it began (the common case appends without looking) */
-    h2o_linklist_t *pos = &s->pending;
-    if (!op->after_commit && h2o_db_session_root(s)->commit != NULL) {
-        for (h2o_linklist_t *n = s->pending.next; n != &s->pending; n = n->next)
-            if (H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, link, n)->after_commit) {
-                pos = n;
-                break;
-            }
-    }
-    h2o_linklist_insert(pos, &op->link);
-    ++s->num_pending;
     if (s->aborted) {
-        h2o_db_op_answer_later(op, s->abort_status, s->abort_sqlstate, s->abort_message);
+        to_done(op, s->abort_status, s->abort_sqlstate, s->abort_message);
         return;
     }
-    unsigned limit = s->bind->pool.queue > s->bind->pool.pipeline_depth ? s->bind->pool.queue : s->bind->pool.pipeline_depth;
-    if (s->num_pending > limit) {
-        H2O_DB_INC(s->pool->stats.queue_full);
-        H2O_DB_INC(s->pool->stats.errors);
-        h2o_db_op_answer_later(op, H2O_DB_BUSY, "53300", "too many statements queued on one session (pool queue)");
-        return;
-    }
-    h2o_db_pool_pump(s);
+    /* while a commit across partitions runs, its own steps go before what the handler issued
+     * after it began */
+    h2o_db_pool_enqueue(&s->place, &op->stmt, !op->stmt.after_commit && h2o_db_session_root(s)->commit != NULL);
 }
 
 static int usable(h2o_db_session_t *s)
@@ -437,14 +426,14 @@ static int usable(h2o_db_session_t *s)
     return s != NULL && !s->released;
 }
 
-h2o_db_op_t *h2o_db_session_enqueue(h2o_db_session_t *s, h2o_db_op_kind_t kind, const char *sql, size_t nparams,
-                                    const char *const *params, int in_txn, h2o_db_cb cb, void *data)
+void h2o_db_session_enqueue(h2o_db_session_t *s, h2o_db_op_kind_t kind, const char *sql, size_t nparams, const char *const *params,
+                            int flags, h2o_db_cb cb, void *data)
 {
     h2o_db_op_t *op = new_op(s, kind, sql, nparams, params, cb, data);
-    op->in_txn = in_txn;
-    op->after_commit = 0;
+    op->stmt.in_txn = (flags & H2O_DB_ENQ_IN_TXN) != 0;
+    op->stmt.no_cache = (flags & H2O_DB_ENQ_NO_CACHE) != 0;
+    op->stmt.after_commit = 0;
     enqueue(s, op);
-    return op;
 }
 
 static void ignore_result(h2o_db_result_t *result, void *data)
@@ -531,28 +520,22 @@ int h2o_db_rollback(h2o_db_session_t *s, h2o_db_cb cb, void *data)
 
 /* ---- answers ---- */
 
-int h2o_db_op_complete(h2o_db_op_t *op, h2o_db_result_t *result)
+/* The pool handed the statement back with its result: runs the callback, keeps the transaction's
+ * state. Returns 0 if the session may be used afterwards, -1 if the callback ended its request. */
+static int answer_cb(h2o_db_stmt_t *stmt, h2o_db_result_t *result)
 {
+    h2o_db_op_t *op = H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, stmt, stmt);
     h2o_db_session_t *s = op->session;
     h2o_db_thread_t *thread = s->pool->thread;
-    h2o_db_result_t rewritten;
+    h2o_db_op_kind_t kind = stmt->kind;
 
-    if (result->status != H2O_DB_OK && (op->in_txn || op->kind == H2O_DB_OP_BEGIN) && !s->txn_failed) {
+    if (result->status != H2O_DB_OK && (stmt->in_txn || kind == H2O_DB_OP_BEGIN) && !s->txn_failed) {
         s->txn_failed = 1;
         s->txn_status = result->status;
         snprintf(s->txn_sqlstate, sizeof(s->txn_sqlstate), "%s", result->sqlstate != NULL ? result->sqlstate : "XX000");
     }
-    if (op->kind == H2O_DB_OP_BEGIN)
-        s->begin_in_flight = 0;
-    if (op->kind == H2O_DB_OP_COMMIT || op->kind == H2O_DB_OP_ROLLBACK) {
+    if (kind == H2O_DB_OP_COMMIT || kind == H2O_DB_OP_ROLLBACK)
         s->txn_failed = 0;
-        s->txn_lost = 0;
-        if (op->failed_commit && result->status == H2O_DB_OK) {
-            h2o_db_result_init_error(&rewritten, H2O_DB_SQL_ERROR, "25P02",
-                                     "the transaction had failed, so it was rolled back instead of committed");
-            result = &rewritten;
-        }
-    }
     if (s->released) {
         if (op->heap)
             free(op);
@@ -573,44 +556,10 @@ int h2o_db_op_complete(h2o_db_op_t *op, h2o_db_result_t *result)
         free(op);
     if (gone)
         return -1;
-    if (s->outstanding == 0 && !h2o_linklist_is_empty(&s->done))
+    if (s->place.outstanding == 0 && !h2o_linklist_is_empty(&s->done))
         h2o_db_later(thread, &s->deliver_later);
     return 0;
 }
-
-void h2o_db_op_answer_later(h2o_db_op_t *op, h2o_db_status_t status, const char *sqlstate, const char *message)
-{
-    h2o_db_session_t *s = op->session;
-    h2o_linklist_unlink(&op->link);
-    --s->num_pending;
-    op->status = status;
-    op->sqlstate = sqlstate;
-    op->message = message;
-    op->answered = 1;
-    h2o_linklist_insert(&s->done, &op->link);
-    if (s->outstanding == 0)
-        h2o_db_later(s->pool->thread, &s->deliver_later);
-}
-
-static void deliver_done(h2o_db_later_t *later)
-{
-    h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, deliver_later, later);
-    while (!h2o_linklist_is_empty(&s->done) && s->outstanding == 0) {
-        h2o_db_op_t *op = H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, link, s->done.next);
-        h2o_linklist_unlink(&op->link);
-        h2o_db_result_t r;
-        if (op->status == H2O_DB_OK)
-            h2o_db_result_init_ok(&r, 0);
-        else
-            h2o_db_result_init_error(&r, op->status, op->sqlstate, op->message);
-        if (h2o_db_op_complete(op, &r) != 0)
-            return;
-    }
-    if (h2o_linklist_is_empty(&s->done) && !h2o_linklist_is_empty(&s->pending))
-        h2o_db_pool_pump(s);
-}
-
-/* ---- answering everything at once: the client left, or request-timeout ran out ---- */
 
 static void set_answer(h2o_db_op_t *op, h2o_db_status_t status, const char *sqlstate, const char *message)
 {
@@ -619,6 +568,78 @@ static void set_answer(h2o_db_op_t *op, h2o_db_status_t status, const char *sqls
     op->message = message;
     op->answered = 1;
 }
+
+/* Answers op without the database, later (in issue order with the session's other answers). */
+static void to_done(h2o_db_op_t *op, h2o_db_status_t status, const char *sqlstate, const char *message)
+{
+    h2o_db_session_t *s = op->session;
+    set_answer(op, status, sqlstate, message);
+    h2o_linklist_insert(&s->done, &op->done_link);
+    if (s->place.outstanding == 0)
+        h2o_db_later(s->pool->thread, &s->deliver_later);
+}
+
+static void answer_later_cb(h2o_db_stmt_t *stmt, h2o_db_status_t status, const char *sqlstate, const char *message)
+{
+    to_done(H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, stmt, stmt), status, sqlstate, message);
+}
+
+static void deliver_done(h2o_db_later_t *later)
+{
+    h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, deliver_later, later);
+    while (!h2o_linklist_is_empty(&s->done) && s->place.outstanding == 0) {
+        h2o_db_op_t *op = H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, done_link, s->done.next);
+        h2o_linklist_unlink(&op->done_link);
+        h2o_db_result_t r;
+        if (op->status == H2O_DB_OK)
+            h2o_db_result_init_ok(&r, 0);
+        else
+            h2o_db_result_init_error(&r, op->status, op->sqlstate, op->message);
+        if (answer_cb(&op->stmt, &r) != 0)
+            return;
+    }
+    if (h2o_linklist_is_empty(&s->done) && s->place.num_pending != 0)
+        h2o_db_pool_pump(&s->place);
+}
+
+/* Whether the pool must keep the session's next statement: answers made without the database go
+ * first, in order; what was issued after a commit across partitions began runs once it ends. */
+static int hold_cb(h2o_db_place_t *place, const h2o_db_stmt_t *head)
+{
+    h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, place, place);
+    return !h2o_linklist_is_empty(&s->done) || (head->after_commit && h2o_db_session_root(s)->commit != NULL);
+}
+
+static void txn_lost_cb(h2o_db_place_t *place, const char *sqlstate)
+{
+    h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, place, place);
+    if (!s->txn_failed) {
+        s->txn_failed = 1;
+        s->txn_status = H2O_DB_UNAVAILABLE;
+        snprintf(s->txn_sqlstate, sizeof(s->txn_sqlstate), "%s", sqlstate);
+    }
+}
+
+static void leaked_cb(h2o_db_place_t *place, uint64_t held_ms)
+{
+    h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, place, place);
+    double held = held_ms / 1000.0, threshold = s->bind->pool.leak_threshold / 1000.0;
+    if (s->owner != NULL) {
+        h2o_req_t *req = s->owner->req;
+        fprintf(stderr,
+                "h2o-db: [%s] a request has held a connection in a transaction for %.1f s (leak-threshold %.1f s): %.*s %.*s\n",
+                s->bind->key, held, threshold, (int)req->method.len, req->method.base, (int)req->path.len, req->path.base);
+    } else {
+        fprintf(stderr,
+                "h2o-db: [%s] a session outside a request has held a connection in a transaction for %.1f s (leak-threshold "
+                "%.1f s)\n",
+                s->bind->key, held, threshold);
+    }
+}
+
+static const h2o_db_place_cbs_t place_cbs = {answer_cb, answer_later_cb, hold_cb, txn_lost_cb, leaked_cb};
+
+/* ---- answering everything at once: the client left, or request-timeout ran out ---- */
 
 void h2o_db_session_abort(h2o_db_session_t *s, h2o_db_status_t status, const char *sqlstate, const char *message)
 {
@@ -633,21 +654,24 @@ void h2o_db_session_abort(h2o_db_session_t *s, h2o_db_status_t status, const cha
         s->txn_status = status;
         snprintf(s->txn_sqlstate, sizeof(s->txn_sqlstate), "%s", sqlstate);
     }
-    /* in issue order: what was in flight, what was answered already, what was pending */
-    h2o_linklist_t ops;
-    h2o_linklist_init_anchor(&ops);
-    h2o_db_pool_detach(s, &ops);
-    for (h2o_linklist_t *n = ops.next; n != &ops; n = n->next)
-        set_answer(H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, link, n), status, sqlstate, message);
-    h2o_linklist_insert_list(&ops, &s->done);
-    while (!h2o_linklist_is_empty(&s->pending)) {
-        h2o_db_op_t *op = H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, link, s->pending.next);
-        h2o_linklist_unlink(&op->link);
-        set_answer(op, status, sqlstate, message);
-        h2o_linklist_insert(&ops, &op->link);
+    /* in issue order: what was in flight, what was answered already, what was queued */
+    h2o_linklist_t in_flight, queued, done;
+    h2o_linklist_init_anchor(&in_flight);
+    h2o_linklist_init_anchor(&queued);
+    h2o_linklist_init_anchor(&done);
+    h2o_db_pool_detach(&s->place, &in_flight, &queued);
+    h2o_linklist_t *lists[] = {&in_flight, &queued};
+    for (size_t i = 0; i < 2; ++i) {
+        if (i == 1)
+            h2o_linklist_insert_list(&done, &s->done); /* between the two */
+        while (!h2o_linklist_is_empty(lists[i])) {
+            h2o_db_op_t *op = H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, stmt.link, lists[i]->next);
+            h2o_linklist_unlink(&op->stmt.link);
+            set_answer(op, status, sqlstate, message);
+            h2o_linklist_insert(&done, &op->done_link);
+        }
     }
-    s->num_pending = 0;
-    h2o_linklist_insert_list(&s->done, &ops);
+    h2o_linklist_insert_list(&s->done, &done);
     if (!h2o_linklist_is_empty(&s->done))
         h2o_db_later(s->pool->thread, &s->deliver_later);
 }
@@ -655,6 +679,6 @@ void h2o_db_session_abort(h2o_db_session_t *s, h2o_db_status_t status, const cha
 static void on_deadline(h2o_timeout_entry_t *entry)
 {
     h2o_db_session_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_session_t, deadline, entry);
-    H2O_DB_INC(s->pool->stats.timeouts);
+    h2o_db_pool_count_timeout(s->pool);
     h2o_db_session_abort(s, H2O_DB_TIMEOUT, "57014", "the request waited too long for the database (pool.request-timeout)");
 }

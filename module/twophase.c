@@ -245,9 +245,8 @@ static void on_gids(h2o_db_result_t *result, void *data)
             snprintf(sql, sizeof(sql), "%s PREPARED '%s'", r->decided ? "COMMIT" : "ROLLBACK", gid);
             struct step *next = new_step(r, st->index);
             ++r->awaiting;
-            h2o_db_op_t *op =
-                h2o_db_session_enqueue(r->sessions[st->index], H2O_DB_OP_QUERY, sql, 0, NULL, 0, on_resolved_one, next);
-            op->no_cache = 1;
+            h2o_db_session_enqueue(r->sessions[st->index], H2O_DB_OP_QUERY, sql, 0, NULL, H2O_DB_ENQ_NO_CACHE, on_resolved_one,
+                                   next);
             fprintf(stderr, "h2o-db: [%s] twophase: %s prepared transaction %s left by an ended request\n", r->bind->key,
                     r->decided ? "committing" : "rolling back", gid);
         }

@@ -486,10 +486,10 @@ static void add_log(struct fd_conn *c, const h2o_db_op_t *op, struct entry *e)
     e->log = fd_stats.nlog++;
     fd_log_t *l = fd_stats.log + e->log;
     memset(l, 0, sizeof(*l));
-    if (op->session != NULL && op->conn != &c->super)
+    if (op != NULL && op->stmt.conn != &c->super)
         violation("send on connection %u of a statement the pool placed elsewhere", c->id);
-    l->session = op->session;
-    l->data = op->data;
+    l->session = op != NULL ? op->session : NULL;
+    l->data = op != NULL ? op->data : NULL;
     l->kind = e->kind;
     snprintf(l->sql, sizeof(l->sql), "%.*s", (int)sizeof(l->sql) - 1, e->sql);
     l->conn_id = c->id;
@@ -500,9 +500,11 @@ static void add_log(struct fd_conn *c, const h2o_db_op_t *op, struct entry *e)
 
 static void fd_send(h2o_db_conn_t *conn, const h2o_db_wire_t *w)
 {
-    /* a test driver may look behind the wire statement, at the op it was made from (pool.c sends
-     * &op->wire): the session and the callback data tell the test which call it is */
-    const h2o_db_op_t *op = H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, wire, w);
+    /* a test driver may look behind the wire statement, at the statement and the op it was made
+     * from (pool.c sends &stmt->wire; the cleanup ROLLBACK's statement has no place and no op): the
+     * session and the callback data tell the test which call it is */
+    const h2o_db_stmt_t *stmt = H2O_STRUCT_FROM_MEMBER(h2o_db_stmt_t, wire, w);
+    const h2o_db_op_t *op = stmt->place != NULL ? H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, stmt, stmt) : NULL;
     struct fd_conn *c = (struct fd_conn *)conn;
     if (!check_usable(c, "send"))
         return;
@@ -519,7 +521,7 @@ static void fd_send(h2o_db_conn_t *conn, const h2o_db_wire_t *w)
     if (w->nparams != 0 && w->params[0] != NULL)
         snprintf(e->param, sizeof(e->param), "%s", w->params[0]);
     e->kind = w->kind;
-    e->in_txn = op->in_txn;
+    e->in_txn = stmt->in_txn;
     e->due = uv_now(c->loop) + 1;
     const fd_rule_t *r = rule_for(FD_SEND, e->sql);
     if (r != NULL && r->mode == FD_FAIL) {

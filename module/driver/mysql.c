@@ -264,7 +264,7 @@ static int start_job(h2o_db_mysql_conn_t *c)
         return 0;
     }
     if (!job->no_cache && c->cache.capacity != 0) {
-        h2o_db_stmt_t *entry = h2o_db_stmt_cache_get(&c->cache, job->sql.base, job->sql.len);
+        h2o_db_cached_t *entry = h2o_db_stmt_cache_get(&c->cache, job->sql.base, job->sql.len);
         if (entry != NULL && entry->value != NULL) {
             H2O_DB_INC(pool->stats.cache_hits);
             c->entry = entry;

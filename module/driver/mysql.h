@@ -87,7 +87,7 @@ typedef struct st_h2o_db_mysql_conn_t {
     size_t head, count, capacity;
     int job_running;
     /* the statement of the running job */
-    h2o_db_stmt_t *entry;             /* its cache entry, or NULL (one-off) */
+    h2o_db_cached_t *entry;           /* its cache entry, or NULL (one-off) */
     h2o_db_mysql_prepared_t *current; /* what it executes */
     struct buf psql;                  /* its SQL with ? (while preparing) */
     int drop_rows;                    /* a further result of a text query: dropped */
@@ -159,7 +159,7 @@ void h2o_db_mysql_prepared_keep(h2o_db_mysql_conn_t *c, const h2o_db_mysql_job_t
 /* Frees p; its MYSQL_STMT is closed before the next job (never while another call runs). */
 void h2o_db_mysql_prepared_drop(h2o_db_mysql_conn_t *c, h2o_db_mysql_prepared_t *p);
 /* The cache's on_evict. */
-void h2o_db_mysql_prepared_evicted(void *ctx, h2o_db_stmt_t *entry);
+void h2o_db_mysql_prepared_evicted(void *ctx, h2o_db_cached_t *entry);
 /* Binds job's parameters to c->current; returns 0, or -1 with r an error. */
 int h2o_db_mysql_bind_params(h2o_db_mysql_conn_t *c, const h2o_db_mysql_job_t *job, h2o_db_result_t *r);
 /* Frees every prepared statement, once mysql_close detached them. */

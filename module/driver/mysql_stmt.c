@@ -46,7 +46,7 @@ void h2o_db_mysql_prepared_drop(h2o_db_mysql_conn_t *c, h2o_db_mysql_prepared_t 
     prepared_free(p);
 }
 
-void h2o_db_mysql_prepared_evicted(void *ctx, h2o_db_stmt_t *entry)
+void h2o_db_mysql_prepared_evicted(void *ctx, h2o_db_cached_t *entry)
 {
     h2o_db_mysql_conn_t *c = ctx;
     h2o_db_mysql_prepared_t *p = entry->value;
@@ -88,7 +88,7 @@ void h2o_db_mysql_prepared_keep(h2o_db_mysql_conn_t *c, const h2o_db_mysql_job_t
 {
     if (job->no_cache || c->cache.capacity == 0)
         return;
-    h2o_db_stmt_t *entry = h2o_db_stmt_cache_get(&c->cache, job->sql.base, job->sql.len);
+    h2o_db_cached_t *entry = h2o_db_stmt_cache_get(&c->cache, job->sql.base, job->sql.len);
     if (entry == NULL)
         entry = h2o_db_stmt_cache_put(&c->cache, job->sql.base, job->sql.len);
     if (entry != NULL) {

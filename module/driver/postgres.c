@@ -30,7 +30,7 @@ struct cancel_work {
 static void on_poll(uv_poll_t *poll, int status, int events);
 static void process_results(h2o_db_pg_conn_t *c);
 static void on_flush(h2o_db_flusher_t *flusher);
-static void on_evict(void *ctx, h2o_db_stmt_t *stmt);
+static void on_evict(void *ctx, h2o_db_cached_t *stmt);
 
 /* ---- results ---- */
 
@@ -262,7 +262,7 @@ static void send_failed(h2o_db_pg_conn_t *c)
 }
 
 /* "h2o_db_<id>" (by hand: this runs for every statement) */
-static void stmt_name(char *buf, size_t size, const h2o_db_stmt_t *stmt)
+static void stmt_name(char *buf, size_t size, const h2o_db_cached_t *stmt)
 {
     char digits[24];
     size_t n = 0;
@@ -279,7 +279,7 @@ static void stmt_name(char *buf, size_t size, const h2o_db_stmt_t *stmt)
 }
 
 /* A statement leaves the cache: forget it in the segments in flight, and drop it on the server. */
-static void on_evict(void *ctx, h2o_db_stmt_t *stmt)
+static void on_evict(void *ctx, h2o_db_cached_t *stmt)
 {
     h2o_db_pg_conn_t *c = ctx;
     for (size_t i = 0; i < c->seg_count; ++i) {
@@ -316,7 +316,7 @@ static void send_statement(h2o_db_pg_conn_t *c, const h2o_db_wire_t *op, const c
     int ok;
     if (op->kind == H2O_DB_WIRE_QUERY && !op->no_cache && c->cache.capacity != 0) {
         char name[32];
-        h2o_db_stmt_t *stmt = h2o_db_stmt_cache_get(&c->cache, op->sql, op->sql_len);
+        h2o_db_cached_t *stmt = h2o_db_stmt_cache_get(&c->cache, op->sql, op->sql_len);
         int prepare = 0;
         if (stmt != NULL) {
             H2O_DB_INC(pool->stats.cache_hits);

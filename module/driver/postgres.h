@@ -18,10 +18,10 @@ enum { H2O_DB_PG_RESOLVE, H2O_DB_PG_CONNECT, H2O_DB_PG_SETUP, H2O_DB_PG_READY, H
 /* What one Sync sent covers: a statement (its result goes to the pool) or our own DEALLOCATE (its
  * result is dropped). */
 typedef struct st_h2o_db_pg_segment_t {
-    int internal;        /* our DEALLOCATE */
-    int commit;          /* a plain COMMIT: PostgreSQL answers "ROLLBACK" if the transaction had failed */
-    h2o_db_stmt_t *stmt; /* the cached statement it executes (NULL once evicted) */
-    int prepared;        /* it also sends the PREPARE of stmt */
+    int internal;          /* our DEALLOCATE */
+    int commit;            /* a plain COMMIT: PostgreSQL answers "ROLLBACK" if the transaction had failed */
+    h2o_db_cached_t *stmt; /* the cached statement it executes (NULL once evicted) */
+    int prepared;          /* it also sends the PREPARE of stmt */
     int prepare_failed;
     unsigned results; /* results seen so far */
 } h2o_db_pg_segment_t;

@@ -296,7 +296,7 @@ static int add_cell(struct job *job, sqlite3_stmt *stmt, int col)
     return buf_add(&job->cells, &cell, sizeof(cell));
 }
 
-static void finalize_evicted(void *ctx, h2o_db_stmt_t *stmt)
+static void finalize_evicted(void *ctx, h2o_db_cached_t *stmt)
 {
     sqlite3_finalize(stmt->value);
 }
@@ -306,7 +306,7 @@ static sqlite3_stmt *get_stmt(struct sq_conn *c, struct job *job, int *cached)
 {
     sqlite3_stmt *stmt = NULL;
     const char *tail = NULL;
-    h2o_db_stmt_t *entry = job->cacheable ? h2o_db_stmt_cache_get(&c->cache, job->sql.base, job->sql.len) : NULL;
+    h2o_db_cached_t *entry = job->cacheable ? h2o_db_stmt_cache_get(&c->cache, job->sql.base, job->sql.len) : NULL;
     if (entry != NULL) {
         stmt = entry->value;
         sqlite3_reset(stmt);

@@ -16,7 +16,7 @@ static uint64_t hash_sql(const char *s, size_t len)
     return h;
 }
 
-void h2o_db_stmt_cache_init(h2o_db_stmt_cache_t *cache, size_t capacity, void (*on_evict)(void *, h2o_db_stmt_t *), void *ctx)
+void h2o_db_stmt_cache_init(h2o_db_stmt_cache_t *cache, size_t capacity, void (*on_evict)(void *, h2o_db_cached_t *), void *ctx)
 {
     memset(cache, 0, sizeof(*cache));
     cache->capacity = capacity;
@@ -31,7 +31,7 @@ void h2o_db_stmt_cache_init(h2o_db_stmt_cache_t *cache, size_t capacity, void (*
     cache->num_buckets = n;
 }
 
-static void lru_unlink(h2o_db_stmt_cache_t *cache, h2o_db_stmt_t *s)
+static void lru_unlink(h2o_db_stmt_cache_t *cache, h2o_db_cached_t *s)
 {
     if (s->lru_prev != NULL)
         s->lru_prev->lru_next = s->lru_next;
@@ -44,7 +44,7 @@ static void lru_unlink(h2o_db_stmt_cache_t *cache, h2o_db_stmt_t *s)
     s->lru_prev = s->lru_next = NULL;
 }
 
-static void lru_push_newest(h2o_db_stmt_cache_t *cache, h2o_db_stmt_t *s)
+static void lru_push_newest(h2o_db_stmt_cache_t *cache, h2o_db_cached_t *s)
 {
     s->lru_prev = NULL;
     s->lru_next = cache->newest;
@@ -55,12 +55,12 @@ static void lru_push_newest(h2o_db_stmt_cache_t *cache, h2o_db_stmt_t *s)
         cache->oldest = s;
 }
 
-h2o_db_stmt_t *h2o_db_stmt_cache_get(h2o_db_stmt_cache_t *cache, const char *sql, size_t len)
+h2o_db_cached_t *h2o_db_stmt_cache_get(h2o_db_stmt_cache_t *cache, const char *sql, size_t len)
 {
     if (cache->num_buckets == 0)
         return NULL;
     uint64_t h = hash_sql(sql, len);
-    for (h2o_db_stmt_t *s = cache->buckets[h & (cache->num_buckets - 1)]; s != NULL; s = s->bucket_next) {
+    for (h2o_db_cached_t *s = cache->buckets[h & (cache->num_buckets - 1)]; s != NULL; s = s->bucket_next) {
         if (s->hash == h && s->sql_len == len && memcmp(s->sql, sql, len) == 0) {
             if (cache->newest != s) {
                 lru_unlink(cache, s);
@@ -72,9 +72,9 @@ h2o_db_stmt_t *h2o_db_stmt_cache_get(h2o_db_stmt_cache_t *cache, const char *sql
     return NULL;
 }
 
-void h2o_db_stmt_cache_remove(h2o_db_stmt_cache_t *cache, h2o_db_stmt_t *stmt)
+void h2o_db_stmt_cache_remove(h2o_db_stmt_cache_t *cache, h2o_db_cached_t *stmt)
 {
-    h2o_db_stmt_t **slot = &cache->buckets[stmt->hash & (cache->num_buckets - 1)];
+    h2o_db_cached_t **slot = &cache->buckets[stmt->hash & (cache->num_buckets - 1)];
     while (*slot != stmt)
         slot = &(*slot)->bucket_next;
     *slot = stmt->bucket_next;
@@ -85,13 +85,13 @@ void h2o_db_stmt_cache_remove(h2o_db_stmt_cache_t *cache, h2o_db_stmt_t *stmt)
     free(stmt);
 }
 
-h2o_db_stmt_t *h2o_db_stmt_cache_put(h2o_db_stmt_cache_t *cache, const char *sql, size_t len)
+h2o_db_cached_t *h2o_db_stmt_cache_put(h2o_db_stmt_cache_t *cache, const char *sql, size_t len)
 {
     if (cache->capacity == 0)
         return NULL;
     if (cache->size >= cache->capacity)
         h2o_db_stmt_cache_remove(cache, cache->oldest);
-    h2o_db_stmt_t *s = malloc(offsetof(h2o_db_stmt_t, sql) + len + 1);
+    h2o_db_cached_t *s = malloc(offsetof(h2o_db_cached_t, sql) + len + 1);
     if (s == NULL)
         return NULL;
     s->hash = hash_sql(sql, len);
@@ -100,7 +100,7 @@ h2o_db_stmt_t *h2o_db_stmt_cache_put(h2o_db_stmt_cache_t *cache, const char *sql
     s->sql_len = len;
     memcpy(s->sql, sql, len);
     s->sql[len] = '\0';
-    h2o_db_stmt_t **bucket = &cache->buckets[s->hash & (cache->num_buckets - 1)];
+    h2o_db_cached_t **bucket = &cache->buckets[s->hash & (cache->num_buckets - 1)];
     s->bucket_next = *bucket;
     *bucket = s;
     lru_push_newest(cache, s);

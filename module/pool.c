@@ -102,10 +102,13 @@ static void answer_later(h2o_db_stmt_t *op, h2o_db_status_t status, const char *
 
 /* ---- connections ---- */
 
-void h2o_db_conn_init(h2o_db_conn_t *conn, h2o_db_pool_t *pool)
+static const h2o_db_pipe_cbs_t pipe_cbs;
+
+static h2o_db_conn_t *conn_new(h2o_db_pool_t *pool)
 {
     h2o_db_pool_config_t *cfg = &pool->bind->pool;
     uint64_t now = h2o_db_now(pool->thread);
+    h2o_db_conn_t *conn = calloc(1, sizeof(*conn));
     conn->pool = pool;
     conn->state = H2O_DB_CONN_CONNECTING;
     h2o_linklist_init_anchor(&conn->waiters);
@@ -119,12 +122,14 @@ void h2o_db_conn_init(h2o_db_conn_t *conn, h2o_db_pool_t *pool)
         uint64_t jitter = cfg->max_lifetime / 5;
         conn->retire_at = now + cfg->max_lifetime - jitter / 2 + (jitter != 0 ? (uint64_t)rand() % jitter : 0);
     }
+    return conn;
 }
 
-void h2o_db_conn_dispose(h2o_db_conn_t *conn)
+static void conn_free(h2o_db_conn_t *conn)
 {
     free(conn->ring.ops);
     free(conn->ring.sent_at);
+    free(conn);
 }
 
 uint64_t h2o_db_conn_oldest_age(h2o_db_conn_t *conn, uint64_t now)
@@ -166,8 +171,9 @@ h2o_db_conn_t *h2o_db_pool_open_conn(h2o_db_pool_t *pool)
     H2O_DB_INC(pool->num_conns);
     H2O_DB_INC(pool->num_connecting);
     H2O_DB_INC(pool->stats.connects);
-    h2o_db_conn_t *conn;
-    DRIVER_CALL(pool, conn = bind->driver->open(pool));
+    h2o_db_conn_t *conn = conn_new(pool);
+    h2o_db_pipe_t proto = {bind, pool->thread, &pipe_cbs, &pool->stats.driver, conn};
+    DRIVER_CALL(pool, conn->pipe = bind->driver->open(&proto));
     h2o_linklist_insert(&pool->conns, &conn->link);
     return conn;
 }
@@ -207,7 +213,7 @@ static void conn_send(h2o_db_conn_t *conn, h2o_db_stmt_t *op)
         if (op->kind == H2O_DB_OP_COMMIT && op->failed_commit)
             op->wire.kind = H2O_DB_WIRE_ROLLBACK, op->wire.sql = NULL;
     }
-    DRIVER_CALL(pool, pool->bind->driver->send(conn, &op->wire));
+    DRIVER_CALL(pool, pool->bind->driver->send(conn->pipe, &op->wire));
 }
 
 static int conn_has_room(h2o_db_conn_t *conn)
@@ -504,12 +510,15 @@ static void conn_progress(h2o_db_conn_t *conn)
     h2o_db_pool_serve_waiting(pool);
 }
 
-/* ---- driver callbacks ---- */
+/* ---- driver callbacks (driver.h) ---- */
 
-void h2o_db_conn_connected(h2o_db_conn_t *conn)
+static void connected_cb(h2o_db_pipe_t *pipe)
 {
+    h2o_db_conn_t *conn = pipe->data;
     h2o_db_pool_t *pool = conn->pool;
     ASSERT_NOT_IN_DRIVER(pool);
+    if (conn->state != H2O_DB_CONN_CONNECTING)
+        return; /* the pool gave up on it meanwhile (it is shutting down): its close is on the way */
     conn->state = H2O_DB_CONN_READY;
     H2O_DB_DEC(pool->num_connecting);
     h2o_db_pool_changed(pool);
@@ -538,19 +547,27 @@ static void lose_transaction(h2o_db_place_t *s, const char *sqlstate)
     s->cbs->txn_lost(s, sqlstate);
 }
 
-void h2o_db_conn_log_failure(h2o_db_conn_t *conn, int connecting, const char *message)
+/* Logs why a connection failed: "cannot connect" while connecting (not again while the pool is
+ * down), "connection ... lost" otherwise; nothing while the pool closes. */
+static void failed_cb(h2o_db_pipe_t *pipe, const char *sqlstate, const char *message)
 {
+    h2o_db_conn_t *conn = pipe->data;
     h2o_db_pool_t *pool = conn->pool;
-    if (connecting && !pool->down && !pool->closing)
+    ASSERT_NOT_IN_DRIVER(pool);
+    if (conn->state == H2O_DB_CONN_CLOSED)
+        return;
+    if (message == NULL)
+        message = "connection failure";
+    if (conn->state == H2O_DB_CONN_CONNECTING && !pool->down && !pool->closing)
         fprintf(stderr, "h2o-db: [%s] cannot connect to %s: %s\n", pool->bind->key, pool->bind->url.display, message);
-    else if (!connecting && !pool->closing)
+    else if (conn->state != H2O_DB_CONN_CONNECTING && !pool->closing)
         fprintf(stderr, "h2o-db: [%s] connection to %s lost: %s\n", pool->bind->key, pool->bind->url.display, message);
+    h2o_db_conn_failed(conn, sqlstate, message);
 }
 
 void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *message)
 {
     h2o_db_pool_t *pool = conn->pool;
-    ASSERT_NOT_IN_DRIVER(pool);
     int was_connecting = conn->state == H2O_DB_CONN_CONNECTING;
     if (conn->state == H2O_DB_CONN_CLOSED)
         return;
@@ -617,12 +634,26 @@ void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *m
     h2o_db_pool_retry_later(pool);
 }
 
-void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
+static void conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result);
+
+static int result_cb(h2o_db_pipe_t *pipe, h2o_db_result_t *result)
+{
+    h2o_db_conn_t *conn = pipe->data;
+    ASSERT_NOT_IN_DRIVER(conn->pool);
+    if (conn->state == H2O_DB_CONN_CLOSED)
+        return -1;
+    conn_result(conn, result);
+    return conn->state == H2O_DB_CONN_CLOSED ? -1 : 0;
+}
+
+static void conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
 {
     h2o_db_pool_t *pool = conn->pool;
-    ASSERT_NOT_IN_DRIVER(pool);
-    if (conn->ring.count == 0)
-        return; /* a result nobody asked for: the driver resynchronizes by closing */
+    if (conn->ring.count == 0) {
+        /* a result nobody asked for: the connection is out of step, never reused */
+        h2o_db_conn_failed(conn, "08P01", "the database answered a statement that was not sent");
+        return;
+    }
     h2o_db_stmt_t *op = conn->ring.ops[conn->ring.head];
     conn->ring.ops[conn->ring.head] = NULL;
     conn->ring.head = (conn->ring.head + 1) % conn->ring.capacity;
@@ -679,7 +710,8 @@ static void close_later_cb(h2o_db_later_t *later)
     h2o_db_conn_t *conn = cl->conn;
     free(cl);
     h2o_db_pool_t *pool = conn->pool;
-    DRIVER_CALL(pool, pool->bind->driver->close(conn));
+    DRIVER_CALL(pool, pool->bind->driver->close(conn->pipe));
+    conn_free(conn); /* nothing refers to it any more: the driver calls back no more after close */
 }
 
 /* Takes conn out of the pool now; the driver closes it on the next iteration (the driver's
@@ -780,14 +812,15 @@ static void abandon_pinned(h2o_db_place_t *s)
     /* only this session's statements can run there */
     if (conn->ring.count != 0 && pool->bind->driver->cancel != NULL && !conn->cancelling) {
         conn->cancelling = 1;
-        DRIVER_CALL(pool, pool->bind->driver->cancel(conn));
+        DRIVER_CALL(pool, pool->bind->driver->cancel(conn->pipe));
     }
     conn->cleaning = 1;
     conn_send(conn, &cleanup_op);
 }
 
-void h2o_db_conn_cancelled(h2o_db_conn_t *conn)
+static void cancelled_cb(h2o_db_pipe_t *pipe)
 {
+    h2o_db_conn_t *conn = pipe->data;
     ASSERT_NOT_IN_DRIVER(conn->pool);
     conn->cancelling = 0;
     if (conn->state != H2O_DB_CONN_READY)
@@ -796,6 +829,8 @@ void h2o_db_conn_cancelled(h2o_db_conn_t *conn)
         conn->cleaning = 0;
     conn_progress(conn);
 }
+
+static const h2o_db_pipe_cbs_t pipe_cbs = {connected_cb, failed_cb, result_cb, cancelled_cb};
 
 /* ---- places ---- */
 

@@ -15,6 +15,7 @@
 
 typedef struct st_h2o_db_place_t h2o_db_place_t;
 typedef struct st_h2o_db_stmt_t h2o_db_stmt_t;
+typedef struct st_h2o_db_conn_t h2o_db_conn_t;
 
 /* What a statement is, for placement. */
 typedef enum {
@@ -91,15 +92,12 @@ struct st_h2o_db_place_t {
 enum { H2O_DB_CONN_CONNECTING, H2O_DB_CONN_READY, H2O_DB_CONN_CLOSED };
 
 /* A pool's counts, counters and `down` are read by the status page on other threads: the owner
- * thread, their only writer, stores them with these (relaxed atomic stores: plain moves on x86),
- * the status page loads them atomically, so that the reads are race-free. */
-#define H2O_DB_SET(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
-#define H2O_DB_INC(x)    H2O_DB_SET(x, (x) + 1)
-#define H2O_DB_DEC(x)    H2O_DB_SET(x, (x)-1)
+ * thread, their only writer, stores them with H2O_DB_SET/INC/DEC (thread.h). */
 
-/* The generic part of a connection; drivers put it first in theirs. */
+/* The pool's record of a connection; the driver's own is `pipe` (driver.h). */
 struct st_h2o_db_conn_t {
     h2o_db_pool_t *pool;
+    h2o_db_pipe_t *pipe;
     h2o_linklist_t link; /* pool->conns */
     int state;
     /* the place whose transaction holds this connection, or NULL */
@@ -128,9 +126,9 @@ typedef struct st_h2o_db_pool_stats_t {
     uint64_t errors;           /* statements that failed (any status but OK) */
     uint64_t connects, connect_failures, reconnects, closed_broken, closed_idle, closed_lifetime;
     uint64_t statements, pipelined; /* sent; sent while others were in flight on the connection */
-    uint64_t cache_hits, cache_misses;
-    uint64_t timeouts; /* statement-timeout answered locally */
-    uint64_t leaks;    /* sessions reported by leak-threshold */
+    h2o_db_driver_stats_t driver;   /* the drivers' own (cache_hits, cache_misses) */
+    uint64_t timeouts;              /* statement-timeout answered locally */
+    uint64_t leaks;                 /* sessions reported by leak-threshold */
 } h2o_db_pool_stats_t;
 
 /* Gauges the owner thread publishes (at every housekeeping tick) for the status page,
@@ -194,19 +192,6 @@ void h2o_db_pool_detach(h2o_db_place_t *place, h2o_linklist_t *in_flight, h2o_li
 /* request-timeout ran out for one of the pool's sessions (the status page counts it) */
 void h2o_db_pool_count_timeout(h2o_db_pool_t *pool);
 
-/* Called by drivers. */
-void h2o_db_conn_connected(h2o_db_conn_t *conn);
-/* Logs why a connection failed, before h2o_db_conn_failed: "cannot connect" while connecting (not
- * again while the pool is down), "connection ... lost" otherwise; nothing while the pool closes. */
-void h2o_db_conn_log_failure(h2o_db_conn_t *conn, int connecting, const char *message);
-void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *message);
-void h2o_db_conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result);
-void h2o_db_conn_cancelled(h2o_db_conn_t *conn);
-/* Fills the generic part of a new connection. */
-void h2o_db_conn_init(h2o_db_conn_t *conn, h2o_db_pool_t *pool);
-/* Frees the generic part (the driver frees its memory afterwards). */
-void h2o_db_conn_dispose(h2o_db_conn_t *conn);
-
 /* Milliseconds a connection's oldest statement has been in flight (0 when none). */
 uint64_t h2o_db_conn_oldest_age(h2o_db_conn_t *conn, uint64_t now);
 
@@ -216,6 +201,9 @@ uint64_t h2o_db_conn_oldest_age(h2o_db_conn_t *conn, uint64_t now);
 int h2o_db_pool_can_open(h2o_db_pool_t *pool);
 /* pool.c: opens one (NULL when max-total was reached meanwhile) */
 h2o_db_conn_t *h2o_db_pool_open_conn(h2o_db_pool_t *pool);
+/* pool.c: conn is broken (the driver said so, or the pool decided): what is in flight is
+ * answered UNAVAILABLE with sqlstate, the connection is closed */
+void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *message);
 /* pool.c: ready, with nothing in flight, not pinned, nothing to clean */
 int h2o_db_conn_is_idle(h2o_db_conn_t *conn);
 /* pool.c: closes a connection that nobody uses (idle, or its statements were all abandoned),

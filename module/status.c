@@ -99,8 +99,8 @@ static void take(h2o_db_pool_t *pool, struct snapshot *s)
     COPY(closed_lifetime);
     COPY(statements);
     COPY(pipelined);
-    COPY(cache_hits);
-    COPY(cache_misses);
+    COPY(driver.cache_hits);
+    COPY(driver.cache_misses);
     COPY(timeouts);
     COPY(leaks);
 #undef COPY
@@ -128,8 +128,8 @@ static const struct {
     C(closed_lifetime, "connections closed after max-lifetime"),
     C(statements, "statements sent"),
     C(pipelined, "statements sent while others were in flight on the connection"),
-    C(cache_hits, "statements found in the prepared-statement cache"),
-    C(cache_misses, "statements prepared anew"),
+    {"cache_hits", "statements found in the prepared-statement cache", offsetof(h2o_db_pool_stats_t, driver.cache_hits)},
+    {"cache_misses", "statements prepared anew", offsetof(h2o_db_pool_stats_t, driver.cache_misses)},
     C(timeouts, "statements answered by statement-timeout"),
     C(leaks, "sessions that held a connection past leak-threshold"),
 #undef C

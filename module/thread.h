@@ -14,6 +14,13 @@
 typedef struct st_h2o_db_pool_t h2o_db_pool_t;
 typedef struct st_h2o_db_reqstate_t h2o_db_reqstate_t;
 
+/* Values that their owner thread writes and other threads read (the status page): the writer stores
+ * them with these (relaxed atomic stores: plain moves on x86), readers load them atomically, so
+ * that the reads are race-free. */
+#define H2O_DB_SET(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+#define H2O_DB_INC(x)    H2O_DB_SET(x, (x) + 1)
+#define H2O_DB_DEC(x)    H2O_DB_SET(x, (x)-1)
+
 /* Something to run on the next loop iteration; embed it, set cb, call h2o_db_later. */
 typedef struct st_h2o_db_later_t {
     h2o_linklist_t link;

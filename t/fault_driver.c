@@ -33,7 +33,7 @@ struct entry {
 };
 
 struct fd_conn {
-    h2o_db_conn_t super;
+    h2o_db_pipe_t super;
     h2o_linklist_t link; /* all_conns */
     uv_timer_t timer;
     uv_loop_t *loop;
@@ -276,7 +276,7 @@ static void fail(struct fd_conn *c, const char *sqlstate, const char *message)
     c->cancel_pending = 0;
     ++fd_stats.failed;
     drop_all(c, FD_FATE_LOST, sqlstate);
-    h2o_db_conn_failed(&c->super, sqlstate, message);
+    c->super.cbs->failed(&c->super, sqlstate, message);
 }
 
 /* Answers the oldest statement; returns 0 to go on with the next one. */
@@ -312,9 +312,9 @@ static int answer(struct fd_conn *c)
         }
     }
     log_fate(&e, err != NULL ? FD_FATE_ERROR : FD_FATE_OK, err);
-    h2o_db_conn_result(&c->super, &r);
-    if (c->super.state == H2O_DB_CONN_CLOSED && c->phase == PH_READY) {
-        /* the pool failed the connection itself (a cleanup ROLLBACK that failed) */
+    if (c->super.cbs->result(&c->super, &r) != 0 && c->phase == PH_READY) {
+        /* the pool stopped using the connection (it failed it itself: a cleanup ROLLBACK that
+         * failed, a result nobody asked for) */
         c->phase = PH_FAILED;
         drop_all(c, FD_FATE_DROPPED, NULL);
         return -1;
@@ -340,7 +340,6 @@ static void free_conn(uv_handle_t *handle)
 {
     struct fd_conn *c = handle->data;
     h2o_linklist_unlink(&c->link);
-    h2o_db_conn_dispose(&c->super);
     free(c->q);
     free(c);
     ++fd_stats.frees;
@@ -370,7 +369,7 @@ static void connect_step(struct fd_conn *c)
     c->phase = PH_READY;
     ++fd_stats.connected;
     fd_seq();
-    h2o_db_conn_connected(&c->super);
+    c->super.cbs->connected(&c->super);
 }
 
 static void on_timer(uv_timer_t *timer)
@@ -399,7 +398,7 @@ static void on_timer(uv_timer_t *timer)
             fd_seq();
             if (!c->cancel_fail)
                 interrupt(c);
-            h2o_db_conn_cancelled(&c->super);
+            c->super.cbs->cancelled(&c->super);
         }
         while (c->phase == PH_READY && !c->closed && c->count != 0 && c->q[0].outcome != FD_STALL && c->q[0].due <= now)
             if (answer(c) != 0)
@@ -436,12 +435,12 @@ static void schedule(struct fd_conn *c)
 
 /* ---- the driver ---- */
 
-static h2o_db_conn_t *fd_open(h2o_db_pool_t *pool)
+static h2o_db_pipe_t *fd_open(const h2o_db_pipe_t *proto)
 {
     struct fd_conn *c = calloc(1, sizeof(*c));
-    h2o_db_conn_init(&c->super, pool);
-    c->loop = pool->thread->loop;
-    c->bind = pool->bind;
+    c->super = *proto;
+    c->loop = proto->thread->loop;
+    c->bind = proto->bind;
     c->id = ++next_id;
     uv_timer_init(c->loop, &c->timer);
     c->timer.data = c;
@@ -486,7 +485,7 @@ static void add_log(struct fd_conn *c, const h2o_db_op_t *op, struct entry *e)
     e->log = fd_stats.nlog++;
     fd_log_t *l = fd_stats.log + e->log;
     memset(l, 0, sizeof(*l));
-    if (op != NULL && op->stmt.conn != &c->super)
+    if (op != NULL && op->stmt.conn != c->super.data)
         violation("send on connection %u of a statement the pool placed elsewhere", c->id);
     l->session = op != NULL ? op->session : NULL;
     l->data = op != NULL ? op->data : NULL;
@@ -498,14 +497,15 @@ static void add_log(struct fd_conn *c, const h2o_db_op_t *op, struct entry *e)
     l->stalled = e->outcome == FD_STALL;
 }
 
-static void fd_send(h2o_db_conn_t *conn, const h2o_db_wire_t *w)
+static void fd_send(h2o_db_pipe_t *pipe, const h2o_db_wire_t *w)
 {
     /* a test driver may look behind the wire statement, at the statement and the op it was made
      * from (pool.c sends &stmt->wire; the cleanup ROLLBACK's statement has no place and no op): the
      * session and the callback data tell the test which call it is */
     const h2o_db_stmt_t *stmt = H2O_STRUCT_FROM_MEMBER(h2o_db_stmt_t, wire, w);
     const h2o_db_op_t *op = stmt->place != NULL ? H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, stmt, stmt) : NULL;
-    struct fd_conn *c = (struct fd_conn *)conn;
+    struct fd_conn *c = (struct fd_conn *)pipe;
+    const h2o_db_conn_t *conn = pipe->data; /* the pool's record, to check it against ours */
     if (!check_usable(c, "send"))
         return;
     if (c->count + 1 != conn->ring.count)
@@ -536,7 +536,7 @@ static void fd_send(h2o_db_conn_t *conn, const h2o_db_wire_t *w)
     schedule(c);
 }
 
-static void fd_close(h2o_db_conn_t *conn)
+static void fd_close(h2o_db_pipe_t *conn)
 {
     struct fd_conn *c = (struct fd_conn *)conn;
     if (c->closed) {
@@ -553,7 +553,7 @@ static void fd_close(h2o_db_conn_t *conn)
     schedule(c);
 }
 
-static void fd_cancel(h2o_db_conn_t *conn)
+static void fd_cancel(h2o_db_pipe_t *conn)
 {
     struct fd_conn *c = (struct fd_conn *)conn;
     ++fd_stats.cancels;
@@ -647,7 +647,7 @@ int fd_conn_ok(const h2o_db_conn_t *conn)
 {
     EACH_CONN(c)
     {
-        if (&c->super == conn)
+        if (c->super.data == conn)
             return !c->closed && c->phase != PH_FAILED;
     }
     return 0;

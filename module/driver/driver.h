@@ -5,21 +5,23 @@
  * goes to which connection; the driver moves statements to the database and
  * results back, in the order they were sent, without ever blocking the loop.
  *
- *   open     allocates a connection (h2o_db_conn_t first) and starts connecting;
- *            it reports with h2o_db_conn_connected / h2o_db_conn_failed, later
- *   send     writes one statement; its result comes back, in order, through
- *            h2o_db_conn_result (each call consumes the oldest statement sent)
- *   close    drops the connection; statements still in flight are failed by the
- *            pool before close is called; the driver frees the memory when its
- *            handles are closed
- *   cancel   (optional) interrupts the statement running on a pinned connection
- *            whose request ended, so that its ROLLBACK comes sooner; reports with
- *            h2o_db_conn_cancelled, later (also when there was nothing to cancel)
+ *   open     allocates a connection (h2o_db_pipe_t first, a copy of the pool's) and starts
+ *            connecting; it reports with cbs->connected / cbs->failed, later
+ *   send     writes one statement; its result comes back, in order, through cbs->result
+ *            (each call consumes the oldest statement sent)
+ *   close    drops the connection; statements still in flight are failed by the pool before
+ *            close is called, and no callback comes afterwards; the driver frees its memory
+ *            when its handles are closed
+ *   cancel   (optional) interrupts the statement running on a pinned connection whose request
+ *            ended, so that its ROLLBACK comes sooner; reports with cbs->cancelled, later (also
+ *            when there was nothing to cancel)
  *
- * Never re-entrant: open, send, cancel and close never call h2o_db_conn_* before they
- * return. Whatever they find out at once (libpq refusing a connect on the spot, a send
- * that fails) is reported from the loop on a later iteration (h2o_db_later). The pool
- * asserts this around every call.
+ * Never re-entrant: open, send, cancel and close never call back before they return. Whatever
+ * they find out at once (libpq refusing a connect on the spot, a send that fails) is reported
+ * from the loop on a later iteration (h2o_db_later). The pool asserts this in every callback.
+ *
+ * The driver knows nothing of the pool but what h2o_db_pipe_t carries: it includes no header of
+ * the layers above (pool.h, session.h).
  *
  * Start-up helpers run on the main thread before any loop (blocking is fine there).
  */
@@ -27,10 +29,44 @@
 #define h2o_db_driver_h
 
 #include <stddef.h>
+#include <stdint.h>
 #include "config/config.h"
+#include "result.h"
+#include "thread.h"
 
-typedef struct st_h2o_db_pool_t h2o_db_pool_t;
-typedef struct st_h2o_db_conn_t h2o_db_conn_t;
+typedef struct st_h2o_db_pipe_t h2o_db_pipe_t;
+
+/* How a driver reports to the pool, for one connection; on the connection's thread, never from
+ * inside open, send, cancel or close. After failed, or after result returned -1, the driver
+ * delivers nothing more on that connection and waits for close. */
+typedef struct st_h2o_db_pipe_cbs_t {
+    /* connected and set up: statements may be sent */
+    void (*connected)(h2o_db_pipe_t *pipe);
+    /* the connection could not be made, or broke; message says why (no password in it), sqlstate
+     * is 08001/08006 or the server's; the pool logs it */
+    void (*failed)(h2o_db_pipe_t *pipe, const char *sqlstate, const char *message);
+    /* the oldest statement sent has its result (valid during the call only). Returns 0 to go on,
+     * -1 when the pool stopped using the connection (it is closing it). */
+    int (*result)(h2o_db_pipe_t *pipe, h2o_db_result_t *result);
+    /* the cancel asked for is over (whether it stopped anything or not) */
+    void (*cancelled)(h2o_db_pipe_t *pipe);
+} h2o_db_pipe_cbs_t;
+
+/* Counters that drivers keep, per pool (one thread writes them, with H2O_DB_INC; the status page
+ * reads them). */
+typedef struct st_h2o_db_driver_stats_t {
+    uint64_t cache_hits, cache_misses; /* statements found in the statement cache, prepared anew */
+} h2o_db_driver_stats_t;
+
+/* The head of every driver's connection: what the driver knows of the pool that opened it. The
+ * pool fills a prototype and open copies it; from then on the fields are constant. */
+struct st_h2o_db_pipe_t {
+    h2o_db_bind_t *bind;
+    h2o_db_thread_t *thread; /* its loop, h2o_db_later */
+    const h2o_db_pipe_cbs_t *cbs;
+    h2o_db_driver_stats_t *stats;
+    void *data; /* the pool's (its record of the connection) */
+};
 
 /* What a driver sends: one statement, as the wire sees it (the pool makes it from a session's
  * statement; valid during send() only: a driver copies what it keeps). */
@@ -64,12 +100,13 @@ static inline const char *h2o_db_wire_sql(const h2o_db_wire_t *w, const char *be
 
 struct st_h2o_db_driver_t {
     const char *name;
-    h2o_db_conn_t *(*open)(h2o_db_pool_t *pool);
-    void (*send)(h2o_db_conn_t *conn, const h2o_db_wire_t *stmt);
-    void (*close)(h2o_db_conn_t *conn);
+    /* returns the new connection (never NULL: a failure is reported through cbs->failed) */
+    h2o_db_pipe_t *(*open)(const h2o_db_pipe_t *proto);
+    void (*send)(h2o_db_pipe_t *pipe, const h2o_db_wire_t *stmt);
+    void (*close)(h2o_db_pipe_t *pipe);
     /* optional: stops what runs on a pinned connection whose request ended (never called for a
-     * shared one); when done (also on failure), the driver calls h2o_db_conn_cancelled */
-    void (*cancel)(h2o_db_conn_t *conn);
+     * shared one); when done (also on failure), the driver calls cbs->cancelled */
+    void (*cancel)(h2o_db_pipe_t *pipe);
     /* start-up: connects once, runs `sql` (several statements allowed), disconnects */
     int (*run_script)(h2o_db_bind_t *bind, const char *sql, char *err, size_t errsz);
     /* start-up: whatever the backend keeps per bind (SQLite: the in-memory database's keeper) */

@@ -91,7 +91,7 @@ static h2o_db_mysql_job_t *current_job(h2o_db_mysql_conn_t *c)
 }
 
 /* The pool sends a statement: it is copied into the FIFO and runs when the connection is free. */
-static void my_send(h2o_db_conn_t *conn, const h2o_db_wire_t *op)
+static void my_send(h2o_db_pipe_t *conn, const h2o_db_wire_t *op)
 {
     h2o_db_mysql_conn_t *c = (h2o_db_mysql_conn_t *)conn;
     if (c->phase != H2O_DB_MYSQL_READY)
@@ -124,7 +124,7 @@ static void my_send(h2o_db_conn_t *conn, const h2o_db_wire_t *op)
         h2o_db_mysql_fail_later(c, "08006", "out of memory");
         return;
     }
-    h2o_db_flush_later(c->super.pool->thread, &c->flusher);
+    h2o_db_flush_later(c->super.thread, &c->flusher);
 }
 
 /* ---- answers (and PostgreSQL's transaction rules) ---- */
@@ -183,9 +183,10 @@ static int answer(h2o_db_mysql_conn_t *c, h2o_db_result_t *r)
     c->job_running = 0;
     c->step = STEP_IDLE;
     pop_job(c);
-    h2o_db_conn_result(&c->super, r);
+    if (c->super.cbs->result(&c->super, r) != 0)
+        c->stopped = 1;
     h2o_db_mysql_rows_reset(&c->rows);
-    return c->phase == H2O_DB_MYSQL_READY && c->super.state == H2O_DB_CONN_READY ? 0 : -1;
+    return c->phase == H2O_DB_MYSQL_READY && !c->stopped ? 0 : -1;
 }
 
 /* Answers the job about to start with an error of its own, without the server: returns as
@@ -243,7 +244,6 @@ static int start_execute(h2o_db_mysql_conn_t *c)
 static int start_job(h2o_db_mysql_conn_t *c)
 {
     h2o_db_mysql_job_t *job = current_job(c);
-    h2o_db_pool_t *pool = c->super.pool;
     c->job_running = 1;
     c->current = NULL;
     c->entry = NULL;
@@ -266,12 +266,12 @@ static int start_job(h2o_db_mysql_conn_t *c)
     if (!job->no_cache && c->cache.capacity != 0) {
         h2o_db_cached_t *entry = h2o_db_stmt_cache_get(&c->cache, job->sql.base, job->sql.len);
         if (entry != NULL && entry->value != NULL) {
-            H2O_DB_INC(pool->stats.cache_hits);
+            H2O_DB_INC(c->super.stats->cache_hits);
             c->entry = entry;
             c->current = entry->value;
             return start_execute(c);
         }
-        H2O_DB_INC(pool->stats.cache_misses);
+        H2O_DB_INC(c->super.stats->cache_misses);
     }
     /* prepare it */
     const char *sqlstate;
@@ -286,7 +286,7 @@ static int start_job(h2o_db_mysql_conn_t *c)
 static int next_step(h2o_db_mysql_conn_t *c)
 {
     for (;;) {
-        if (c->phase != H2O_DB_MYSQL_READY || c->super.state != H2O_DB_CONN_READY)
+        if (c->phase != H2O_DB_MYSQL_READY || c->stopped)
             return -1;
         if (c->num_closing != 0) {
             c->step = STEP_CLOSE_STMT;
@@ -353,7 +353,7 @@ static int enter_ready(h2o_db_mysql_conn_t *c)
     c->phase = H2O_DB_MYSQL_READY;
     c->step = STEP_IDLE;
     uv_timer_stop(&c->connect_timer);
-    h2o_db_conn_connected(&c->super);
+    c->super.cbs->connected(&c->super);
     return next_step(c);
 }
 
@@ -383,7 +383,7 @@ static int setup_more(h2o_db_mysql_conn_t *c)
 
 static int connected(h2o_db_mysql_conn_t *c)
 {
-    h2o_db_bind_t *bind = c->super.pool->bind;
+    h2o_db_bind_t *bind = c->super.bind;
     c->handshake_done = 1;
     c->is_mariadb = mariadb_connection(c->mysql);
     c->thread_id = mysql_thread_id(c->mysql);
@@ -411,14 +411,14 @@ static int connected(h2o_db_mysql_conn_t *c)
 /* Starts (ready == 0) or resumes the current step's connector call; returns its wait mask. */
 static int call(h2o_db_mysql_conn_t *c, int ready)
 {
-    h2o_db_url_t *url = &c->super.pool->bind->url;
+    h2o_db_url_t *url = &c->super.bind->url;
     h2o_db_mysql_job_t *job = c->count != 0 ? current_job(c) : NULL;
     MYSQL_STMT *stmt = c->current != NULL ? c->current->stmt : NULL;
     switch (c->step) {
     case STEP_CONNECT: {
         if (ready != 0)
             return mysql_real_connect_cont(&c->ret_mysql, c->mysql, ready);
-        const char *password = c->super.pool->bind->password != NULL ? c->super.pool->bind->password : url->mysql.password;
+        const char *password = c->super.bind->password != NULL ? c->super.bind->password : url->mysql.password;
         const char *host = url->mysql.unix_socket != NULL ? "localhost" : c->address != NULL ? c->address : url->mysql.host;
         return mysql_real_connect_start(&c->ret_mysql, c->mysql, host, url->mysql.user, password, url->mysql.database,
                                         url->mysql.port, url->mysql.unix_socket, CLIENT_MULTI_STATEMENTS | CLIENT_FOUND_ROWS);
@@ -592,7 +592,7 @@ void h2o_db_mysql_drive(h2o_db_mysql_conn_t *c, int ready)
         }
         c->in_call = 0;
         if (step_done(c) != 0) {
-            if (c->phase == H2O_DB_MYSQL_READY && c->step == STEP_IDLE && c->super.state == H2O_DB_CONN_READY)
+            if (c->phase == H2O_DB_MYSQL_READY && c->step == STEP_IDLE && !c->stopped)
                 h2o_db_mysql_watch_idle(c);
             return;
         }
@@ -617,12 +617,12 @@ void h2o_db_mysql_start_handshake(h2o_db_mysql_conn_t *c)
 
 /* ---- open and close ---- */
 
-static h2o_db_conn_t *my_open(h2o_db_pool_t *pool)
+static h2o_db_pipe_t *my_open(const h2o_db_pipe_t *proto)
 {
     h2o_db_mysql_conn_t *c = calloc(1, sizeof(*c));
-    h2o_db_conn_init(&c->super, pool);
+    c->super = *proto;
     c->flusher.cb = on_flush;
-    h2o_db_stmt_cache_init(&c->cache, pool->bind->pool.statement_cache, h2o_db_mysql_prepared_evicted, c);
+    h2o_db_stmt_cache_init(&c->cache, proto->bind->pool.statement_cache, h2o_db_mysql_prepared_evicted, c);
     h2o_db_mysql_connect(c);
     return &c->super;
 }

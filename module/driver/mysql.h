@@ -15,8 +15,7 @@
 #include <mysql.h>
 #include "driver/buf.h"
 #include "driver/stmt_cache.h"
-#include "pool.h"
-#include "pool.h"
+#include "driver/driver.h"
 
 /* where a connection is in its life (c->phase) */
 enum { H2O_DB_MYSQL_RESOLVE, H2O_DB_MYSQL_CONNECT, H2O_DB_MYSQL_SETUP, H2O_DB_MYSQL_READY, H2O_DB_MYSQL_BROKEN };
@@ -65,7 +64,8 @@ typedef struct st_h2o_db_mysql_prepared_t {
 } h2o_db_mysql_prepared_t;
 
 typedef struct st_h2o_db_mysql_conn_t {
-    h2o_db_conn_t super;
+    h2o_db_pipe_t super;
+    int stopped; /* the pool stopped reading from it (its result callback returned -1) */
     MYSQL *mysql;
     int phase, step;
     int in_call; /* a connector call waits for I/O: resume it with its _cont */
@@ -128,21 +128,21 @@ void h2o_db_mysql_dispose_steps(h2o_db_mysql_conn_t *c);
 
 /* mysql_conn.c: the connection on the loop */
 
-/* Starts connecting a new connection (c->super initialised): where to connect first. */
+/* Starts connecting a new connection (c->super copied from the pool's prototype): where to connect first. */
 void h2o_db_mysql_connect(h2o_db_mysql_conn_t *c);
 /* The connector call waits (status: its MYSQL_WAIT_* mask): watch what it asks for. */
 void h2o_db_mysql_wait_for(h2o_db_mysql_conn_t *c, int status);
 /* Nothing runs: watch the socket, as a readable one now means the server is closing it. */
 void h2o_db_mysql_watch_idle(h2o_db_mysql_conn_t *c);
-/* Fails the connection (once): logs why, and tells the pool. */
+/* Fails the connection (once) and tells the pool why. */
 void h2o_db_mysql_fail(h2o_db_mysql_conn_t *c, const char *sqlstate, const char *message);
 /* The same with the connector's error (fallback_sqlstate while connecting, unless it says 08xxx). */
 void h2o_db_mysql_fail_from_mysql(h2o_db_mysql_conn_t *c, const char *fallback_sqlstate);
 /* The same on the next iteration of the loop (for failures noticed where no callback may run). */
 void h2o_db_mysql_fail_later(h2o_db_mysql_conn_t *c, const char *sqlstate, const char *message);
 /* The driver's cancel (KILL QUERY) and close. */
-void h2o_db_mysql_cancel(h2o_db_conn_t *conn);
-void h2o_db_mysql_close(h2o_db_conn_t *conn);
+void h2o_db_mysql_cancel(h2o_db_pipe_t *conn);
+void h2o_db_mysql_close(h2o_db_pipe_t *conn);
 /* mysql_library_init, once per process (it is not thread-safe). */
 void h2o_db_mysql_library_init(void);
 /* Start-up (blocking): connects once, runs `sql`, disconnects. */

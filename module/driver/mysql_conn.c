@@ -86,15 +86,13 @@ void h2o_db_mysql_fail(h2o_db_mysql_conn_t *c, const char *sqlstate, const char 
 {
     if (c->phase == H2O_DB_MYSQL_BROKEN)
         return;
-    int connecting = c->phase != H2O_DB_MYSQL_READY;
     c->phase = H2O_DB_MYSQL_BROKEN;
     if (c->poll != NULL)
         uv_poll_stop(c->poll);
     c->poll_events = 0;
     uv_timer_stop(&c->io_timer);
     uv_timer_stop(&c->connect_timer);
-    h2o_db_conn_log_failure(&c->super, connecting, message);
-    h2o_db_conn_failed(&c->super, sqlstate, message);
+    c->super.cbs->failed(&c->super, sqlstate, message);
 }
 
 void h2o_db_mysql_fail_from_mysql(h2o_db_mysql_conn_t *c, const char *fallback_sqlstate)
@@ -120,7 +118,7 @@ void h2o_db_mysql_fail_later(h2o_db_mysql_conn_t *c, const char *sqlstate, const
 {
     snprintf(c->fail_sqlstate, sizeof(c->fail_sqlstate), "%s", sqlstate);
     snprintf(c->fail_message, sizeof(c->fail_message), "%s", message);
-    h2o_db_later(c->super.pool->thread, &c->fail_later);
+    h2o_db_later(c->super.thread, &c->fail_later);
 }
 
 static void free_conn(h2o_db_mysql_conn_t *c);
@@ -154,7 +152,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         return;
     }
     char addr[INET6_ADDRSTRLEN], msg[300];
-    if (h2o_db_resolved_address(status, res, c->super.pool->bind->url.mysql.host, addr, sizeof(addr), msg, sizeof(msg)) != 0) {
+    if (h2o_db_resolved_address(status, res, c->super.bind->url.mysql.host, addr, sizeof(addr), msg, sizeof(msg)) != 0) {
         h2o_db_mysql_fail(c, "08001", msg);
         return;
     }
@@ -165,10 +163,9 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 
 void h2o_db_mysql_connect(h2o_db_mysql_conn_t *c)
 {
-    h2o_db_pool_t *pool = c->super.pool;
-    h2o_db_url_t *url = &pool->bind->url;
-    uv_timer_init(pool->thread->loop, &c->io_timer);
-    uv_timer_init(pool->thread->loop, &c->connect_timer);
+    h2o_db_url_t *url = &c->super.bind->url;
+    uv_timer_init(c->super.thread->loop, &c->io_timer);
+    uv_timer_init(c->super.thread->loop, &c->connect_timer);
     c->io_timer.data = c;
     c->connect_timer.data = c;
     c->handles_open = 2;
@@ -195,14 +192,14 @@ void h2o_db_mysql_connect(h2o_db_mysql_conn_t *c)
     } else if (!url->mysql.ssl_verify_cert) {
         c->gai.data = c;
         ++c->handles_open;
-        if (h2o_db_resolve(pool->thread->loop, &c->gai, on_resolved, host) != 0) {
+        if (h2o_db_resolve(c->super.thread->loop, &c->gai, on_resolved, host) != 0) {
             --c->handles_open;
             h2o_db_mysql_fail_later(c, "08001", "cannot start resolving the database host");
         }
         return;
     }
     /* (a host name whose certificate is verified goes to the connector as it is: TLS checks it) */
-    h2o_db_later(pool->thread, &c->start_later);
+    h2o_db_later(c->super.thread, &c->start_later);
 }
 
 /* ---- waiting ---- */
@@ -222,7 +219,7 @@ static int watch(h2o_db_mysql_conn_t *c, int events)
     }
     if (c->poll == NULL) {
         c->poll = malloc(sizeof(*c->poll));
-        if (uv_poll_init(c->super.pool->thread->loop, c->poll, fd) != 0) {
+        if (uv_poll_init(c->super.thread->loop, c->poll, fd) != 0) {
             free(c->poll);
             c->poll = NULL;
             h2o_db_mysql_fail(c, "08006", "cannot watch the database socket");
@@ -349,34 +346,35 @@ static void after_cancel(uv_work_t *work, int status)
     if (c == NULL)
         return;
     c->cancel = NULL;
-    h2o_db_conn_cancelled(&c->super);
+    c->super.cbs->cancelled(&c->super);
 }
 
 static void on_cancelled_later(h2o_db_later_t *later)
 {
-    h2o_db_conn_cancelled(&H2O_STRUCT_FROM_MEMBER(h2o_db_mysql_conn_t, cancelled_later, later)->super);
+    h2o_db_mysql_conn_t *c = H2O_STRUCT_FROM_MEMBER(h2o_db_mysql_conn_t, cancelled_later, later);
+    c->super.cbs->cancelled(&c->super);
 }
 
 /* Stops the statement that runs (KILL QUERY); what was queued behind it runs afterwards. */
-void h2o_db_mysql_cancel(h2o_db_conn_t *conn)
+void h2o_db_mysql_cancel(h2o_db_pipe_t *conn)
 {
     h2o_db_mysql_conn_t *c = (h2o_db_mysql_conn_t *)conn;
     c->cancelled_later.cb = on_cancelled_later;
     if (c->phase != H2O_DB_MYSQL_READY || c->cancel != NULL || !c->job_running || c->thread_id == 0) {
-        h2o_db_later(conn->pool->thread, &c->cancelled_later); /* never from inside cancel() */
+        h2o_db_later(conn->thread, &c->cancelled_later); /* never from inside cancel() */
         return;
     }
     struct cancel_work *cw = calloc(1, sizeof(*cw));
-    cw->bind = conn->pool->bind;
+    cw->bind = conn->bind;
     cw->address = c->address != NULL ? strdup(c->address) : NULL;
     cw->thread_id = c->thread_id;
     cw->conn = c;
     c->cancel = cw;
-    if (uv_queue_work(conn->pool->thread->loop, &cw->work, run_cancel, after_cancel) != 0) {
+    if (uv_queue_work(conn->thread->loop, &cw->work, run_cancel, after_cancel) != 0) {
         free(cw->address);
         free(cw);
         c->cancel = NULL;
-        h2o_db_later(conn->pool->thread, &c->cancelled_later);
+        h2o_db_later(conn->thread, &c->cancelled_later);
     }
 }
 
@@ -402,7 +400,6 @@ static void free_conn(h2o_db_mysql_conn_t *c)
     }
     h2o_db_mysql_dispose_steps(c);
     free(c->address);
-    h2o_db_conn_dispose(&c->super);
     free(c);
 }
 
@@ -413,7 +410,7 @@ static void on_closed(uv_handle_t *handle)
         free_conn(c);
 }
 
-void h2o_db_mysql_close(h2o_db_conn_t *conn)
+void h2o_db_mysql_close(h2o_db_pipe_t *conn)
 {
     h2o_db_mysql_conn_t *c = (h2o_db_mysql_conn_t *)conn;
     c->phase = H2O_DB_MYSQL_BROKEN;

@@ -124,20 +124,18 @@ void h2o_db_pg_fail(h2o_db_pg_conn_t *c, const char *sqlstate, const char *messa
 {
     if (c->phase == H2O_DB_PG_BROKEN)
         return;
-    int connecting = c->phase != H2O_DB_PG_READY;
     c->phase = H2O_DB_PG_BROKEN;
     if (c->poll != NULL)
         uv_poll_stop(c->poll);
     uv_timer_stop(&c->connect_timer);
-    h2o_db_conn_log_failure(&c->super, connecting, message);
     if (c->in_call) {
         /* inside open() or send(): the pool hears of it on the next iteration */
         snprintf(c->fail_sqlstate, sizeof(c->fail_sqlstate), "%s", sqlstate);
         snprintf(c->fail_message, sizeof(c->fail_message), "%s", message);
-        h2o_db_later(c->super.pool->thread, &c->fail_later);
+        h2o_db_later(c->super.thread, &c->fail_later);
         return;
     }
-    h2o_db_conn_failed(&c->super, sqlstate, message);
+    c->super.cbs->failed(&c->super, sqlstate, message);
 }
 
 void h2o_db_pg_fail_from_libpq(h2o_db_pg_conn_t *c, const char *sqlstate)
@@ -150,12 +148,13 @@ void h2o_db_pg_fail_from_libpq(h2o_db_pg_conn_t *c, const char *sqlstate)
 static void on_fail_later(h2o_db_later_t *later)
 {
     h2o_db_pg_conn_t *c = H2O_STRUCT_FROM_MEMBER(h2o_db_pg_conn_t, fail_later, later);
-    h2o_db_conn_failed(&c->super, c->fail_sqlstate, c->fail_message);
+    c->super.cbs->failed(&c->super, c->fail_sqlstate, c->fail_message);
 }
 
 static void on_cancelled_later(h2o_db_later_t *later)
 {
-    h2o_db_conn_cancelled(&H2O_STRUCT_FROM_MEMBER(h2o_db_pg_conn_t, cancelled_later, later)->super);
+    h2o_db_pg_conn_t *c = H2O_STRUCT_FROM_MEMBER(h2o_db_pg_conn_t, cancelled_later, later);
+    c->super.cbs->cancelled(&c->super);
 }
 
 /* ---- polling ---- */
@@ -178,7 +177,7 @@ void h2o_db_pg_watch(h2o_db_pg_conn_t *c, int events)
     }
     if (c->poll == NULL) {
         c->poll = malloc(sizeof(*c->poll));
-        if (uv_poll_init(c->super.pool->thread->loop, c->poll, fd) != 0) {
+        if (uv_poll_init(c->super.thread->loop, c->poll, fd) != 0) {
             free(c->poll);
             c->poll = NULL;
             h2o_db_pg_fail(c, "08006", "cannot watch the database socket");
@@ -198,16 +197,16 @@ void h2o_db_pg_watch(h2o_db_pg_conn_t *c, int events)
 
 /* ---- open ---- */
 
-static h2o_db_conn_t *pg_open(h2o_db_pool_t *pool)
+static h2o_db_pipe_t *pg_open(const h2o_db_pipe_t *proto)
 {
     h2o_db_pg_conn_t *c = calloc(1, sizeof(*c));
-    h2o_db_conn_init(&c->super, pool);
+    c->super = *proto;
     c->fail_later.cb = on_fail_later;
     c->cancelled_later.cb = on_cancelled_later;
     c->flusher.cb = on_flush;
     c->seg_capacity = 16;
     c->segs = malloc(sizeof(*c->segs) * c->seg_capacity);
-    h2o_db_stmt_cache_init(&c->cache, pool->bind->pool.statement_cache, on_evict, c);
+    h2o_db_stmt_cache_init(&c->cache, proto->bind->pool.statement_cache, on_evict, c);
     c->in_call = 1;
     h2o_db_pg_connect(c); /* libpq may refuse at once (a missing socket, a bad hostaddr): reported later */
     c->in_call = 0;
@@ -298,7 +297,7 @@ static void on_evict(void *ctx, h2o_db_cached_t *stmt)
 
 static void send_statement(h2o_db_pg_conn_t *c, const h2o_db_wire_t *op, const char *sql);
 
-static void pg_send(h2o_db_conn_t *conn, const h2o_db_wire_t *op)
+static void pg_send(h2o_db_pipe_t *conn, const h2o_db_wire_t *op)
 {
     h2o_db_pg_conn_t *c = (h2o_db_pg_conn_t *)conn;
     const char *sql = h2o_db_wire_sql(op, "BEGIN");
@@ -311,17 +310,15 @@ static void pg_send(h2o_db_conn_t *conn, const h2o_db_wire_t *op)
 
 static void send_statement(h2o_db_pg_conn_t *c, const h2o_db_wire_t *op, const char *sql)
 {
-    h2o_db_pool_t *pool = c->super.pool;
-
     int ok;
     if (op->kind == H2O_DB_WIRE_QUERY && !op->no_cache && c->cache.capacity != 0) {
         char name[32];
         h2o_db_cached_t *stmt = h2o_db_stmt_cache_get(&c->cache, op->sql, op->sql_len);
         int prepare = 0;
         if (stmt != NULL) {
-            H2O_DB_INC(pool->stats.cache_hits);
+            H2O_DB_INC(c->super.stats->cache_hits);
         } else {
-            H2O_DB_INC(pool->stats.cache_misses);
+            H2O_DB_INC(c->super.stats->cache_misses);
             /* (an eviction here queues its DEALLOCATE before this statement's segment) */
             if ((stmt = h2o_db_stmt_cache_put(&c->cache, op->sql, op->sql_len)) == NULL)
                 goto Unnamed;
@@ -342,7 +339,7 @@ static void send_statement(h2o_db_pg_conn_t *c, const h2o_db_wire_t *op, const c
         send_failed(c);
         return;
     }
-    h2o_db_flush_later(pool->thread, &c->flusher);
+    h2o_db_flush_later(c->super.thread, &c->flusher);
 }
 
 static int is_error(ExecStatusType st)
@@ -388,7 +385,8 @@ static void finish_segment(h2o_db_pg_conn_t *c)
         result_from_pg(&r, kept);
     else
         h2o_db_result_init_ok(&r, 0);
-    h2o_db_conn_result(&c->super, &r);
+    if (c->super.cbs->result(&c->super, &r) != 0)
+        c->stopped = 1;
     PQclear(kept);
 }
 
@@ -396,7 +394,7 @@ static void finish_segment(h2o_db_pg_conn_t *c)
 static void process_results(h2o_db_pg_conn_t *c)
 {
     int nulls = 0;
-    while (c->phase == H2O_DB_PG_READY && c->super.state == H2O_DB_CONN_READY && c->seg_count != 0 && !PQisBusy(c->pg)) {
+    while (c->phase == H2O_DB_PG_READY && !c->stopped && c->seg_count != 0 && !PQisBusy(c->pg)) {
         PGresult *res = PQgetResult(c->pg);
         if (res == NULL) {
             /* the end of one command's results; two in a row: nothing more has arrived */
@@ -493,26 +491,26 @@ static void after_cancel(uv_work_t *work, int status)
     if (c == NULL)
         return;
     c->cancel = NULL;
-    h2o_db_conn_cancelled(&c->super);
+    c->super.cbs->cancelled(&c->super);
 }
 
-static void pg_cancel(h2o_db_conn_t *conn)
+static void pg_cancel(h2o_db_pipe_t *conn)
 {
     h2o_db_pg_conn_t *c = (h2o_db_pg_conn_t *)conn;
     PGcancel *cancel = c->phase == H2O_DB_PG_READY && c->cancel == NULL ? PQgetCancel(c->pg) : NULL;
     if (cancel == NULL) {
-        h2o_db_later(conn->pool->thread, &c->cancelled_later); /* never from inside cancel() */
+        h2o_db_later(conn->thread, &c->cancelled_later); /* never from inside cancel() */
         return;
     }
     struct cancel_work *cw = calloc(1, sizeof(*cw));
     cw->cancel = cancel;
     cw->conn = c;
     c->cancel = cw;
-    if (uv_queue_work(conn->pool->thread->loop, &cw->work, run_cancel, after_cancel) != 0) {
+    if (uv_queue_work(conn->thread->loop, &cw->work, run_cancel, after_cancel) != 0) {
         PQfreeCancel(cancel);
         free(cw);
         c->cancel = NULL;
-        h2o_db_later(conn->pool->thread, &c->cancelled_later);
+        h2o_db_later(conn->thread, &c->cancelled_later);
     }
 }
 
@@ -531,7 +529,6 @@ void h2o_db_pg_free_conn(h2o_db_pg_conn_t *c)
     }
     free(c->hosts);
     free(c->hostaddrs);
-    h2o_db_conn_dispose(&c->super);
     free(c);
 }
 
@@ -547,7 +544,7 @@ static void on_poll_closed(uv_handle_t *handle)
     free(handle);
 }
 
-static void pg_close(h2o_db_conn_t *conn)
+static void pg_close(h2o_db_pipe_t *conn)
 {
     h2o_db_pg_conn_t *c = (h2o_db_pg_conn_t *)conn;
     c->phase = H2O_DB_PG_BROKEN;

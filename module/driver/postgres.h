@@ -10,7 +10,7 @@
 #include <sys/types.h>
 #include <libpq-fe.h>
 #include "driver/stmt_cache.h"
-#include "pool.h"
+#include "driver/driver.h"
 
 /* where a connection is in its life (c->phase) */
 enum { H2O_DB_PG_RESOLVE, H2O_DB_PG_CONNECT, H2O_DB_PG_SETUP, H2O_DB_PG_READY, H2O_DB_PG_BROKEN };
@@ -27,7 +27,7 @@ typedef struct st_h2o_db_pg_segment_t {
 } h2o_db_pg_segment_t;
 
 typedef struct st_h2o_db_pg_conn_t {
-    h2o_db_conn_t super;
+    h2o_db_pipe_t super;
     PGconn *pg;
     int phase;
     uv_poll_t *poll; /* on PQsocket(); heap-allocated, closed asynchronously */
@@ -54,13 +54,14 @@ typedef struct st_h2o_db_pg_conn_t {
     char fail_sqlstate[6];
     char fail_message[256];
     h2o_db_later_t cancelled_later;
+    int stopped; /* the pool stopped reading from it (its result callback returned -1) */
     int handles_open;
     struct cancel_work *cancel; /* under way on the thread pool */
 } h2o_db_pg_conn_t;
 
 /* postgres.c */
 
-/* Fails the connection (once): logs why, and tells the pool. */
+/* Fails the connection (once) and tells the pool why. */
 void h2o_db_pg_fail(h2o_db_pg_conn_t *c, const char *sqlstate, const char *message);
 /* The same with libpq's error message. */
 void h2o_db_pg_fail_from_libpq(h2o_db_pg_conn_t *c, const char *sqlstate);
@@ -74,7 +75,7 @@ void h2o_db_pg_free_conn(h2o_db_pg_conn_t *c);
 
 /* postgres_connect.c */
 
-/* Starts connecting a new connection (c->super initialised): resolves host names first. */
+/* Starts connecting a new connection (c->super copied from the pool's prototype): resolves host names first. */
 void h2o_db_pg_connect(h2o_db_pg_conn_t *c);
 /* The socket is ready while connecting (H2O_DB_PG_CONNECT): PQconnectPoll. */
 void h2o_db_pg_poll_connect(h2o_db_pg_conn_t *c);

@@ -59,7 +59,7 @@ static void resolve_next(h2o_db_pg_conn_t *c)
             continue;
         c->gai.data = c;
         ++c->handles_open;
-        if (h2o_db_resolve(c->super.pool->thread->loop, &c->gai, on_resolved, c->hosts[c->resolving]) != 0) {
+        if (h2o_db_resolve(c->super.thread->loop, &c->gai, on_resolved, c->hosts[c->resolving]) != 0) {
             --c->handles_open;
             h2o_db_pg_fail(c, "08001", "cannot start resolving the database host");
         }
@@ -71,7 +71,7 @@ static void resolve_next(h2o_db_pg_conn_t *c)
 /* Splits host= of the URL; returns 1 when some host name needs resolving. */
 static int plan_resolve(h2o_db_pg_conn_t *c)
 {
-    PQconninfoOption *opts = PQconninfoParse(c->super.pool->bind->url.conninfo, NULL);
+    PQconninfoOption *opts = PQconninfoParse(c->super.bind->url.conninfo, NULL);
     const char *host = NULL, *hostaddr = NULL;
     int need = 0;
     for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; ++o) {
@@ -132,7 +132,7 @@ static char *join(char **items, size_t n)
 
 static void start_connect(h2o_db_pg_conn_t *c)
 {
-    h2o_db_bind_t *bind = c->super.pool->bind;
+    h2o_db_bind_t *bind = c->super.bind;
     const char *keys[10], *values[10];
     size_t n = 0;
     char *hostaddr = NULL;
@@ -194,7 +194,7 @@ static void enter_ready(h2o_db_pg_conn_t *c)
     c->phase = H2O_DB_PG_READY;
     uv_timer_stop(&c->connect_timer);
     h2o_db_pg_watch(c, UV_READABLE);
-    h2o_db_conn_connected(&c->super);
+    c->super.cbs->connected(&c->super);
 }
 
 /* NOTICE and WARNING messages (e.g. "there is no transaction in progress") are not errors:
@@ -205,7 +205,7 @@ static void ignore_notice(void *arg, const char *message)
 
 static void start_setup(h2o_db_pg_conn_t *c)
 {
-    h2o_db_bind_t *bind = c->super.pool->bind;
+    h2o_db_bind_t *bind = c->super.bind;
     PQsetnonblocking(c->pg, 1);
     PQsetNoticeProcessor(c->pg, ignore_notice, NULL);
     char timeout_sql[64] = "";
@@ -264,7 +264,7 @@ void h2o_db_pg_continue_setup(h2o_db_pg_conn_t *c, int events)
 
 void h2o_db_pg_connect(h2o_db_pg_conn_t *c)
 {
-    uv_timer_init(c->super.pool->thread->loop, &c->connect_timer);
+    uv_timer_init(c->super.thread->loop, &c->connect_timer);
     c->connect_timer.data = c;
     c->handles_open = 1;
     uv_timer_start(&c->connect_timer, on_connect_timeout, CONNECT_TIMEOUT_MS, 0);

@@ -25,7 +25,6 @@
 #include "driver/driver.h"
 #include "driver/stmt_cache.h"
 #include "driver/text.h"
-#include "pool.h"
 
 #define MAX_RESULT_BYTES (64u * 1024 * 1024)
 
@@ -60,7 +59,7 @@ struct job {
 };
 
 struct sq_conn {
-    h2o_db_conn_t super;
+    h2o_db_pipe_t super;
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -69,7 +68,9 @@ struct sq_conn {
     size_t submitted, taken, finished, delivered; /* counters; slot = counter % capacity */
     uv_async_t async;
     h2o_db_later_t cancelled_later; /* cancel() reports on the next iteration, never from inside */
-    int closed, thread_started;
+    int closed;                     /* the pool closed it: nothing more is reported */
+    int thread_started;
+    int stopped; /* the pool stopped reading from it (its result callback returned -1) */
     int db_open; /* c->db may be interrupted (under lock) */
     /* the worker's own */
     h2o_db_stmt_cache_t cache; /* sqlite3_stmt by SQL text, used by the worker only */
@@ -430,8 +431,7 @@ static void run_open(struct sq_conn *c, struct job *job)
     c->db_open = db != NULL;
     pthread_mutex_unlock(&c->lock);
     if (rc != SQLITE_OK) {
-        job_errorf(job, "08006", "cannot open %s: %s", c->bind->url.display,
-                   c->db != NULL ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
+        job_errorf(job, "08006", "%s", c->db != NULL ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
         close_db(c);
         return;
     }
@@ -555,7 +555,6 @@ static void free_conn(uv_handle_t *handle)
     free(c->filename);
     pthread_mutex_destroy(&c->lock);
     pthread_cond_destroy(&c->cond);
-    h2o_db_conn_dispose(&c->super);
     free(c);
 }
 
@@ -571,25 +570,21 @@ static void on_async(uv_async_t *async)
         ++c->delivered;
         switch (job->kind) {
         case JOB_OPEN:
-            if (c->super.state != H2O_DB_CONN_CONNECTING)
+            if (c->closed)
                 break;
-            if (job->ok) {
-                h2o_db_conn_connected(&c->super);
-            } else {
-                h2o_db_pool_t *pool = c->super.pool;
-                if (!pool->down && !pool->closing)
-                    fprintf(stderr, "h2o-db: [%s] %s\n", pool->bind->key, job->message);
-                h2o_db_conn_failed(&c->super, job->sqlstate, job->message);
-            }
+            if (job->ok)
+                c->super.cbs->connected(&c->super);
+            else
+                c->super.cbs->failed(&c->super, job->sqlstate, job->message);
             break;
         case JOB_EXEC:
             if (job->cacheable) {
                 if (job->cache_hit)
-                    H2O_DB_INC(c->super.pool->stats.cache_hits);
+                    H2O_DB_INC(c->super.stats->cache_hits);
                 else
-                    H2O_DB_INC(c->super.pool->stats.cache_misses);
+                    H2O_DB_INC(c->super.stats->cache_misses);
             }
-            if (c->super.state == H2O_DB_CONN_READY) {
+            if (!c->closed && !c->stopped) {
                 h2o_db_result_t r;
                 if (job->ok) {
                     h2o_db_result_init_ok(&r, job->affected);
@@ -600,7 +595,8 @@ static void on_async(uv_async_t *async)
                 } else {
                     h2o_db_result_init_error(&r, h2o_db_status_for_sqlstate(job->sqlstate), job->sqlstate, job->message);
                 }
-                h2o_db_conn_result(&c->super, &r);
+                if (c->super.cbs->result(&c->super, &r) != 0)
+                    c->stopped = 1;
             }
             buf_trim(&job->names);
             buf_trim(&job->cells);
@@ -615,11 +611,11 @@ static void on_async(uv_async_t *async)
 
 static void on_cancelled_later(h2o_db_later_t *later);
 
-static h2o_db_conn_t *sq_open(h2o_db_pool_t *pool)
+static h2o_db_pipe_t *sq_open(const h2o_db_pipe_t *proto)
 {
-    h2o_db_bind_t *bind = pool->bind;
+    h2o_db_bind_t *bind = proto->bind;
     struct sq_conn *c = calloc(1, sizeof(*c));
-    h2o_db_conn_init(&c->super, pool);
+    c->super = *proto;
     c->bind = bind;
     c->cancelled_later.cb = on_cancelled_later;
     h2o_db_stmt_cache_init(&c->cache, bind->pool.statement_cache, finalize_evicted, c);
@@ -637,7 +633,7 @@ static h2o_db_conn_t *sq_open(h2o_db_pool_t *pool)
         c->flags = bind->url.sqlite_readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
     }
     c->flags |= SQLITE_OPEN_NOMUTEX; /* one thread uses it */
-    uv_async_init(pool->thread->loop, &c->async, on_async);
+    uv_async_init(proto->thread->loop, &c->async, on_async);
     c->async.data = c;
     next_job(c, JOB_OPEN);
     submit(c, NULL);
@@ -647,13 +643,12 @@ static h2o_db_conn_t *sq_open(h2o_db_pool_t *pool)
         /* no thread: the open fails (answered through the async handle, on the loop) */
         job_error(c->jobs, "53000", "cannot start a thread for the SQLite connection");
         c->taken = c->finished = 1;
-        c->closed = 1;
         uv_async_send(&c->async);
     }
     return &c->super;
 }
 
-static void sq_send(h2o_db_conn_t *conn, const h2o_db_wire_t *op)
+static void sq_send(h2o_db_pipe_t *conn, const h2o_db_wire_t *op)
 {
     struct sq_conn *c = (struct sq_conn *)conn;
     struct job *job = next_job(c, JOB_EXEC);
@@ -681,7 +676,7 @@ static void sq_send(h2o_db_conn_t *conn, const h2o_db_wire_t *op)
     submit(c, job);
 }
 
-static void sq_close(h2o_db_conn_t *conn)
+static void sq_close(h2o_db_pipe_t *conn)
 {
     struct sq_conn *c = (struct sq_conn *)conn;
     h2o_db_later_cancel(&c->cancelled_later);
@@ -699,19 +694,20 @@ static void sq_close(h2o_db_conn_t *conn)
 /* The request of a pinned connection ended: interrupt what its worker runs (sqlite3_interrupt may
  * be called from any thread while the connection is open; the worker closes it only on JOB_CLOSE,
  * which comes after this). Statements interrupted answer SQLSTATE 57014. */
-static void sq_cancel(h2o_db_conn_t *conn)
+static void sq_cancel(h2o_db_pipe_t *conn)
 {
     struct sq_conn *c = (struct sq_conn *)conn;
     pthread_mutex_lock(&c->lock);
     if (c->db_open)
         sqlite3_interrupt(c->db);
     pthread_mutex_unlock(&c->lock);
-    h2o_db_later(conn->pool->thread, &c->cancelled_later);
+    h2o_db_later(conn->thread, &c->cancelled_later);
 }
 
 static void on_cancelled_later(h2o_db_later_t *later)
 {
-    h2o_db_conn_cancelled(&H2O_STRUCT_FROM_MEMBER(struct sq_conn, cancelled_later, later)->super);
+    struct sq_conn *c = H2O_STRUCT_FROM_MEMBER(struct sq_conn, cancelled_later, later);
+    c->super.cbs->cancelled(&c->super);
 }
 
 /* ---- start-up ---- */

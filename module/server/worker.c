@@ -171,20 +171,12 @@ static void *worker_main(void *arg)
     uv_run(&w->loop, UV_RUN_DEFAULT);
 
     if (!w->forced) {
-        /* every connection is gone: dispose of the context (closes the database pools).
-         * h2o leaves its own housekeeping entries (the HTTP/2 GOAWAY resend timer) linked;
-         * h2o_context_dispose asserts its timeouts are empty. */
-        h2o_timeout_t *timeouts[] = {&w->ctx.zero_timeout,
-                                     &w->ctx.one_sec_timeout,
-                                     &w->ctx.hundred_ms_timeout,
-                                     &w->ctx.handshake_timeout,
-                                     &w->ctx.http1.req_timeout,
-                                     &w->ctx.http2.idle_timeout,
-                                     &w->ctx.http2.graceful_shutdown_timeout,
-                                     &w->ctx.proxy.io_timeout};
-        for (size_t i = 0; i < sizeof(timeouts) / sizeof(timeouts[0]); ++i)
-            while (!h2o_linklist_is_empty(&timeouts[i]->_entries))
-                h2o_timeout_unlink(H2O_STRUCT_FROM_MEMBER(h2o_timeout_entry_t, _link, timeouts[i]->_entries.next));
+        /* every connection is gone: dispose of the context (closes the database pools). The one
+         * entry libh2o 2.2.5 leaves linked is the context's own GOAWAY resend timer, which
+         * h2o_context_request_shutdown links and which re-links itself while HTTP/2 connections
+         * remain; h2o_context_dispose asserts that the context's timeouts are empty. */
+        if (h2o_timeout_is_linked(&w->ctx.http2._graceful_shutdown_timeout))
+            h2o_timeout_unlink(&w->ctx.http2._graceful_shutdown_timeout);
         h2o_context_dispose(&w->ctx);
         uv_close((uv_handle_t *)&w->wake, NULL);
         uv_close((uv_handle_t *)&w->drain, NULL);

@@ -54,6 +54,21 @@ void h2o_db_session_close(h2o_db_session_t *s);
  * callback runs exactly once, later, never from inside an h2o_db_* call. Non-zero means invalid
  * arguments (NULL session, several statements, ...): no callback runs. */
 int h2o_db_query(h2o_db_session_t *s, const char *sql, size_t nparams, const char *const *params, h2o_db_cb cb, void *data);
+
+/* A batch: n statements issued in one call and sent together, pipelined on one connection, each
+ * its own transaction (autocommit) unless the session is inside begin … commit. cb runs once per
+ * statement, in order, with its index 0 … n-1 (the result is valid during the call only); the
+ * call with index n-1 is the last. All or nothing: 0 when every statement was queued; non-zero,
+ * and no callback, for an invalid statement (as h2o_db_query), n == 0, or more statements than the
+ * session may queue at once (the bind's max(pool.queue, pool.pipeline-depth)). */
+typedef struct st_h2o_db_statement_t {
+    const char *sql;
+    size_t nparams;
+    const char *const *params;
+} h2o_db_statement_t;
+typedef void (*h2o_db_batch_cb)(h2o_db_result_t *result, size_t index, void *data);
+int h2o_db_query_batch(h2o_db_session_t *s, const h2o_db_statement_t *stmts, size_t n, h2o_db_batch_cb cb, void *data);
+
 int h2o_db_begin(h2o_db_session_t *s, h2o_db_cb cb, void *data);  /* error if already begun */
 int h2o_db_commit(h2o_db_session_t *s, h2o_db_cb cb, void *data); /* error if not begun, and if the
                                                                     transaction had failed */

@@ -7,11 +7,15 @@
  *     earlier statements are answered);
  *   - autocommit, while the session has statements in flight: on the same
  *     connection, so that one session's statements run and answer in order;
- *   - otherwise on an idle connection; else on a new one if the pool is below
- *     `max`; else on the shared connection with the fewest statements in flight,
- *     if it is below `pipeline-depth` and its oldest statement is young (no
- *     head-of-line blocking behind a slow statement); else the session waits in
- *     the pool's FIFO (at most `queue` waiting, each at most `acquire-timeout`).
+ *   - otherwise (choose_conn), when the driver pipelines: on the first open
+ *     connection that is below `pipeline-depth` and whose oldest statement is
+ *     young (no head-of-line blocking behind a slow statement), idle or not;
+ *     when it does not (MySQL): on an idle connection, else at `max` on the
+ *     shared one with the fewest in flight under the same conditions;
+ *   - else the session waits in the pool's FIFO (at most `queue` waiting, each at
+ *     most `acquire-timeout`) and a connection is opened if the pool is below
+ *     `max`; whichever can take the statement first, an open connection or the
+ *     new one, carries it.
  *
  * Healing: a connection that breaks fails its statements in flight (UNAVAILABLE)
  * and is replaced when needed. When a connect fails and no connection is up, the
@@ -229,6 +233,9 @@ static void stop_waiting(h2o_db_place_t *s)
         return;
     h2o_linklist_unlink(&s->wait_link);
     H2O_DB_DEC(s->pool->num_waiting);
+    s->pool->num_waiting_any -= s->waits_any;
+    s->pool->num_waiting_begin -= s->waits_begin;
+    s->waits_any = s->waits_begin = 0;
     if (h2o_timeout_is_linked(&s->wait_timeout))
         h2o_timeout_unlink(&s->wait_timeout);
 }
@@ -268,6 +275,12 @@ static int start_waiting(h2o_db_place_t *s, h2o_linklist_t *list)
     }
     h2o_linklist_insert(list, &s->wait_link);
     H2O_DB_INC(pool->num_waiting);
+    if (list == &pool->waiting) {
+        s->waits_any = 1;
+        s->waits_begin = head_op(s)->kind == H2O_DB_OP_BEGIN;
+        pool->num_waiting_any += 1;
+        pool->num_waiting_begin += s->waits_begin;
+    }
     H2O_DB_INC(pool->stats.waits);
     h2o_timeout_link(pool->thread->loop, &pool->acquire_timeout, &s->wait_timeout);
     return 0;
@@ -303,26 +316,54 @@ static h2o_db_conn_t *find_idle(h2o_db_pool_t *pool)
     return NULL;
 }
 
-static h2o_db_conn_t *find_shared(h2o_db_pool_t *pool)
+/* A shared connection that can take one more statement now: not pinned, below pipeline-depth, its
+ * oldest statement young (nothing slow to wait behind). `first`: the first such connection in the
+ * order they were opened, idle or not, so that the load stays on few connections; else the one
+ * with the fewest statements in flight. */
+static h2o_db_conn_t *find_shared(h2o_db_pool_t *pool, int first)
 {
     uint64_t now = h2o_db_now(pool->thread);
     h2o_db_conn_t *best = NULL;
     for (h2o_linklist_t *n = pool->conns.next; n != &pool->conns; n = n->next) {
         h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, n);
-        if (conn->pinned != NULL || conn->cleaning || !conn_has_room(conn) || h2o_db_conn_oldest_age(conn, now) > YOUNG_MS)
+        if (conn->pinned != NULL || conn->cleaning || conn->cancelling || !conn_has_room(conn) ||
+            h2o_db_conn_oldest_age(conn, now) > YOUNG_MS)
             continue;
+        if (first)
+            return conn;
         if (best == NULL || conn->ring.count < best->ring.count)
             best = conn;
     }
     return best;
 }
 
+/* Where a session with nothing in flight sends its next autocommit statement, or NULL (it waits,
+ * and a connection may be opened). A driver that pipelines (PostgreSQL; SQLite, whose worker runs
+ * its queue back to back) carries more statements on an open connection for less than a new
+ * connection costs the database: open connections are filled before another is opened, and those
+ * beyond need fall idle and retire after idle-timeout. A driver that runs one statement at a time
+ * per connection (MySQL) gets its parallelism from connections: idle first, then a new one, and
+ * only at `max` the shared one with the fewest in flight. */
+static h2o_db_conn_t *choose_conn(h2o_db_pool_t *pool)
+{
+    if (pool->bind->driver->pipelines)
+        return find_shared(pool, 1);
+    h2o_db_conn_t *conn = find_idle(pool);
+    if (conn == NULL && !h2o_db_pool_can_open(pool))
+        conn = find_shared(pool, 0);
+    return conn;
+}
+
 /* Starts a connect for a waiting statement, honouring the back-off while the database is down.
  * Returns -1 when the statement should fail fast instead. */
 static int maybe_connect(h2o_db_pool_t *pool)
 {
-    if (pool->num_connecting > pool->num_waiting)
-        return 0; /* enough connects under way for everybody waiting */
+    /* enough connects under way for everybody waiting for any connection: one per BEGIN, and one
+     * per pipeline-depth autocommit statements when the driver pipelines (else one each) */
+    size_t autocommit = pool->num_waiting_any - pool->num_waiting_begin, depth = pool->bind->pool.pipeline_depth;
+    if (pool->num_connecting >=
+        pool->num_waiting_begin + (pool->bind->driver->pipelines ? (autocommit + depth - 1) / depth : autocommit))
+        return 0;
     if (!h2o_db_pool_can_open(pool))
         return 0;
     if (pool->down) {
@@ -358,11 +399,11 @@ static int place_autocommit(h2o_db_place_t *s, h2o_db_stmt_t *op)
         start_waiting(s, &conn->waiters);
         return 0;
     }
-    if ((conn = find_idle(pool)) != NULL || (!h2o_db_pool_can_open(pool) && (conn = find_shared(pool)) != NULL)) {
+    if ((conn = choose_conn(pool)) != NULL) {
         conn_send(conn, op);
         return 1;
     }
-    if (pool->down && pool->num_connecting == 0 && find_shared(pool) == NULL &&
+    if (pool->down && pool->num_connecting == 0 && find_shared(pool, 0) == NULL &&
         h2o_db_now(pool->thread) - pool->last_failure_at < pool->backoff_ms) {
         fail_down(s);
         return 0;
@@ -478,8 +519,8 @@ void h2o_db_pool_serve_waiting(h2o_db_pool_t *pool)
         h2o_linklist_t *next = n->next;
         h2o_db_place_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_place_t, wait_link, n);
         h2o_db_pool_pump(s);
-        if (find_idle(pool) == NULL && find_shared(pool) == NULL)
-            break;
+        if (find_shared(pool, 1) == NULL)
+            break; /* no connection can take anything now */
         n = next;
     }
     if (!h2o_linklist_is_empty(&pool->waiting))

@@ -84,6 +84,8 @@ struct st_h2o_db_place_t {
     unsigned txn_failed : 1;      /* a statement of the transaction failed: its COMMIT goes as ROLLBACK */
     unsigned txn_lost : 1;        /* the transaction's connection broke */
     unsigned leak_reported : 1;
+    unsigned waits_any : 1;   /* it waits in pool->waiting (for any connection) */
+    unsigned waits_begin : 1; /* ... with a BEGIN (for a connection of its own) */
     /* waiting for a connection: in pool->waiting or in a conn's waiters */
     h2o_linklist_t wait_link;
     h2o_timeout_entry_t wait_timeout;
@@ -144,6 +146,7 @@ struct st_h2o_db_pool_t {
     size_t num_conns, num_connecting, num_pinned;
     h2o_linklist_t waiting; /* places waiting for any connection, FIFO */
     size_t num_waiting;
+    size_t num_waiting_any, num_waiting_begin; /* of those: in `waiting`, and with a BEGIN */
     h2o_timeout_t acquire_timeout;
     h2o_timeout_t statement_timeout;
     h2o_timeout_t request_timeout;

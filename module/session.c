@@ -457,16 +457,46 @@ static void join_root_transaction(h2o_db_session_t *s)
     enqueue(s, new_op(s, H2O_DB_OP_BEGIN, NULL, 0, NULL, ignore_result, NULL));
 }
 
+static int valid_statement(const char *sql, size_t nparams, const char *const *params)
+{
+    if (sql == NULL || (nparams != 0 && params == NULL) || nparams > 65535)
+        return 0;
+    /* most SQL has no `;` at all: skip the lexer then */
+    return !is_blank(sql) && (strchr(sql, ';') == NULL || !several_statements(sql));
+}
+
 int h2o_db_query(h2o_db_session_t *s, const char *sql, size_t nparams, const char *const *params, h2o_db_cb cb, void *data)
 {
-    if (!usable(s) || sql == NULL || cb == NULL || (nparams != 0 && params == NULL) || nparams > 65535)
-        return -1;
-    /* most SQL has no `;` at all: skip the lexer then */
-    if (is_blank(sql) || (strchr(sql, ';') != NULL && several_statements(sql)))
+    if (!usable(s) || cb == NULL || !valid_statement(sql, nparams, params))
         return -1;
     if (s->parent != NULL)
         join_root_transaction(s);
     enqueue(s, new_op(s, H2O_DB_OP_QUERY, sql, nparams, params, cb, data));
+    return 0;
+}
+
+static void no_cb(h2o_db_result_t *result, void *data)
+{
+}
+
+int h2o_db_query_batch(h2o_db_session_t *s, const h2o_db_statement_t *stmts, size_t n, h2o_db_batch_cb cb, void *data)
+{
+    if (!usable(s) || cb == NULL || stmts == NULL || n == 0)
+        return -1;
+    h2o_db_pool_config_t *cfg = &s->bind->pool;
+    if (s->place.num_pending + n > (cfg->queue > cfg->pipeline_depth ? cfg->queue : cfg->pipeline_depth))
+        return -1; /* the pool would answer the last ones BUSY: none is queued instead */
+    for (size_t i = 0; i < n; ++i)
+        if (!valid_statement(stmts[i].sql, stmts[i].nparams, stmts[i].params))
+            return -1;
+    if (s->parent != NULL)
+        join_root_transaction(s);
+    for (size_t i = 0; i < n; ++i) {
+        h2o_db_op_t *op = new_op(s, H2O_DB_OP_QUERY, stmts[i].sql, stmts[i].nparams, stmts[i].params, no_cb, data);
+        op->batch_cb = cb;
+        op->index = i;
+        enqueue(s, op);
+    }
     return 0;
 }
 
@@ -548,7 +578,10 @@ static int answer_cb(h2o_db_stmt_t *stmt, h2o_db_result_t *result)
     int saved_gone = thread->delivering_gone;
     thread->delivering = s;
     thread->delivering_gone = 0;
-    op->cb(result, op->data);
+    if (op->batch_cb != NULL)
+        op->batch_cb(result, op->index, op->data);
+    else
+        op->cb(result, op->data);
     int gone = thread->delivering_gone;
     thread->delivering = saved;
     thread->delivering_gone = saved_gone;

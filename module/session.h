@@ -22,6 +22,8 @@ struct st_h2o_db_op_t {
     unsigned answered : 1; /* for `done` ops: the answer below is final */
     unsigned heap : 1;     /* malloc'd (a session outside a request): freed once answered or dropped */
     h2o_db_cb cb;
+    h2o_db_batch_cb batch_cb; /* instead of cb, for a statement of a batch */
+    size_t index;             /* ... its index in the batch */
     void *data;
     /* an answer made without the database (BUSY, UNAVAILABLE, ...) */
     h2o_db_status_t status;

@@ -1006,7 +1006,9 @@ static const char *TERM_CONF = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                                "num-threads: 1\n"
                                "db.bind:\n"
                                "  url: \"@PG@?application_name=flt_term_@PORT@\"\n"
-                               "  pool: {max: 4}\n"
+                               /* no pipelining: each pg_sleep on a connection of its own, so that a
+                                * terminated backend fails exactly one request */
+                               "  pool: {max: 4, pipeline-depth: 1}\n"
                                "hosts:\n"
                                "  default:\n"
                                "    paths:\n"
@@ -1022,8 +1024,7 @@ static void terminate_running(const char *appname, int v)
     const char *bodies[] = {"SENDERROR\nSQL SELECT pg_sleep(20)", "SENDERROR\nSQL SELECT pg_sleep(20)",
                             "SENDERROR\nBEGIN\nSQL SELECT pg_sleep(20)\nCOMMIT",
                             "SENDERROR\nBEGIN\nSQL SELECT pg_sleep(20)\nCOMMIT"};
-    /* one after the other: requests arriving together may pipeline on one connection (its oldest
-     * statement is young), and a killed backend would then fail two requests at once */
+    /* one after the other, so that each is seen running before the next starts */
     struct bg_posts bs[4];
     for (int i = 0; i < 4; ++i) {
         bg_posts_start(bs + i, &server, v, "/s", 1, bodies + i);

@@ -256,6 +256,8 @@ static const char CONF[] = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                            "db.bind:\n"
                            "  - url: @PG@\n"
                            "    binds: {mrb_audit: sa_off}\n"
+                           /* no pipelining: two queries at the gate at once need two connections */
+                           "    pool: {pipeline-depth: 1}\n"
                            "  - url: sqlite:///lite.sqlite3\n"
                            "    key: sa_lite\n"
                            "    schema: lite.sql\n"

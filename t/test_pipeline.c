@@ -2,7 +2,8 @@
  * The speed machinery, for correctness (speed itself is measured by bench/run):
  * pipelined statements from many requests each get their own result, a failing
  * statement in a pipeline fails only its request, the statement cache survives
- * DISCARD ALL, a reconnect and eviction, and SQLite's statement cache too.
+ * DISCARD ALL, a reconnect and eviction, and SQLite's statement cache too; a batch
+ * (h2o_db_query_batch) answers each of its statements once, in order.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -278,6 +279,44 @@ START_TEST(pipelining_off_still_answers_everything)
 }
 END_TEST
 
+/* h2o_db_query_batch: one call, every statement answered once, in order, pipelined on one
+ * connection; all or nothing when a statement is invalid or the batch is too large. */
+START_TEST(a_batch_answers_each_statement_in_order)
+{
+    start(PG_CONF);
+    long pipelined = status_counter("pipelined"), statements = status_counter("statements");
+    char *out = script("BATCH\nSQL SELECT 1 AS a\nSQL SELECT 1/0 AS x\nSQL SELECT $1::int AS p\nP 3\n");
+    const char *a = strstr(out, "\"rows\":[{\"a\":1}]"), *x = strstr(out, "\"sqlstate\":\"22012\""),
+               *p = strstr(out, "\"rows\":[{\"p\":3}]");
+    ck_assert_msg(a != NULL && x != NULL && p != NULL && a < x && x < p, "%s", out);
+    free(out);
+    ck_assert_int_eq(status_counter("statements"), statements + 3);
+    ck_assert_int_ge(status_counter("pipelined"), pipelined + 2);
+
+    /* an invalid statement anywhere: nothing is sent */
+    out = script("BATCH\nSQL SELECT 1 AS a\nSQL SELECT 1; SELECT 2\n");
+    ck_assert_msg(strstr(out, "REFUSED") != NULL && strstr(out, "\"a\"") == NULL, "%s", out);
+    free(out);
+    /* more than the session may queue (max(queue, pipeline-depth) = 1024): nothing is sent */
+    size_t cap = 1100 * 20, len = 0;
+    char *big = malloc(cap);
+    len += snprintf(big, cap, "BATCH\n");
+    for (int i = 0; i < 1025; ++i)
+        len += snprintf(big + len, cap - len, "SQL SELECT %d AS n\n", i);
+    out = script(big);
+    ck_assert_msg(strstr(out, "REFUSED") != NULL && strstr(out, "\"n\"") == NULL, "%.200s", out);
+    free(out);
+    ck_assert_int_eq(status_counter("statements"), statements + 3);
+    /* 1024 is fine */
+    big[len - strlen("SQL SELECT 1024 AS n\n")] = '\0';
+    out = script(big);
+    ck_assert_msg(strstr(out, "\"n\":1023") != NULL, "%.200s", out);
+    free(out);
+    free(big);
+    stop();
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("pipeline");
@@ -289,6 +328,7 @@ int main(void)
     tcase_add_test(tc, eviction_with_more_distinct_sql_than_the_cache_holds);
     tcase_add_test(tc, sqlite_statement_cache);
     tcase_add_test(tc, pipelining_off_still_answers_everything);
+    tcase_add_test(tc, a_batch_answers_each_statement_in_order);
     suite_add_tcase(s, tc);
     return th_run_suite(s);
 }

@@ -100,6 +100,11 @@ static inline const char *h2o_db_wire_sql(const h2o_db_wire_t *w, const char *be
 
 struct st_h2o_db_driver_t {
     const char *name;
+    /* 1: a connection carries statements sent while others run without a round trip each
+     * (PostgreSQL's pipeline mode; SQLite's worker runs its queue back to back), so the pool fills
+     * open connections before it opens another; 0: one statement at a time per connection
+     * (MySQL), so more connections are the parallelism */
+    int pipelines;
     /* returns the new connection (never NULL: a failure is reported through cbs->failed) */
     h2o_db_pipe_t *(*open)(const h2o_db_pipe_t *proto);
     void (*send)(h2o_db_pipe_t *pipe, const h2o_db_wire_t *stmt);

@@ -682,6 +682,7 @@ static const char *my_version(void)
 
 const h2o_db_driver_t h2o_db_driver_mysql = {
     .name = "mysql",
+    .pipelines = 0,
     .open = my_open,
     .send = my_send,
     .close = h2o_db_mysql_close,

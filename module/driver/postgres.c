@@ -592,6 +592,7 @@ static const char *pg_version(void)
 
 const h2o_db_driver_t h2o_db_driver_postgres = {
     .name = "postgresql",
+    .pipelines = 1,
     .open = pg_open,
     .send = pg_send,
     .close = pg_close,

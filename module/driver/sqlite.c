@@ -797,6 +797,7 @@ static const char *sq_version(void)
 
 const h2o_db_driver_t h2o_db_driver_sqlite = {
     .name = "sqlite",
+    .pipelines = 1,
     .open = sq_open,
     .send = sq_send,
     .close = sq_close,

@@ -11,6 +11,8 @@
  *   SLEEP ms         wait (a transaction stays open meanwhile)
  *   ALL              from here on, issue every statement at once (pipelined) and
  *                    answer when all are answered
+ *   BATCH            the same with one h2o_db_query_batch for all the SQL steps that follow
+ *                    (nothing else may follow); refused as one step
  *   CONTINUE         go on after a failed step (default: stop there)
  *   RETURN           answer now, whatever is still open (request-end clean-up)
  *   SENDERROR        on a failed step, answer with h2o_db_send_error()
@@ -29,7 +31,7 @@
 #define MAX_STEPS  4096
 #define MAX_PARAMS 64
 
-enum { STEP_KEY, STEP_FOR, STEP_BEGIN, STEP_COMMIT, STEP_ROLLBACK, STEP_SQL, STEP_SLEEP, STEP_ALL, STEP_RETURN };
+enum { STEP_KEY, STEP_FOR, STEP_BEGIN, STEP_COMMIT, STEP_ROLLBACK, STEP_SQL, STEP_SLEEP, STEP_ALL, STEP_BATCH, STEP_RETURN };
 
 struct step {
     int kind;
@@ -45,6 +47,7 @@ struct script {
     h2o_db_session_t *session;
     char *key;
     int all, cont, send_error, done, failed;
+    size_t batch_next; /* the index the next batch callback must have */
     char *out;
     size_t out_len, out_cap;
     uv_timer_t *timer;
@@ -165,6 +168,39 @@ static void on_result(h2o_db_result_t *r, void *data)
         run(sc);
 }
 
+static void on_batch_result(h2o_db_result_t *r, size_t index, void *data)
+{
+    struct script *sc = data;
+    if (index != sc->batch_next++ && !sc->done) {
+        sc->done = 1;
+        respond(sc->req, 500, "text/plain", "batch answered out of order\n", 28);
+        return;
+    }
+    on_result(r, data);
+}
+
+/* BATCH: every remaining step, as one batch. */
+static int run_batch(struct script *sc)
+{
+    size_t n = sc->num_steps - sc->next;
+    h2o_db_statement_t *stmts = calloc(n != 0 ? n : 1, sizeof(*stmts));
+    for (size_t i = 0; i < n; ++i) {
+        struct step *st = sc->steps + sc->next + i;
+        if (st->kind != STEP_SQL) {
+            free(stmts);
+            return -1;
+        }
+        stmts[i] = (h2o_db_statement_t){st->arg, st->nparams, st->params};
+    }
+    int ret = h2o_db_query_batch(sc->session, stmts, n, on_batch_result, sc);
+    free(stmts); /* copied by the call */
+    if (ret == 0) {
+        sc->next = sc->num_steps;
+        sc->issued += n - 1; /* the caller counts one */
+    }
+    return ret;
+}
+
 static void on_sleep_done(uv_timer_t *timer)
 {
     struct script *sc = timer->data;
@@ -198,6 +234,10 @@ static void run(struct script *sc)
         case STEP_ALL:
             sc->all = 1;
             issued = 0;
+            break;
+        case STEP_BATCH:
+            sc->all = 1;
+            ret = run_batch(sc);
             break;
         case STEP_RETURN:
             finish(sc);
@@ -301,6 +341,8 @@ int db_script(h2o_handler_t *self, h2o_req_t *req)
             *st = (struct step){STEP_SLEEP, line + 6};
         } else if (strcmp(line, "ALL") == 0) {
             *st = (struct step){STEP_ALL};
+        } else if (strcmp(line, "BATCH") == 0) {
+            *st = (struct step){STEP_BATCH};
         } else if (strcmp(line, "RETURN") == 0) {
             *st = (struct step){STEP_RETURN};
         } else if (strcmp(line, "CONTINUE") == 0) {

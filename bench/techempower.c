@@ -5,9 +5,12 @@
  *   te_json      /json          {"message":"Hello, World!"}
  *   te_plaintext /plaintext     Hello, World!
  *   te_db        /db            one random World row
- *   te_queries   /queries?queries=N   N random rows (N clamped to 1..500, not a number → 1)
+ *   te_queries   /queries?queries=N   N random rows (N clamped to 1..500, not a number → 1), read
+ *                               with one h2o_db_query_batch
  *   te_fortunes  /fortunes      all Fortune rows plus one added at request time, sorted, as HTML
- *   te_updates   /updates?queries=N   N random rows, each given a new randomNumber
+ *   te_updates   /updates?queries=N   N random rows read as /queries does, then each given a new
+ *                               randomNumber by one bulk UPDATE (ids sorted, so that concurrent
+ *                               updates lock rows in the same order: no deadlock)
  *
  * Schema (bench/schema-*.sql): world(id integer primary key, randomnumber integer),
  * fortune(id integer primary key, message text). The session is the path's sa_main.
@@ -21,7 +24,6 @@
 #define WORLD_ROWS  10000
 
 static const char WORLD_SQL[] = "SELECT id, randomnumber AS \"randomNumber\" FROM world WHERE id = $1";
-static const char UPDATE_SQL[] = "UPDATE world SET randomnumber = $2 WHERE id = $1";
 static const char FORTUNE_SQL[] = "SELECT id, message FROM fortune";
 
 static __thread uint64_t rng_state;
@@ -51,9 +53,36 @@ static void respond(h2o_req_t *req, int status, const char *type, size_t type_le
 
 #define RESPOND_JSON(req, body, n) respond(req, 200, H2O_STRLIT("application/json"), body, n)
 
+/* The benchmark's rule: the JSON is serialised per request, from an object. */
+struct message {
+    const char *message;
+};
+
+static h2o_iovec_t message_json(h2o_mem_pool_t *pool, const struct message *m)
+{
+    size_t n = strlen(m->message), len = 0;
+    char *out = h2o_mem_alloc_pool(pool, n * 6 + 16);
+    memcpy(out, "{\"message\":\"", 12);
+    len = 12;
+    for (size_t i = 0; i < n; ++i) {
+        unsigned char c = (unsigned char)m->message[i];
+        if (c == '"' || c == '\\') {
+            out[len++] = '\\';
+            out[len++] = (char)c;
+        } else if (c < 0x20) {
+            len += sprintf(out + len, "\\u%04x", c);
+        } else {
+            out[len++] = (char)c;
+        }
+    }
+    memcpy(out + len, "\"}", 2);
+    return h2o_iovec_init(out, len + 2);
+}
+
 int te_json(h2o_handler_t *self, h2o_req_t *req)
 {
-    h2o_iovec_t body = h2o_iovec_init(H2O_STRLIT("{\"message\":\"Hello, World!\"}"));
+    struct message m = {"Hello, World!"};
+    h2o_iovec_t body = message_json(&req->pool, &m);
     RESPOND_JSON(req, &body, 1);
     return 0;
 }
@@ -104,7 +133,7 @@ int te_db(h2o_handler_t *self, h2o_req_t *req)
 struct many {
     h2o_req_t *req;
     h2o_db_session_t *session;
-    size_t n, answered, updated;
+    size_t n;
     int failed, update;
     h2o_iovec_t *bodies; /* one per row, then "[" "," ... "]" interleaved at the end */
     unsigned *ids, *numbers;
@@ -112,16 +141,24 @@ struct many {
     char (*numtext)[12];
 };
 
+/* The parameter named exactly `queries` (not `xqueries`), clamped to 1..500; 1 if absent. */
 static size_t parse_queries(h2o_req_t *req)
 {
     if (req->query_at == SIZE_MAX)
         return 1;
-    const char *q = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
-    size_t pos = h2o_strstr(q, end - q, H2O_STRLIT("queries="));
-    if (pos == SIZE_MAX)
-        return 1;
-    long n = strtol(q + pos + 8, NULL, 10);
-    return n < 1 ? 1 : n > MAX_QUERIES ? MAX_QUERIES : (size_t)n;
+    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
+    while (p < end) {
+        const char *amp = memchr(p, '&', end - p), *next = amp != NULL ? amp + 1 : end;
+        if (next - p >= 8 && memcmp(p, "queries=", 8) == 0) {
+            char num[12];
+            size_t len = (amp != NULL ? amp : end) - (p + 8);
+            snprintf(num, sizeof(num), "%.*s", (int)(len < sizeof(num) ? len : sizeof(num) - 1), p + 8);
+            long n = strtol(num, NULL, 10);
+            return n < 1 ? 1 : n > MAX_QUERIES ? MAX_QUERIES : (size_t)n;
+        }
+        p = next;
+    }
+    return 1;
 }
 
 static void many_respond(struct many *m)
@@ -139,34 +176,55 @@ static void many_respond(struct many *m)
 static void on_update(h2o_db_result_t *r, void *data)
 {
     struct many *m = data;
-    if (m->failed)
-        return;
     if (h2o_db_result_status(r) != H2O_DB_OK) {
-        m->failed = 1;
         h2o_db_send_error(m->req, r);
         return;
     }
-    if (++m->updated == m->n)
-        many_respond(m);
+    many_respond(m);
 }
 
+static int by_id(const void *a, const void *b)
+{
+    unsigned x = **(const unsigned *const *)a, y = **(const unsigned *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* UPDATE world SET randomnumber = CASE id WHEN $1 THEN $2::int ... END WHERE id IN ($1, ...),
+ * with the ids in ascending order */
 static void start_updates(struct many *m)
 {
+    h2o_mem_pool_t *pool = &m->req->pool;
+    unsigned **order = h2o_mem_alloc_pool(pool, sizeof(*order) * m->n);
+    for (size_t i = 0; i < m->n; ++i)
+        order[i] = &m->ids[i];
+    qsort(order, m->n, sizeof(*order), by_id);
     for (size_t i = 0; i < m->n; ++i) {
-        m->numbers[i] = random_id();
-        snprintf(m->numtext[i], sizeof(m->numtext[i]), "%u", m->numbers[i]);
-        char *json = h2o_mem_alloc_pool(&m->req->pool, 48);
-        m->bodies[i] = h2o_iovec_init(json, snprintf(json, 48, "{\"id\":%u,\"randomNumber\":%u}", m->ids[i], m->numbers[i]));
-        const char *params[] = {m->idtext[i], m->numtext[i]};
-        if (h2o_db_query(m->session, UPDATE_SQL, 2, params, on_update, m) != 0) {
-            m->failed = 1;
-            h2o_send_error_500(m->req, "Internal Server Error", "cannot update\n", 0);
-            return;
-        }
+        size_t k = order[i] - m->ids, prev = i != 0 ? (size_t)(order[i - 1] - m->ids) : 0;
+        /* a row drawn twice gets one number: the one the UPDATE gives it */
+        m->numbers[k] = i != 0 && m->ids[prev] == m->ids[k] ? m->numbers[prev] : random_id();
+        snprintf(m->numtext[k], sizeof(m->numtext[k]), "%u", m->numbers[k]);
+        char *json = h2o_mem_alloc_pool(pool, 48);
+        m->bodies[k] = h2o_iovec_init(json, snprintf(json, 48, "{\"id\":%u,\"randomNumber\":%u}", m->ids[k], m->numbers[k]));
     }
+    const char **params = h2o_mem_alloc_pool(pool, sizeof(*params) * m->n * 2);
+    size_t cap = 96 + m->n * 40, len = 0;
+    char *sql = h2o_mem_alloc_pool(pool, cap);
+    len += snprintf(sql + len, cap - len, "UPDATE world SET randomnumber = CASE id");
+    for (size_t i = 0; i < m->n; ++i) {
+        size_t k = order[i] - m->ids; /* its index in the response */
+        params[2 * i] = m->idtext[k];
+        params[2 * i + 1] = m->numtext[k];
+        len += snprintf(sql + len, cap - len, " WHEN $%zu THEN $%zu::int", 2 * i + 1, 2 * i + 2);
+    }
+    len += snprintf(sql + len, cap - len, " END WHERE id IN (");
+    for (size_t i = 0; i < m->n; ++i)
+        len += snprintf(sql + len, cap - len, "%s$%zu", i == 0 ? "" : ",", 2 * i + 1);
+    snprintf(sql + len, cap - len, ")");
+    if (h2o_db_query(m->session, sql, m->n * 2, params, on_update, m) != 0)
+        h2o_send_error_500(m->req, "Internal Server Error", "cannot update\n", 0);
 }
 
-static void on_row(h2o_db_result_t *r, void *data)
+static void on_row(h2o_db_result_t *r, size_t i, void *data)
 {
     struct many *m = data;
     if (m->failed)
@@ -176,11 +234,9 @@ static void on_row(h2o_db_result_t *r, void *data)
         h2o_db_send_error(m->req, r);
         return;
     }
-    /* answers come in issue order */
-    size_t i = m->answered++;
     h2o_iovec_t json = h2o_db_result_json(&m->req->pool, r);
     m->bodies[i] = h2o_iovec_init(json.base + 1, json.len - 2);
-    if (m->answered < m->n)
+    if (i + 1 < m->n)
         return;
     if (m->update)
         start_updates(m);
@@ -204,19 +260,15 @@ static int run_many(h2o_req_t *req, int update)
     m->numbers = h2o_mem_alloc_pool(&req->pool, sizeof(*m->numbers) * m->n);
     m->idtext = h2o_mem_alloc_pool(&req->pool, sizeof(*m->idtext) * m->n);
     m->numtext = h2o_mem_alloc_pool(&req->pool, sizeof(*m->numtext) * m->n);
+    h2o_db_statement_t *stmts = h2o_mem_alloc_pool(&req->pool, sizeof(*stmts) * m->n);
+    const char **params = h2o_mem_alloc_pool(&req->pool, sizeof(*params) * m->n);
     for (size_t i = 0; i < m->n; ++i) {
         m->ids[i] = random_id();
         snprintf(m->idtext[i], sizeof(m->idtext[i]), "%u", m->ids[i]);
-        const char *params[] = {m->idtext[i]};
-        if (h2o_db_query(s, WORLD_SQL, 1, params, on_row, m) != 0) {
-            if (i == 0)
-                return -1;
-            m->failed = 1;
-            h2o_send_error_500(req, "Internal Server Error", "cannot query\n", 0);
-            return 0;
-        }
+        params[i] = m->idtext[i];
+        stmts[i] = (h2o_db_statement_t){WORLD_SQL, 1, params + i};
     }
-    return 0;
+    return h2o_db_query_batch(s, stmts, m->n, on_row, m) != 0 ? -1 : 0;
 }
 
 int te_queries(h2o_handler_t *self, h2o_req_t *req)

@@ -31,8 +31,10 @@
 #include <string.h>
 #include "pool.h"
 
-/* a shared connection takes more statements only while its oldest one is this young */
-#define YOUNG_MS       10
+/* a shared connection takes more statements only while its oldest one is this young; lower, a
+ * backend merely descheduled on a busy machine looks slow, and the extra connections opened for
+ * it make the contention worse (docs/architecture.md) */
+#define YOUNG_MS       50
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 250
 

@@ -137,6 +137,7 @@ typedef struct st_h2o_db_pool_stats_t {
  * which other threads read. */
 typedef struct st_h2o_db_pool_gauges_t {
     size_t idle, busy;
+    uint64_t oldest_ms; /* the age of the oldest statement in flight, 0 when none */
 } h2o_db_pool_gauges_t;
 
 struct st_h2o_db_pool_t {

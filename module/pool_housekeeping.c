@@ -68,10 +68,14 @@ static void on_publish(h2o_db_flusher_t *flusher)
 void h2o_db_pool_publish(h2o_db_pool_t *pool)
 {
     size_t idle = 0, busy = 0;
+    uint64_t now = h2o_db_now(pool->thread), oldest = 0;
     for (h2o_linklist_t *n = pool->conns.next; n != &pool->conns; n = n->next) {
         h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, n);
         if (conn->state != H2O_DB_CONN_READY)
             continue;
+        uint64_t age = h2o_db_conn_oldest_age(conn, now);
+        if (age > oldest)
+            oldest = age;
         if (h2o_db_conn_is_idle(conn))
             ++idle;
         else
@@ -79,6 +83,7 @@ void h2o_db_pool_publish(h2o_db_pool_t *pool)
     }
     __atomic_store_n(&pool->gauges.idle, idle, __ATOMIC_RELAXED);
     __atomic_store_n(&pool->gauges.busy, busy, __ATOMIC_RELAXED);
+    __atomic_store_n(&pool->gauges.oldest_ms, oldest, __ATOMIC_RELAXED);
 }
 
 /* ---- the tick ---- */

@@ -63,6 +63,7 @@ static void out_json_string(struct out *o, const char *s)
 
 struct snapshot {
     size_t total, connecting, idle, busy, pinned, waiting;
+    uint64_t oldest_ms;
     int down;
     h2o_db_pool_stats_t stats;
 };
@@ -77,6 +78,7 @@ static void take(h2o_db_pool_t *pool, struct snapshot *s)
     s->waiting = LOAD(pool->num_waiting);
     s->idle = LOAD(pool->gauges.idle);
     s->busy = LOAD(pool->gauges.busy);
+    s->oldest_ms = LOAD(pool->gauges.oldest_ms);
     if (s->idle + s->busy + s->connecting > s->total) {
         /* the published gauges are older than the counts */
         s->busy = s->total > s->connecting + s->idle ? s->total - s->connecting - s->idle : 0;
@@ -194,9 +196,9 @@ static void render_json(struct out *o, const struct row *rows, size_t n, size_t 
                 continue;
             outf(o,
                  "%s{\"thread\":%u,\"connections\":{\"total\":%zu,\"idle\":%zu,\"busy\":%zu,\"connecting\":%zu,\"pinned\":%zu},"
-                 "\"waiting\":%zu,\"down\":%s",
+                 "\"waiting\":%zu,\"down\":%s,\"oldest_ms\":%llu",
                  first ? "" : ",", r->thread, r->s.total, r->s.idle, r->s.busy, r->s.connecting, r->s.pinned, r->s.waiting,
-                 r->s.down ? "true" : "false");
+                 r->s.down ? "true" : "false", (unsigned long long)r->s.oldest_ms);
             for (size_t c = 0; c < sizeof(counters) / sizeof(counters[0]); ++c)
                 outf(o, ",\"%s\":%llu", counters[c].name, (unsigned long long)counter_value(&r->s, c));
             outf(o, "}");
@@ -232,6 +234,10 @@ static void render_prometheus(struct out *o, const struct row *rows, size_t n)
     outf(o, "# HELP h2o_db_waiting Statements waiting for a connection.\n# TYPE h2o_db_waiting gauge\n");
     for (size_t i = 0; i < n; ++i)
         prom_series(o, "h2o_db_waiting", rows + i, "", rows[i].s.waiting);
+    outf(o, "# HELP h2o_db_oldest_statement_milliseconds How long the oldest statement in flight has run.\n"
+            "# TYPE h2o_db_oldest_statement_milliseconds gauge\n");
+    for (size_t i = 0; i < n; ++i)
+        prom_series(o, "h2o_db_oldest_statement_milliseconds", rows + i, "", rows[i].s.oldest_ms);
     outf(o, "# HELP h2o_db_up 1 unless the database is known to be down.\n# TYPE h2o_db_up gauge\n");
     for (size_t i = 0; i < n; ++i)
         prom_series(o, "h2o_db_up", rows + i, "", !rows[i].s.down);

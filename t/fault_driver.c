@@ -578,8 +578,13 @@ static const char *fd_version(void)
 }
 
 /* the first pipelines (the pool fills its connections), the second does not (idle first) */
-const h2o_db_driver_t fd_driver = {
-    .name = "fault", .pipelines = 1, .open = fd_open, .send = fd_send, .close = fd_close, .cancel = fd_cancel, .version = fd_version};
+const h2o_db_driver_t fd_driver = {.name = "fault",
+                                   .pipelines = 1,
+                                   .open = fd_open,
+                                   .send = fd_send,
+                                   .close = fd_close,
+                                   .cancel = fd_cancel,
+                                   .version = fd_version};
 const h2o_db_driver_t fd_driver_nocancel = {
     .name = "fault", .open = fd_open, .send = fd_send, .close = fd_close, .version = fd_version};
 

@@ -329,7 +329,17 @@ static char *drop_quoted(const char *msg, const char *url)
 {
     size_t len = strlen(msg);
     char *out = malloc(len * 3 + 8), *dst = out;
-    const char *in_uri = strstr(msg, "in URI");
+    /* the messages where libpq names the position before it quotes the URL; "in URI" elsewhere
+     * may be part of the quoted token itself */
+    static const char *const positional[] = {"unexpected character \"", "end of string reached when looking for matching",
+                                             "IPv6 host address may not be empty", "extra key/value separator",
+                                             "missing key/value separator"};
+    const char *in_uri = NULL;
+    for (size_t i = 0; i < sizeof(positional) / sizeof(positional[0]) && in_uri == NULL; ++i)
+        if (strncasecmp(msg, positional[i], strlen(positional[i])) == 0)
+            in_uri = strstr(msg + strlen(positional[i]), " in URI");
+    if (in_uri != NULL)
+        ++in_uri; /* at "in URI" */
     if (in_uri == NULL) {
         /* "PREFIX: \"TOKEN\"": the token runs from the first quote to the last (it may hold quotes) */
         const char *first = strchr(msg, '"'), *last = strrchr(msg, '"');

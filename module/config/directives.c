@@ -171,6 +171,8 @@ static int parse_pool(h2o_configurator_command_t *cmd, yoml_t *node, h2o_db_pool
         h2o_configurator_errprintf(cmd, node, "pool must be a mapping, e.g. {max: 8, acquire-timeout: 5}");
         return -1;
     }
+    if (h2o_db_config_unique_keys(cmd, node) != 0)
+        return -1;
     yoml_t *min_node = NULL;
     for (size_t i = 0; i < node->data.mapping.size; ++i) {
         yoml_t *k = node->data.mapping.elements[i].key, *v = node->data.mapping.elements[i].value;
@@ -228,13 +230,14 @@ static int parse_partitions(h2o_configurator_command_t *cmd, yoml_t *node, h2o_d
         h2o_configurator_errprintf(cmd, node, "binds must be a mapping of TABLE: KEY, e.g. {audit_log: sa_audit}");
         return -1;
     }
+    if (h2o_db_config_unique_keys(cmd, node) != 0)
+        return -1;
     for (size_t i = 0; i < node->data.mapping.size; ++i) {
         yoml_t *k = node->data.mapping.elements[i].key, *v = node->data.mapping.elements[i].value;
         if (k->type != YOML_TYPE_SCALAR || v->type != YOML_TYPE_SCALAR || k->data.scalar[0] == '\0' || v->data.scalar[0] == '\0') {
             h2o_configurator_errprintf(cmd, k, "binds must map a table name to a key, e.g. audit_log: sa_audit");
             return -1;
         }
-        /* the YAML loader already refuses a table listed twice in one mapping */
         h2o_vector_reserve(NULL, &bind->partitions, bind->partitions.size + 1);
         bind->partitions.entries[bind->partitions.size++] =
             (h2o_db_partition_t){strdup(k->data.scalar), strdup(v->data.scalar), NULL, where(v)};
@@ -268,6 +271,8 @@ static h2o_db_bind_t *parse_bind(h2o_configurator_command_t *cmd, h2o_configurat
         h2o_configurator_errprintf(cmd, node, "each bind must be a mapping with at least `url`, e.g. {url: sqlite:///app.sqlite3}");
         return NULL;
     }
+    if (h2o_db_config_unique_keys(cmd, node) != 0)
+        return NULL;
     yoml_t *url = NULL, *key = NULL, *middleware = NULL, *pool = NULL, *on_connect = NULL, *schema = NULL, *binds = NULL,
            *twophase = NULL, *password_file = NULL;
     for (size_t i = 0; i < node->data.mapping.size; ++i) {

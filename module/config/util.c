@@ -53,3 +53,28 @@ int h2o_db_config_number(h2o_configurator_command_t *cmd, yoml_t *node, const ch
     *out = v;
     return 0;
 }
+
+int h2o_db_config_unique_keys(h2o_configurator_command_t *cmd, yoml_t *node)
+{
+    if (node->type != YOML_TYPE_MAPPING)
+        return 0;
+    for (size_t i = 1; i < node->data.mapping.size; ++i) {
+        yoml_t *key = node->data.mapping.elements[i].key;
+        if (key->type != YOML_TYPE_SCALAR)
+            continue;
+        for (size_t j = 0; j < i; ++j) {
+            yoml_t *first = node->data.mapping.elements[j].key;
+            if (first->type != YOML_TYPE_SCALAR || strcmp(first->data.scalar, key->data.scalar) != 0)
+                continue;
+            /* a key merged with `<<` may come from another file */
+            if (first->filename != NULL && key->filename != NULL && strcmp(first->filename, key->filename) != 0)
+                h2o_configurator_errprintf(cmd, key, "duplicate key `%s` in one mapping (first at %s:%zu)", key->data.scalar,
+                                           first->filename, first->line + 1);
+            else
+                h2o_configurator_errprintf(cmd, key, "duplicate key `%s` in one mapping (first at line %zu)", key->data.scalar,
+                                           first->line + 1);
+            return -1;
+        }
+    }
+    return 0;
+}

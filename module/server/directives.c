@@ -1,6 +1,9 @@
 /*
- * The directives of the standalone server that libh2o does not provide:
- * listen, num-threads, error-log, pid-file, shutdown-timeout. They fill
+ * The directives of the standalone server that libh2o does not provide (listen
+ * is in listen.c): num-threads, error-log, pid-file, shutdown-timeout, and the
+ * rest of h2o.conf 2.2.5's top level — user, max-connections, tcp-fastopen,
+ * ssl-session-resumption, temp-buffer-path, num-name-resolution-threads, and,
+ * accepted without effect, crash-handler and num-ocsp-updaters. They fill
  * h2o_db_server_t; nothing listens until the whole config has been applied.
  *
  * This file also replaces libh2o's h2o_configurator_errprintf (every libh2o
@@ -38,113 +41,6 @@ void h2o_configurator_errprintf(h2o_configurator_command_t *cmd, yoml_t *node, c
 static h2o_db_server_t *server_of(h2o_configurator_command_t *cmd)
 {
     return ((struct server_configurator *)cmd->configurator)->server;
-}
-
-static int parse_port(h2o_configurator_command_t *cmd, yoml_t *node, const char *s, uint16_t *port)
-{
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*s == '\0' || *end != '\0' || v < 1 || v > 65535) {
-        h2o_configurator_errprintf(cmd, node, "port must be a number between 1 and 65535, not `%s`", s);
-        return -1;
-    }
-    *port = (uint16_t)v;
-    return 0;
-}
-
-static int add_listen(h2o_configurator_command_t *cmd, yoml_t *node, const char *host, uint16_t port)
-{
-    h2o_db_server_t *server = server_of(cmd);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-    struct addrinfo *res;
-    char portstr[8];
-    snprintf(portstr, sizeof(portstr), "%u", port);
-    if (host == NULL)
-        hints.ai_family = AF_INET; /* `listen: PORT` binds 0.0.0.0, as h2o does */
-    int err = getaddrinfo(host, portstr, &hints, &res);
-    if (err != 0) {
-        h2o_configurator_errprintf(cmd, node, "cannot resolve host `%s`: %s", host, gai_strerror(err));
-        return -1;
-    }
-    h2o_vector_reserve(NULL, &server->listens, server->listens.size + 1);
-    h2o_db_listen_t *l = server->listens.entries + server->listens.size++;
-    memset(l, 0, sizeof(*l));
-    memcpy(&l->addr, res->ai_addr, res->ai_addrlen);
-    l->addrlen = res->ai_addrlen;
-    freeaddrinfo(res);
-    char buf[300];
-    snprintf(buf, sizeof(buf), "%s%s%s:%u", host != NULL && strchr(host, ':') != NULL ? "[" : "", host != NULL ? host : "0.0.0.0",
-             host != NULL && strchr(host, ':') != NULL ? "]" : "", port);
-    l->display = strdup(buf);
-    l->filename = strdup(node->filename != NULL ? node->filename : "-");
-    l->line = node->line;
-    l->column = node->column;
-    return 0;
-}
-
-static int on_listen_one(h2o_configurator_command_t *cmd, yoml_t *node)
-{
-    uint16_t port;
-    switch (node->type) {
-    case YOML_TYPE_SCALAR: {
-        /* PORT or HOST:PORT */
-        const char *s = node->data.scalar, *colon = strrchr(s, ':');
-        if (colon == NULL)
-            return parse_port(cmd, node, s, &port) == 0 ? add_listen(cmd, node, NULL, port) : -1;
-        char *host = strndup(s, colon - s);
-        if (host[0] == '[' && host[strlen(host) - 1] == ']') {
-            memmove(host, host + 1, strlen(host));
-            host[strlen(host) - 1] = '\0';
-        }
-        int ret = parse_port(cmd, node, colon + 1, &port) == 0 ? add_listen(cmd, node, host, port) : -1;
-        free(host);
-        return ret;
-    }
-    case YOML_TYPE_MAPPING: {
-        yoml_t *host = NULL, *port_node = NULL;
-        for (size_t i = 0; i < node->data.mapping.size; ++i) {
-            yoml_t *k = node->data.mapping.elements[i].key, *v = node->data.mapping.elements[i].value;
-            if (k->type != YOML_TYPE_SCALAR)
-                goto Unknown;
-            if (strcmp(k->data.scalar, "host") == 0) {
-                host = v;
-            } else if (strcmp(k->data.scalar, "port") == 0) {
-                port_node = v;
-            } else if (strcmp(k->data.scalar, "ssl") == 0) {
-                h2o_configurator_errprintf(cmd, k, "TLS is not built into h2o-db; terminate TLS in front of it");
-                return -1;
-            } else {
-            Unknown:
-                h2o_configurator_errprintf(cmd, k, "unknown attribute (listen takes `host` and `port`)");
-                return -1;
-            }
-        }
-        if (port_node == NULL) {
-            h2o_configurator_errprintf(cmd, node, "mandatory attribute `port` is missing");
-            return -1;
-        }
-        if (port_node->type != YOML_TYPE_SCALAR || (host != NULL && host->type != YOML_TYPE_SCALAR)) {
-            h2o_configurator_errprintf(cmd, port_node->type != YOML_TYPE_SCALAR ? port_node : host, "must be a scalar");
-            return -1;
-        }
-        if (parse_port(cmd, port_node, port_node->data.scalar, &port) != 0)
-            return -1;
-        return add_listen(cmd, node, host != NULL ? host->data.scalar : NULL, port);
-    }
-    default:
-        h2o_configurator_errprintf(cmd, node, "expected a port, HOST:PORT, or a mapping with `host` and `port`");
-        return -1;
-    }
-}
-
-static int on_listen(h2o_configurator_command_t *cmd, h2o_configurator_context_t *ctx, yoml_t *node)
-{
-    if (node->type != YOML_TYPE_SEQUENCE)
-        return on_listen_one(cmd, node);
-    for (size_t i = 0; i < node->data.sequence.size; ++i)
-        if (on_listen_one(cmd, node->data.sequence.elements[i]) != 0)
-            return -1;
-    return 0;
 }
 
 static int on_num_threads(h2o_configurator_command_t *cmd, h2o_configurator_context_t *ctx, yoml_t *node)
@@ -190,11 +86,125 @@ static int on_pid_file(h2o_configurator_command_t *cmd, h2o_configurator_context
     return on_path_directive(cmd, node, &server_of(cmd)->pid_file);
 }
 
+static int whole_number(h2o_configurator_command_t *cmd, yoml_t *node, const char *name, double min, double max, double *v)
+{
+    if (h2o_db_config_number(cmd, node, name, min, max, v) != 0)
+        return -1;
+    if (*v != (long)*v) {
+        h2o_configurator_errprintf(cmd, node, "%s must be a whole number", name);
+        return -1;
+    }
+    return 0;
+}
+
+static int on_user(h2o_configurator_command_t *cmd, h2o_configurator_context_t *ctx, yoml_t *node)
+{
+    free(server_of(cmd)->user);
+    server_of(cmd)->user = strdup(node->data.scalar);
+    return 0;
+}
+
+static int on_max_connections(h2o_configurator_command_t *cmd, h2o_configurator_context_t *ctx, yoml_t *node)
+{
+    double v;
+    if (whole_number(cmd, node, "max-connections", 1, 1e9, &v) != 0)
+        return -1;
+    server_of(cmd)->max_connections = (unsigned)v;
+    return 0;
+}
+
+static int on_tcp_fastopen(h2o_configurator_command_t *cmd, h2o_configurator_context_t *ctx, yoml_t *node)
+{
+    double v;
+    if (whole_number(cmd, node, "tcp-fastopen", 0, 1e9, &v) != 0)
+        return -1;
+    server_of(cmd)->tfo_queues = (int)v;
+    return 0;
+}
+
+static int on_num_name_resolution_threads(h2o_configurator_command_t *cmd, h2o_configurator_context_t *ctx, yoml_t *node)
+{
+    double v;
+    if (whole_number(cmd, node, "num-name-resolution-threads", 1, 1024, &v) != 0)
+        return -1;
+    h2o_hostinfo_max_threads = (size_t)v;
+    return 0;
+}
+
+static int on_temp_buffer_path(h2o_configurator_command_t *cmd, h2o_configurator_context_t *ctx, yoml_t *node)
+{
+    char *tmpl;
+    if (asprintf(&tmpl, "%s/h2o.b.XXXXXX", node->data.scalar) < 0)
+        return -1;
+    if (strlen(tmpl) >= sizeof(h2o_socket_buffer_mmap_settings.fn_template)) {
+        h2o_configurator_errprintf(cmd, node, "the path is too long");
+        free(tmpl);
+        return -1;
+    }
+    strcpy(h2o_socket_buffer_mmap_settings.fn_template, tmpl);
+    free(tmpl);
+    return 0;
+}
+
+/* ssl-session-resumption: {mode: all|cache|ticket|off, lifetime: SECONDS, ...}; the cache and the
+ * ticket keys are OpenSSL's own, in the process (memcached and ticket files are not supported). */
+static int on_ssl_session_resumption(h2o_configurator_command_t *cmd, h2o_configurator_context_t *ctx, yoml_t *node)
+{
+    static const char *const modes[] = {"off", "cache", "ticket", "all"};
+    h2o_db_server_t *server = server_of(cmd);
+    for (size_t i = 0; i < node->data.mapping.size; ++i) {
+        yoml_t *k = node->data.mapping.elements[i].key, *v = node->data.mapping.elements[i].value;
+        const char *name = k->type == YOML_TYPE_SCALAR ? k->data.scalar : "";
+        const char *value = v->type == YOML_TYPE_SCALAR ? v->data.scalar : "";
+        if (strcmp(name, "mode") == 0) {
+            int m = 0;
+            while (m < 4 && strcasecmp(value, modes[m]) != 0)
+                ++m;
+            if (m == 4) {
+                h2o_configurator_errprintf(cmd, v, "mode must be all, cache, ticket or off");
+                return -1;
+            }
+            server->ssl_resumption = m; /* the bits of H2O_DB_SSL_RESUME_CACHE and _TICKET */
+        } else if (strcmp(name, "lifetime") == 0) {
+            double secs;
+            if (whole_number(cmd, v, "lifetime", 1, 86400 * 365, &secs) != 0)
+                return -1;
+            server->ssl_session_lifetime = (long)secs;
+        } else if ((strcmp(name, "cache-store") == 0 || strcmp(name, "ticket-store") == 0) && strcasecmp(value, "internal") != 0) {
+            h2o_configurator_errprintf(cmd, v, "only `internal` is supported (OpenSSL's store, shared by the worker threads)");
+            return -1;
+        } else if (strcmp(name, "cache-store") != 0 && strcmp(name, "ticket-store") != 0 && strcmp(name, "ticket-cipher") != 0 &&
+                   strcmp(name, "ticket-hash") != 0) {
+            h2o_configurator_errprintf(cmd, k, "unknown attribute (ssl-session-resumption takes mode and lifetime)");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* h2o.conf directives that mean nothing here, taken so that h2o's configs load as they are */
+static int on_accepted(h2o_configurator_command_t *cmd, h2o_configurator_context_t *ctx, yoml_t *node)
+{
+    return 0;
+}
+
 void h2o_db_server_register_configurator(h2o_db_server_t *server)
 {
+    h2o_db_listen_register_configurator(server);
     struct server_configurator *c = (void *)h2o_configurator_create(&server->globalconf, sizeof(*c));
     c->server = server;
-    h2o_configurator_define_command(&c->super, "listen", H2O_CONFIGURATOR_FLAG_GLOBAL, on_listen);
+#define SCALAR (H2O_CONFIGURATOR_FLAG_GLOBAL | H2O_CONFIGURATOR_FLAG_EXPECT_SCALAR)
+    h2o_configurator_define_command(&c->super, "user", SCALAR, on_user);
+    h2o_configurator_define_command(&c->super, "max-connections", SCALAR, on_max_connections);
+    h2o_configurator_define_command(&c->super, "tcp-fastopen", SCALAR, on_tcp_fastopen);
+    h2o_configurator_define_command(&c->super, "num-name-resolution-threads", SCALAR, on_num_name_resolution_threads);
+    h2o_configurator_define_command(&c->super, "temp-buffer-path", SCALAR, on_temp_buffer_path);
+    h2o_configurator_define_command(&c->super, "ssl-session-resumption",
+                                    H2O_CONFIGURATOR_FLAG_GLOBAL | H2O_CONFIGURATOR_FLAG_EXPECT_MAPPING, on_ssl_session_resumption);
+    h2o_configurator_define_command(&c->super, "crash-handler", SCALAR, on_accepted);
+    h2o_configurator_define_command(&c->super, "crash-handler.wait-pipe-close", SCALAR, on_accepted);
+    h2o_configurator_define_command(&c->super, "num-ocsp-updaters", SCALAR, on_accepted);
+#undef SCALAR
     h2o_configurator_define_command(&c->super, "num-threads", H2O_CONFIGURATOR_FLAG_GLOBAL | H2O_CONFIGURATOR_FLAG_EXPECT_SCALAR,
                                     on_num_threads);
     h2o_configurator_define_command(&c->super, "shutdown-timeout",

@@ -8,17 +8,21 @@
  * Exit status: 0 after a clean run or check, 1 for a config error (printed as
  * FILE:LINE:COLUMN) or anything that stops the server from starting.
  */
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include "h2o_db.h"
+#include <openssl/crypto.h>
 #include <openssl/opensslv.h>
 #ifdef H2O_DB_WITH_MRUBY
 #include "mruby/mruby.h"
 #endif
+#include "h2o/serverutil.h"
 #include "server/server.h"
 #include "server/yaml.h"
 
@@ -74,22 +78,66 @@ static void register_configurators(h2o_db_server_t *server)
 {
     h2o_globalconf_t *conf = &server->globalconf;
     h2o_db_server_register_configurator(server);
+    /* in h2o's order: filters run in the order they are registered (throttle-response before the
+     * header filters, so that a header.add'ed X-Traffic throttles) */
     h2o_access_log_register_configurator(conf);
     h2o_compress_register_configurator(conf);
-    h2o_errordoc_register_configurator(conf);
     h2o_expires_register_configurator(conf);
+    h2o_errordoc_register_configurator(conf);
     h2o_fastcgi_register_configurator(conf);
     h2o_file_register_configurator(conf);
+    h2o_throttle_resp_register_configurator(conf);
     h2o_headers_register_configurator(conf);
     h2o_proxy_register_configurator(conf);
-    h2o_redirect_register_configurator(conf);
     h2o_reproxy_register_configurator(conf);
+    h2o_redirect_register_configurator(conf);
     h2o_status_register_configurator(conf);
     h2o_http2_debug_state_register_configurator(conf);
-    h2o_throttle_resp_register_configurator(conf);
     h2o_db_c_handler_register_configurator(conf);
     h2o_db_mruby_register_configurator(conf);
     h2o_db_register_configurator(conf);
+}
+
+/* The status page's "main" section, as h2o's: version, times, connections, listeners, threads. */
+static h2o_db_server_t *status_server;
+
+static h2o_iovec_t on_main_status(void *unused, h2o_globalconf_t *conf, h2o_req_t *req)
+{
+    h2o_db_server_t *server = status_server;
+    char now_str[H2O_TIMESTR_LOG_LEN + 1], launch_str[H2O_TIMESTR_LOG_LEN + 1];
+    time_t now = time(NULL);
+    h2o_time2str_log(now_str, now);
+    h2o_time2str_log(launch_str, server->launch_time);
+    size_t cap = 1024;
+    h2o_iovec_t ret = {h2o_mem_alloc_pool(&req->pool, cap), 0};
+    ret.len = snprintf(ret.base, cap,
+                       ",\n \"server-version\": \"h2o-db %s (libh2o %s)\",\n \"openssl-version\": \"%s\",\n"
+                       " \"current-time\": \"%s\",\n \"restart-time\": \"%s\",\n \"uptime\": %lld,\n \"generation\": null,\n"
+                       " \"connections\": %u,\n \"max-connections\": %u,\n \"listeners\": %zu,\n \"worker-threads\": %u,\n"
+                       " \"num-sessions\": %lu",
+                       H2O_DB_VERSION, H2O_VERSION, OpenSSL_version(OPENSSL_VERSION), now_str, launch_str,
+                       (long long)(now - server->launch_time), __atomic_load_n(&server->num_connections, __ATOMIC_RELAXED),
+                       server->max_connections, server->listens.size, server->num_threads,
+                       __atomic_load_n(&server->num_sessions, __ATOMIC_RELAXED));
+    if (ret.len >= cap)
+        ret.len = cap - 1;
+    return ret;
+}
+
+/* `user:`: the sockets are bound; give up root before anything else is opened. */
+static int drop_privileges(const char *user)
+{
+    if (user == NULL)
+        return 0;
+    if (getuid() != 0 && geteuid() != 0) {
+        fprintf(stderr, "h2o-db: not running as root: `user: %s` is ignored\n", user);
+        return 0;
+    }
+    if (h2o_setuidgid(user) != 0) {
+        fprintf(stderr, "h2o-db: cannot switch to user `%s` (see above)\n", user);
+        return -1;
+    }
+    return 0;
 }
 
 static int write_pid_file(const char *path)
@@ -104,17 +152,13 @@ static int write_pid_file(const char *path)
     return 0;
 }
 
-static int redirect_error_log(const char *path)
+/* Opened before privileges are dropped; stderr goes there once the server has started. */
+static int open_error_log(const char *path)
 {
-    FILE *fp = fopen(path, "a");
-    if (fp == NULL) {
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd == -1)
         perror(path);
-        return -1;
-    }
-    setvbuf(fp, NULL, _IOLBF, 0);
-    dup2(fileno(fp), STDERR_FILENO);
-    fclose(fp);
-    return 0;
+    return fd;
 }
 
 int main(int argc, char **argv)
@@ -169,8 +213,14 @@ int main(int argc, char **argv)
     static h2o_db_server_t server;
     server.config_path = config_path;
     server.shutdown_timeout_ms = H2O_DB_SHUTDOWN_TIMEOUT_MS;
+    server.max_connections = H2O_DB_MAX_CONNECTIONS;
+    server.tfo_queues = H2O_DB_TCP_FASTOPEN_QUEUE;
+    server.ssl_resumption = H2O_DB_SSL_RESUME_CACHE | H2O_DB_SSL_RESUME_TICKET;
+    server.launch_time = time(NULL);
     h2o_config_init(&server.globalconf);
     register_configurators(&server);
+    status_server = &server;
+    h2o_config_register_simple_status_handler(&server.globalconf, (h2o_iovec_t){H2O_STRLIT("main")}, on_main_status);
 
     if (h2o_configurator_apply(&server.globalconf, root, test_mode) != 0) {
         yoml_free(root, NULL);
@@ -196,12 +246,19 @@ int main(int argc, char **argv)
     }
     if (h2o_db_server_open_listeners(&server) != 0)
         return 1;
-    if (h2o_db_prepare(&server.globalconf) != 0)
-        return 1;
     if (server.pid_file != NULL && write_pid_file(server.pid_file) != 0)
         return 1;
-    if (server.error_log != NULL && redirect_error_log(server.error_log) != 0)
+    int error_log = -1;
+    if (server.error_log != NULL && (error_log = open_error_log(server.error_log)) == -1)
         return 1;
+    if (drop_privileges(server.user) != 0)
+        return 1;
+    if (h2o_db_prepare(&server.globalconf) != 0)
+        return 1;
+    if (error_log != -1) {
+        dup2(error_log, STDERR_FILENO);
+        close(error_log);
+    }
 
     int status = h2o_db_server_run(&server);
 

@@ -9,20 +9,34 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <uv.h>
 #include "h2o.h"
 #include "h2o/configurator.h"
 
 #define H2O_DB_SHUTDOWN_TIMEOUT_MS 10000
+#define H2O_DB_MAX_CONNECTIONS     1024 /* as h2o */
+#define H2O_DB_TCP_FASTOPEN_QUEUE  4096
+
+typedef struct st_h2o_db_ssl_t h2o_db_ssl_t; /* ssl.c: the TLS contexts of one listener */
 
 typedef struct st_h2o_db_listen_t {
-    struct sockaddr_storage addr;
+    struct sockaddr_storage addr; /* AF_INET, AF_INET6 or AF_UNIX */
     socklen_t addrlen;
-    char *display;  /* "127.0.0.1:8080" for messages */
-    char *filename; /* where it was declared */
+    char *display;  /* "127.0.0.1:8080" or the socket's path, for messages */
+    char *filename; /* where it was first declared */
     size_t line, column;
-    int *fds; /* one SO_REUSEPORT socket per worker thread */
+    h2o_hostconf_t **hosts; /* NULL: every host (declared at global level); else the NULL-terminated hosts that declared it */
+    h2o_db_ssl_t *ssl;      /* NULL: plain HTTP */
+    int proxy_protocol;     /* expect a PROXY protocol line before the request */
+    char *owner;            /* unix sockets: chown to this user, and chmod to permission (-1: leave) */
+    int permission;
+    int *fds; /* one socket per worker thread (SO_REUSEPORT for TCP; the same unix socket dup'ed) */
 } h2o_db_listen_t;
+
+/* ssl-session-resumption modes (bits) */
+#define H2O_DB_SSL_RESUME_CACHE  1
+#define H2O_DB_SSL_RESUME_TICKET 2
 
 typedef struct st_h2o_db_worker_t h2o_db_worker_t;
 
@@ -34,18 +48,42 @@ typedef struct st_h2o_db_server_t {
     uint64_t shutdown_timeout_ms;
     char *error_log;
     char *pid_file;
+    char *user;                /* drop privileges to this user once the sockets are bound */
+    unsigned max_connections;  /* accepted and not yet closed, over every thread */
+    int tfo_queues;            /* TCP_FASTOPEN queue length; 0: off */
+    int ssl_resumption;        /* H2O_DB_SSL_RESUME_* */
+    long ssl_session_lifetime; /* seconds; 0: OpenSSL's default */
+    time_t launch_time;
+    unsigned num_connections;    /* __atomic: connections open now */
+    unsigned long num_sessions;  /* __atomic: connections accepted since start */
+    pthread_mutex_t resume_lock; /* worker.c: the workers' resume handles, open or not; contexts made */
+    pthread_cond_t disposed;     /* a worker disposed of its context */
+    unsigned num_inited;         /* contexts made and not yet disposed of */
     h2o_db_worker_t *workers;
     pthread_barrier_t ready;
     int start_failed; /* a worker could not start: set by workers before the barrier (__atomic) */
 } h2o_db_server_t;
 
-/* Registers listen, num-threads, error-log, pid-file (global level) into `server`. */
+/* Registers the standalone server's directives (global level; listen also at host level) into `server`. */
 void h2o_db_server_register_configurator(h2o_db_server_t *server);
+/* listen.c: registers `listen` (global and host level). */
+void h2o_db_listen_register_configurator(h2o_db_server_t *server);
+
+/* ssl.c. Adds the `ssl:` mapping `node` of a listen (of host `hostconf`, NULL at global level) to
+ * *ssl, made on first use; a second certificate on one address is chosen by SNI. Returns 0, or -1
+ * after printing file:line. Main thread, while the config is applied. */
+int h2o_db_ssl_add(h2o_configurator_command_t *cmd, yoml_t *node, h2o_hostconf_t *hostconf, h2o_db_ssl_t **ssl);
+/* Applies ssl-session-resumption (H2O_DB_SSL_RESUME_* bits, lifetime in seconds or 0) to every context. */
+void h2o_db_ssl_set_resumption(h2o_db_ssl_t *ssl, int mode, long lifetime);
+/* The context a handshake starts with (shared by every worker thread). */
+SSL_CTX *h2o_db_ssl_default_ctx(h2o_db_ssl_t *ssl);
+void h2o_db_ssl_free(h2o_db_ssl_t *ssl);
 
 /* Registers c.handler: FILE.so:SYMBOL at path level. */
 void h2o_db_c_handler_register_configurator(h2o_globalconf_t *conf);
 
-/* Opens every listener socket (one per thread per listen), printing file:line on failure. */
+/* listen.c: opens every listener socket (one per thread per listen) and sets up TLS session
+ * resumption; returns 0, or -1 after printing file:line. Main thread, before the workers start. */
 int h2o_db_server_open_listeners(h2o_db_server_t *server);
 
 /* Runs the worker threads until SIGTERM/SIGINT; returns the process exit status. */

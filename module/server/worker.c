@@ -24,10 +24,28 @@
 #include "thread.h"
 
 struct client {
-    uv_tcp_t tcp; /* first: h2o hands this back to on_client_close */
+    union {
+        uv_handle_t handle; /* first: h2o hands this back to on_client_close */
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } h;
     h2o_db_worker_t *worker;
     h2o_socket_t *sock;
     h2o_linklist_t link;
+};
+
+struct listener {
+    union {
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } h;
+    h2o_db_worker_t *worker;
+    h2o_accept_ctx_t accept_ctx; /* its hosts and TLS context */
+    int is_unix;
+    int waiting; /* a connection is accepted by the kernel and waits below max-connections */
 };
 
 struct st_h2o_db_worker_t {
@@ -36,43 +54,82 @@ struct st_h2o_db_worker_t {
     pthread_t tid;
     uv_loop_t loop;
     h2o_context_t ctx;
-    h2o_accept_ctx_t accept_ctx;
-    uv_tcp_t *listeners;
+    struct listener *listeners;
     uv_async_t wake;
+    uv_async_t resume; /* a connection closed somewhere below max-connections: accept what waits */
+    int resume_open;   /* guarded by server->resume_lock */
+    unsigned order;    /* this context was made after `order` others */
     uv_timer_t drain;
     h2o_linklist_t clients;
     size_t num_clients;
     uint64_t drain_deadline;
+    int stopping;
     int forced; /* the shutdown timeout ran out with clients still connected */
 };
 
 static void on_client_close(uv_handle_t *handle)
 {
     struct client *c = (struct client *)handle;
+    h2o_db_worker_t *w = c->worker;
     h2o_linklist_unlink(&c->link);
-    --c->worker->num_clients;
+    --w->num_clients;
     free(c);
+    h2o_db_server_t *server = w->server;
+    if (__atomic_fetch_sub(&server->num_connections, 1, __ATOMIC_RELAXED) == server->max_connections) {
+        /* (rare: only when the limit was reached; a thread that stopped has closed its handle) */
+        pthread_mutex_lock(&server->resume_lock);
+        for (unsigned i = 0; i < server->num_threads; ++i)
+            if (server->workers[i].resume_open)
+                uv_async_send(&server->workers[i].resume);
+        pthread_mutex_unlock(&server->resume_lock);
+    }
 }
 
-static void on_accept(uv_stream_t *listener, int status)
+/* Takes the connection the kernel accepted for `l`; libuv watches the listener again. */
+static void accept_one(struct listener *l)
 {
-    h2o_db_worker_t *w = listener->data;
-    if (status != 0)
-        return;
+    h2o_db_worker_t *w = l->worker;
     struct client *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return;
-    uv_tcp_init(&w->loop, &c->tcp);
-    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
-        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+    l->waiting = 0;
+    if (l->is_unix)
+        uv_pipe_init(&w->loop, &c->h.pipe, 0);
+    else
+        uv_tcp_init(&w->loop, &c->h.tcp);
+    if (uv_accept(&l->h.stream, &c->h.stream) != 0) {
+        uv_close(&c->h.handle, (uv_close_cb)free);
         return;
     }
-    uv_tcp_nodelay(&c->tcp, 1);
+    if (!l->is_unix)
+        uv_tcp_nodelay(&c->h.tcp, 1);
     c->worker = w;
     h2o_linklist_insert(&w->clients, &c->link);
     ++w->num_clients;
-    c->sock = h2o_uv_socket_create((uv_stream_t *)&c->tcp, on_client_close);
-    h2o_accept(&w->accept_ctx, c->sock);
+    __atomic_fetch_add(&w->server->num_connections, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&w->server->num_sessions, 1, __ATOMIC_RELAXED);
+    c->sock = h2o_uv_socket_create(&c->h.stream, on_client_close);
+    h2o_accept(&l->accept_ctx, c->sock);
+}
+
+/* At max-connections the connection is left with libuv, which stops watching the listener until
+ * it is taken (so at most one per listener and thread waits beyond the limit, as in h2o). */
+static void on_accept(uv_stream_t *stream, int status)
+{
+    struct listener *l = (struct listener *)stream;
+    if (status != 0)
+        return;
+    if (__atomic_load_n(&l->worker->server->num_connections, __ATOMIC_RELAXED) >= l->worker->server->max_connections) {
+        l->waiting = 1;
+        return;
+    }
+    accept_one(l);
+}
+
+static void on_resume(uv_async_t *async)
+{
+    h2o_db_worker_t *w = async->data;
+    for (size_t i = 0; i < w->server->listens.size && !w->stopping; ++i)
+        if (w->listeners[i].waiting && __atomic_load_n(&w->server->num_connections, __ATOMIC_RELAXED) < w->server->max_connections)
+            accept_one(w->listeners + i);
 }
 
 /* HTTP/1 keep-alive connections waiting for their next request are closed at
@@ -86,7 +143,7 @@ static int close_if_idle(h2o_req_t *req, void *data)
     for (h2o_linklist_t *n = w->clients.next; n != &w->clients; n = n->next) {
         struct client *c = H2O_STRUCT_FROM_MEMBER(struct client, link, n);
         uv_os_fd_t fd;
-        if (c->sock == sock && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
+        if (c->sock == sock && uv_fileno(&c->h.handle, &fd) == 0) {
             shutdown(fd, SHUT_RD);
             break;
         }
@@ -125,12 +182,15 @@ static void on_drain_tick(uv_timer_t *timer)
 static void on_wake(uv_async_t *async)
 {
     h2o_db_worker_t *w = async->data;
+    w->stopping = 1;
     for (size_t i = 0; i < w->server->listens.size; ++i)
-        uv_close((uv_handle_t *)&w->listeners[i], NULL);
+        uv_close(&w->listeners[i].h.handle, NULL);
     h2o_context_request_shutdown(&w->ctx);
     w->drain_deadline = uv_now(&w->loop) + w->server->shutdown_timeout_ms;
     uv_timer_start(&w->drain, on_drain_tick, 0, 50);
 }
+
+static void dispose_in_turn(h2o_db_worker_t *w);
 
 static void *worker_main(void *arg)
 {
@@ -141,11 +201,18 @@ static void *worker_main(void *arg)
     h2o_linklist_init_anchor(&w->clients);
     uv_async_init(&w->loop, &w->wake, on_wake);
     w->wake.data = w;
+    uv_async_init(&w->loop, &w->resume, on_resume);
+    w->resume.data = w;
+    pthread_mutex_lock(&server->resume_lock);
+    w->resume_open = 1;
+    pthread_mutex_unlock(&server->resume_lock);
     uv_timer_init(&w->loop, &w->drain);
     w->drain.data = w;
+    /* one context at a time, and disposed of in the reverse order (dispose_in_turn) */
+    pthread_mutex_lock(&server->resume_lock);
     h2o_context_init(&w->ctx, &w->loop, &server->globalconf);
-    w->accept_ctx.ctx = &w->ctx;
-    w->accept_ctx.hosts = server->globalconf.hosts;
+    w->order = server->num_inited++;
+    pthread_mutex_unlock(&server->resume_lock);
 
     /* a handler that cannot start on this thread (mruby) said so while the context was made */
     if (h2o_db_thread_start_failed)
@@ -154,12 +221,21 @@ static void *worker_main(void *arg)
     /* nothing is accepted before uv_run, so listening here still starts every thread together */
     w->listeners = calloc(server->listens.size, sizeof(*w->listeners));
     for (size_t i = 0; i < server->listens.size; ++i) {
-        uv_tcp_init(&w->loop, &w->listeners[i]);
-        uv_tcp_open(&w->listeners[i], server->listens.entries[i].fds[w->index]);
-        w->listeners[i].data = w;
-        int err = uv_listen((uv_stream_t *)&w->listeners[i], 1024, on_accept);
+        h2o_db_listen_t *conf = server->listens.entries + i;
+        struct listener *l = w->listeners + i;
+        l->worker = w;
+        l->is_unix = conf->addr.ss_family == AF_UNIX;
+        l->accept_ctx.ctx = &w->ctx;
+        l->accept_ctx.hosts = conf->hosts != NULL ? conf->hosts : server->globalconf.hosts;
+        l->accept_ctx.ssl_ctx = conf->ssl != NULL ? h2o_db_ssl_default_ctx(conf->ssl) : NULL;
+        l->accept_ctx.expect_proxy_line = conf->proxy_protocol;
+        int err = l->is_unix ? uv_pipe_init(&w->loop, &l->h.pipe, 0) : uv_tcp_init(&w->loop, &l->h.tcp);
+        if (err == 0)
+            err = l->is_unix ? uv_pipe_open(&l->h.pipe, conf->fds[w->index]) : uv_tcp_open(&l->h.tcp, conf->fds[w->index]);
+        if (err == 0)
+            err = uv_listen(&l->h.stream, 1024, on_accept);
         if (err != 0) {
-            fprintf(stderr, "h2o-db: cannot listen on %s: %s\n", server->listens.entries[i].display, uv_strerror(err));
+            fprintf(stderr, "h2o-db: cannot listen on %s: %s\n", conf->display, uv_strerror(err));
             __atomic_store_n(&server->start_failed, 1, __ATOMIC_RELAXED);
         }
     }
@@ -169,85 +245,54 @@ static void *worker_main(void *arg)
         return NULL; /* the main thread reports it and exits 1 */
 
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    pthread_mutex_lock(&server->resume_lock);
+    w->resume_open = 0;
+    pthread_mutex_unlock(&server->resume_lock);
 
-    if (!w->forced) {
-        /* every connection is gone: dispose of the context (closes the database pools). The one
-         * entry libh2o 2.2.5 leaves linked is the context's own GOAWAY resend timer, which
-         * h2o_context_request_shutdown links and which re-links itself while HTTP/2 connections
-         * remain; h2o_context_dispose asserts that the context's timeouts are empty. */
-        if (h2o_timeout_is_linked(&w->ctx.http2._graceful_shutdown_timeout))
-            h2o_timeout_unlink(&w->ctx.http2._graceful_shutdown_timeout);
-        h2o_context_dispose(&w->ctx);
-        uv_close((uv_handle_t *)&w->wake, NULL);
-        uv_close((uv_handle_t *)&w->drain, NULL);
-        /* let the pools finish closing their connections (SQLite's worker threads answer
-         * through async handles), within a bound */
-        uv_timer_t guard;
-        uv_timer_init(&w->loop, &guard);
-        uv_timer_start(&guard, on_close_guard, 5000, 0);
-        uv_unref((uv_handle_t *)&guard);
-        uv_run(&w->loop, UV_RUN_DEFAULT);
-        uv_walk(&w->loop, close_handle_cb, NULL);
-        uv_run(&w->loop, UV_RUN_DEFAULT);
-        uv_loop_close(&w->loop);
-    }
+    dispose_in_turn(w);
     return NULL;
 }
 
-static int open_listener(h2o_db_listen_t *l)
+/* Every connection is gone: dispose of the context (closes the database pools). */
+static void dispose(h2o_db_worker_t *w)
 {
-    int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), on = 1;
-    if (fd == -1)
-        return -1;
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0 ||
-        (l->addr.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on)) != 0) ||
-        bind(fd, (struct sockaddr *)&l->addr, l->addrlen) != 0) {
-        int saved = errno;
-        close(fd);
-        errno = saved;
-        return -1;
-    }
-    return fd;
+    /* The one entry libh2o 2.2.5 leaves linked is the context's own GOAWAY resend timer, which
+     * h2o_context_request_shutdown links and which re-links itself while HTTP/2 connections
+     * remain; h2o_context_dispose asserts that the context's timeouts are empty. */
+    if (h2o_timeout_is_linked(&w->ctx.http2._graceful_shutdown_timeout))
+        h2o_timeout_unlink(&w->ctx.http2._graceful_shutdown_timeout);
+    h2o_context_dispose(&w->ctx);
+    uv_close((uv_handle_t *)&w->wake, NULL);
+    uv_close((uv_handle_t *)&w->drain, NULL);
+    uv_close((uv_handle_t *)&w->resume, NULL);
+    /* let the pools finish closing their connections (SQLite's worker threads answer
+     * through async handles), within a bound */
+    uv_timer_t guard;
+    uv_timer_init(&w->loop, &guard);
+    uv_timer_start(&guard, on_close_guard, 5000, 0);
+    uv_unref((uv_handle_t *)&guard);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    uv_walk(&w->loop, close_handle_cb, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&w->loop);
 }
 
-/* SO_REUSEPORT would let us share the port with another server already listening there:
- * bind a plain socket first, so that a port in use is an error. */
-static int probe_port(h2o_db_listen_t *l)
+/* libh2o 2.2.5's handlers keep per-context lists that its on_context_init appends to without a
+ * lock, and that some on_context_dispose (the status handler's) can only shrink from the end:
+ * contexts are made one at a time, and disposed of last made first. */
+static void dispose_in_turn(h2o_db_worker_t *w)
 {
-    int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), on = 1, ret = 0;
-    if (fd == -1)
-        return -1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
-    if (l->addr.ss_family == AF_INET6)
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
-    if (bind(fd, (struct sockaddr *)&l->addr, l->addrlen) != 0)
-        ret = -1;
-    int saved = errno;
-    close(fd);
-    errno = saved;
-    return ret;
-}
-
-int h2o_db_server_open_listeners(h2o_db_server_t *server)
-{
-    for (size_t i = 0; i < server->listens.size; ++i) {
-        h2o_db_listen_t *l = server->listens.entries + i;
-        if (probe_port(l) != 0) {
-            fprintf(stderr, "%s:%zu:%zu: in command listen, cannot bind %s: %s\n", l->filename, l->line + 1, l->column + 1,
-                    l->display, strerror(errno));
-            return -1;
-        }
-        l->fds = calloc(server->num_threads, sizeof(int));
-        for (unsigned t = 0; t < server->num_threads; ++t) {
-            if ((l->fds[t] = open_listener(l)) == -1) {
-                fprintf(stderr, "%s:%zu:%zu: in command listen, cannot bind %s: %s\n", l->filename, l->line + 1, l->column + 1,
-                        l->display, strerror(errno));
-                return -1;
-            }
-        }
-    }
-    return 0;
+    h2o_db_server_t *server = w->server;
+    pthread_mutex_lock(&server->resume_lock);
+    while (server->num_inited != w->order + 1)
+        pthread_cond_wait(&server->disposed, &server->resume_lock);
+    pthread_mutex_unlock(&server->resume_lock);
+    if (!w->forced)
+        dispose(w);
+    pthread_mutex_lock(&server->resume_lock);
+    --server->num_inited;
+    pthread_cond_broadcast(&server->disposed);
+    pthread_mutex_unlock(&server->resume_lock);
 }
 
 int h2o_db_server_run(h2o_db_server_t *server)
@@ -260,6 +305,8 @@ int h2o_db_server_run(h2o_db_server_t *server)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
     pthread_barrier_init(&server->ready, NULL, server->num_threads + 1);
+    pthread_mutex_init(&server->resume_lock, NULL);
+    pthread_cond_init(&server->disposed, NULL);
     server->workers = calloc(server->num_threads, sizeof(*server->workers));
     for (unsigned i = 0; i < server->num_threads; ++i) {
         h2o_db_worker_t *w = server->workers + i;

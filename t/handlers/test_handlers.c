@@ -82,3 +82,11 @@ int contexts(h2o_handler_t *self, h2o_req_t *req)
     snprintf(buf, sizeof(buf), "%d\n", __atomic_load_n(&contexts_seen, __ATOMIC_RELAXED));
     return respond(req, 200, buf);
 }
+
+/* Which worker thread served the request: its context's address. */
+int context_id(h2o_handler_t *self, h2o_req_t *req)
+{
+    char buf[32];
+    snprintf(buf, sizeof(buf), "%p\n", (void *)req->conn->ctx);
+    return respond(req, 200, buf);
+}

@@ -206,8 +206,8 @@ START_TEST(check_mode_accepts_good_and_rejects_bad_configs)
         {"listen: 8080\nhosts:\n  default:\n    paths:\n      /:\n        c.handler: nocolon\n",
          "h2o-db.conf:6:20: in command c.handler, expected FILE.so:SYMBOL"},
         {"listen: 8080\nhosts: [\n", "h2o-db.conf:3:1: YAML syntax error"},
-        {"listen: 8080\nhosts:\n  default:\n    paths:\n      /:\n        file.dir: .\n    paths: {}\n",
-         "h2o-db.conf:7:5: duplicate key `paths`"},
+        {"listen: 8080\nlisten: {port: 8081, colour: blue}\nhosts:\n  default:\n    paths:\n      /:\n        file.dir: .\n",
+         "h2o-db.conf:2:22: in command listen, unknown attribute"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); ++i) {
         int status = th_run_h2o_db("-t", bad[i].conf, &out);

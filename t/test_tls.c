@@ -278,10 +278,10 @@ START_TEST(every_tls_config_error_names_file_and_line)
     refused(dir, "ON", 4, "`ssl` must be a mapping");
     /* one address cannot serve both HTTP and HTTPS */
     char *conf =
-             th_fmt("listen:\n  - {port: @PORT@, ssl: {%s}}\n  - @PORT@\nhosts: {default: {paths: {/: {file.dir: %s}}}}\n", a, dir),
+             th_fmt("listen: {port: @PORT@, ssl: {%s}}\nlisten: @PORT@\nhosts: {default: {paths: {/: {file.dir: %s}}}}\n", a, dir),
          *out = NULL;
     ck_assert_int_eq(th_run_h2o_db("-t", conf, &out), 1);
-    ck_assert_msg(strstr(out, "h2o-db.conf:3:") != NULL && strstr(out, "it cannot serve both") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "h2o-db.conf:2:") != NULL && strstr(out, "it cannot serve both") != NULL, "%s", out);
     free(out);
     free(conf);
     /* and a good one passes, with the options h2o.conf uses */
@@ -322,10 +322,10 @@ START_TEST(host_level_listen_unix_socket_and_proxy_protocol)
 {
     char *dir = tls_dir();
     int own = th_free_port(), proxied = th_free_port();
-    char *conf = th_fmt("listen:\n"
-                        "  - {host: 127.0.0.1, port: @PORT@}\n"
-                        "  - {type: unix, port: %s/h2o.sock, permission: 600}\n"
-                        "  - {host: 127.0.0.1, port: %d, proxy-protocol: ON}\n"
+    /* (a key repeats, as in h2o.conf) */
+    char *conf = th_fmt("listen: {host: 127.0.0.1, port: @PORT@}\n"
+                        "listen: {type: unix, port: %s/h2o.sock, permission: 600}\n"
+                        "listen: {host: 127.0.0.1, port: %d, proxy-protocol: ON}\n"
                         "access-log: {path: %s/access.log, format: \"%%h %%U\"}\n"
                         "hosts:\n"
                         "  default:\n"

@@ -1,8 +1,8 @@
 /*
  * An LD_PRELOAD shim for bench/malloc-count: counts malloc/calloc/realloc calls by the object
- * that called them (the h2o-db executable — project code — or libh2o, libpq, libc, ...), and
- * prints the counts on SIGUSR2 and at exit. Used to show that a one-row lookup allocates nothing
- * in project code beyond the one request-end chunk (h2o_mem_alloc_shared).
+ * that called them (libh2o-db.so.0 and the h2o-db executable — project code — or libh2o, libpq,
+ * libc, ...), and prints the counts on SIGUSR2 and at exit. Used to show that a one-row lookup
+ * allocates nothing in project code beyond the one request-end chunk (h2o_mem_alloc_shared).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE

@@ -16,6 +16,13 @@ extern "C" {
 #include <stddef.h>
 #include <stdint.h>
 #include "h2o.h"
+#include "yoml.h"
+
+/* The version of this header. meson.build refuses to configure when these differ from its
+ * project version, and the embed suite compares them with h2o_db_version(). */
+#define H2O_DB_VERSION_MAJOR 0
+#define H2O_DB_VERSION_MINOR 1
+#define H2O_DB_VERSION_PATCH 0
 
 #define H2O_DB_DEFAULT_KEY "sa_main"
 
@@ -23,18 +30,37 @@ typedef struct st_h2o_db_session_t h2o_db_session_t;
 typedef struct st_h2o_db_result_t h2o_db_result_t;
 typedef void (*h2o_db_cb)(h2o_db_result_t *result, void *data);
 
-/* Adds the db.* directives to a globalconf (for embedders of libh2o; h2o-db calls it). */
+/* The version of the library in use, "MAJOR.MINOR.PATCH" (it may differ from the H2O_DB_VERSION_*
+ * the caller was compiled with). A static string: valid forever, never freed. Any thread. */
+const char *h2o_db_version(void);
+
+/* ---- For embedders of libh2o (docs/embedding.md); h2o-db calls these itself ---- */
+
+/* Adds the db.* directives to a globalconf, after h2o_config_init(). Main thread, before
+ * h2o_configurator_apply(); one globalconf per process (the binds are process-wide). */
 void h2o_db_register_configurator(h2o_globalconf_t *conf);
 
-/* For embedders, after h2o_configurator_apply() and before serving: runs each bind's
- * `schema`, opens `connect-at-start` connections. Prints what failed; 0 on success. */
+/* Reads an h2o.conf-style YAML file into the tree h2o_configurator_apply() takes (Debian's libh2o
+ * has no YAML parser): anchors and aliases, `!file` includes relative to the including file, every
+ * node naming its file and line. Returns the tree (free it with yoml_free(root, NULL) once applied),
+ * or NULL after writing "FILE:LINE:COLUMN: MESSAGE" into err. Any thread; blocking (reads files). */
+yoml_t *h2o_db_yaml_load_file(const char *path, char *err, size_t errsz);
+/* The same for text in memory; `filename` is what the nodes and errors name, and the folder that
+ * relative paths (`!file`, db.bind's schema, sqlite:///relative) start from. */
+yoml_t *h2o_db_yaml_load_string(const char *filename, const char *text, size_t len, char *err, size_t errsz);
+
+/* After h2o_configurator_apply() and before the first h2o_context_init(): runs each bind's
+ * `schema`, two-phase recovery, opens `connect-at-start` connections. Main thread; blocks (it
+ * connects). Prints what failed (FILE:LINE:COLUMN: ...) to stderr; 0 on success, -1: do not serve. */
 int h2o_db_prepare(h2o_globalconf_t *conf);
 
-/* What `h2o-db -t` adds to the configurator's checks: with connect != 0, connects to
- * every bound database once. Prints what failed; 0 on success. */
+/* What `h2o-db -t` adds to the configurator's checks, instead of h2o_db_prepare(): lists the binds
+ * on stdout, and with connect != 0 connects to every bound database once. Main thread; blocks.
+ * Prints what failed to stderr; 0 on success. */
 int h2o_db_check(h2o_globalconf_t *conf, int connect);
 
-/* "postgresql, sqlite" and so on: the backends this build supports. */
+/* "postgresql via libpq 15.x, sqlite via 3.x, ...": the backends this build supports. A static
+ * buffer, rewritten by each call: call it from one thread at a time. */
 const char *h2o_db_backends(void);
 
 /* NULL key means sa_main. NULL when that key is not attached on this request's path. */

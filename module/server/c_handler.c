@@ -10,7 +10,8 @@
  *     void SYMBOL_on_context_dispose(h2o_handler_t *self, h2o_context_t *ctx);
  *
  * FILE is relative to the folder of the config file naming it. The object needs
- * no -l flags: h2o_db_* and h2o_* resolve against the h2o-db executable.
+ * no -l flags: h2o_db_* resolve against libh2o-db.so and h2o_* against libh2o.so,
+ * which the h2o-db executable has loaded (globally) before it opens the object.
  */
 #include <dlfcn.h>
 #include <stdio.h>

@@ -218,6 +218,27 @@ START_TEST(check_mode_accepts_good_and_rejects_bad_configs)
 }
 END_TEST
 
+/* the config Debian's h2o package installs, unchanged (scripts/test finds it) */
+START_TEST(debian_h2o_conf_passes_the_check)
+{
+    const char *path = getenv("H2O_DB_TEST_DEBIAN_H2O_CONF");
+    ck_assert_msg(path != NULL, "H2O_DB_TEST_DEBIAN_H2O_CONF is not set: run the suite through scripts/test");
+    FILE *fp = fopen(path, "r");
+    ck_assert_msg(fp != NULL, "cannot read %s", path);
+    char text[8192];
+    size_t n = fread(text, 1, sizeof(text) - 1, fp);
+    text[n] = '\0';
+    fclose(fp);
+    ck_assert_msg(strstr(text, "listen:") != NULL && strstr(text, "hosts:") != NULL, "%s is not Debian's h2o.conf", path);
+    char *cmd = th_fmt("%s/h2o-db -t -c %s 2>&1", th_build_dir(), path), out[4096] = "";
+    FILE *p = popen(cmd, "r");
+    out[fread(out, 1, sizeof(out) - 1, p)] = '\0';
+    int status = pclose(p);
+    ck_assert_msg(status == 0, "h2o-db -t -c %s: %s", path, out);
+    free(cmd);
+}
+END_TEST
+
 START_TEST(a_bad_config_never_listens)
 {
     /* the listen directive comes first, the error after it: nothing may have been bound */
@@ -293,6 +314,38 @@ START_TEST(sigterm_lets_the_request_in_flight_finish)
 }
 END_TEST
 
+static int file_has(void *arg)
+{
+    const char *const *what = arg; /* {path, text} */
+    FILE *fp = fopen(what[0], "r");
+    char buf[8192] = "";
+    size_t n = fp != NULL ? fread(buf, 1, sizeof(buf) - 1, fp) : 0;
+    buf[n] = '\0';
+    if (fp != NULL)
+        fclose(fp);
+    return strstr(buf, what[1]) != NULL;
+}
+
+/* error-log: FILE, and `| COMMAND` as h2o spawns it (Debian's h2o.conf pipes it to rotatelogs) */
+START_TEST(error_log_goes_to_a_file_or_a_command)
+{
+    for (int piped = 0; piped <= 1; ++piped) {
+        char *dir = th_tmpdir(), *log = th_fmt("%s/error.log", dir);
+        char *conf = th_fmt("listen: {host: 127.0.0.1, port: @PORT@}\nerror-log: \"%s%s\"\n"
+                            "hosts: {default: {paths: {/: {file.dir: %s}}}}\n",
+                            piped ? "| exec cat >> " : "", log, dir);
+        th_server_t s;
+        ck_assert_msg(th_server_start_in(&s, dir, conf) == 0, "%s", th_server_log(&s));
+        ck_assert_int_eq(th_server_stop(&s, 15000), 0);
+        const char *what[] = {log, "h2o-db: received SIGTERM"};
+        ck_assert_msg(th_wait_until(file_has, what, 10000), "%s has no SIGTERM line (piped: %d)", log, piped);
+        free(conf);
+        free(log);
+        free(dir);
+    }
+}
+END_TEST
+
 START_TEST(sigterm_closes_idle_keep_alive_connections)
 {
     start();
@@ -325,9 +378,11 @@ int main(void)
     tcase_add_test(tc, http1_keep_alive_serves_several_requests_on_one_connection);
     tcase_add_test(tc, check_mode_accepts_good_and_rejects_bad_configs);
     tcase_add_test(tc, a_bad_config_never_listens);
+    tcase_add_test(tc, debian_h2o_conf_passes_the_check);
     tcase_add_test(tc, version_and_help);
     tcase_add_test(tc, sigterm_lets_the_request_in_flight_finish);
     tcase_add_test(tc, sigterm_closes_idle_keep_alive_connections);
+    tcase_add_test(tc, error_log_goes_to_a_file_or_a_command);
     suite_add_tcase(s, tc);
     return th_run_suite(s);
 }

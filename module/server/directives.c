@@ -76,9 +76,14 @@ static int on_path_directive(h2o_configurator_command_t *cmd, yoml_t *node, char
     return 0;
 }
 
+/* error-log: FILE, or `| COMMAND` (as h2o: the log is piped to the command's standard input) */
 static int on_error_log(h2o_configurator_command_t *cmd, h2o_configurator_context_t *ctx, yoml_t *node)
 {
-    return on_path_directive(cmd, node, &server_of(cmd)->error_log);
+    if (node->data.scalar[0] != '|')
+        return on_path_directive(cmd, node, &server_of(cmd)->error_log);
+    free(server_of(cmd)->error_log);
+    server_of(cmd)->error_log = strdup(node->data.scalar);
+    return 0;
 }
 
 static int on_pid_file(h2o_configurator_command_t *cmd, h2o_configurator_context_t *ctx, yoml_t *node)

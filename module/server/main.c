@@ -155,9 +155,10 @@ static int write_pid_file(const char *path)
 /* Opened before privileges are dropped; stderr goes there once the server has started. */
 static int open_error_log(const char *path)
 {
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    /* a file, or `| COMMAND` that libh2o spawns (as for access-log) */
+    int fd = h2o_access_log_open_log(path);
     if (fd == -1)
-        perror(path);
+        fprintf(stderr, "h2o-db: cannot open the error log `%s`\n", path);
     return fd;
 }
 

@@ -257,8 +257,11 @@ h2o_db_session_t *h2o_db_session_open(h2o_context_t *ctx, const char *key)
     if (key == NULL)
         key = H2O_DB_DEFAULT_KEY;
     h2o_db_bind_t *bind = NULL;
-    for (size_t i = 0; i < h2o_db_config.binds.size; ++i) {
-        h2o_db_bind_t *b = h2o_db_config.binds.entries[i];
+    h2o_db_config_t *config = ctx != NULL             ? h2o_db_config_of(ctx->globalconf)
+                              : h2o_db_thread != NULL ? h2o_db_thread->config
+                                                      : NULL;
+    for (size_t i = 0; config != NULL && i < config->binds.size; ++i) {
+        h2o_db_bind_t *b = config->binds.entries[i];
         if (strcmp(b->scope, "global") == 0 && strcmp(b->key, key) == 0)
             bind = b;
     }

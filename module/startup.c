@@ -42,8 +42,9 @@ const char *h2o_db_backends(void)
 int h2o_db_prepare(h2o_globalconf_t *conf)
 {
     char err[1024];
-    for (size_t i = 0; i < h2o_db_config.binds.size; ++i) {
-        h2o_db_bind_t *bind = h2o_db_config.binds.entries[i];
+    h2o_db_config_t *config = h2o_db_config_of(conf);
+    for (size_t i = 0; config != NULL && i < config->binds.size; ++i) {
+        h2o_db_bind_t *bind = config->binds.entries[i];
         if (bind->driver->prepare_bind(bind, err, sizeof(err)) != 0) {
             fprintf(stderr, "%s:%zu:%zu: db.bind `%s`: %s\n", bind->filename, bind->line + 1, bind->column + 1, bind->key, err);
             return -1;
@@ -68,8 +69,9 @@ int h2o_db_check(h2o_globalconf_t *conf, int connect)
 {
     int ret = 0;
     char err[1024];
-    for (size_t i = 0; i < h2o_db_config.binds.size; ++i) {
-        h2o_db_bind_t *bind = h2o_db_config.binds.entries[i];
+    h2o_db_config_t *config = h2o_db_config_of(conf);
+    for (size_t i = 0; config != NULL && i < config->binds.size; ++i) {
+        h2o_db_bind_t *bind = config->binds.entries[i];
         if (!connect) {
             printf("h2o-db: bind `%s` (%s): %s\n", bind->key, bind->scope, bind->url.display);
             continue;

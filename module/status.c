@@ -149,12 +149,12 @@ struct row {
     struct snapshot s;
 };
 
-static size_t collect(h2o_db_thread_t *const *threads, size_t num_threads, struct row **rows)
+static size_t collect(h2o_db_config_t *config, h2o_db_thread_t *const *threads, size_t num_threads, struct row **rows)
 {
     size_t n = 0;
-    *rows = malloc(sizeof(**rows) * (h2o_db_config.binds.size * num_threads + 1));
-    for (size_t b = 0; b < h2o_db_config.binds.size; ++b) {
-        h2o_db_bind_t *bind = h2o_db_config.binds.entries[b];
+    *rows = malloc(sizeof(**rows) * (config->binds.size * num_threads + 1));
+    for (size_t b = 0; b < config->binds.size; ++b) {
+        h2o_db_bind_t *bind = config->binds.entries[b];
         for (size_t t = 0; t < num_threads; ++t) {
             h2o_db_pool_t *pool = h2o_db_thread_pool(threads[t], bind->id);
             if (pool == NULL)
@@ -168,11 +168,11 @@ static size_t collect(h2o_db_thread_t *const *threads, size_t num_threads, struc
     return n;
 }
 
-static void render_json(struct out *o, const struct row *rows, size_t n, size_t num_threads)
+static void render_json(struct out *o, h2o_db_config_t *config, const struct row *rows, size_t n, size_t num_threads)
 {
     outf(o, "{\"threads\":%zu,\"binds\":[", num_threads);
-    for (size_t b = 0; b < h2o_db_config.binds.size; ++b) {
-        h2o_db_bind_t *bind = h2o_db_config.binds.entries[b];
+    for (size_t b = 0; b < config->binds.size; ++b) {
+        h2o_db_bind_t *bind = config->binds.entries[b];
         h2o_db_pool_config_t *cfg = &bind->pool;
         outf(o, "%s{\"key\":", b != 0 ? "," : "");
         out_json_string(o, bind->key);
@@ -265,17 +265,18 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")) &&
         !h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD")))
         return -1;
+    h2o_db_config_t *config = h2o_db_config_of(req->conn->ctx->globalconf);
     h2o_db_thread_t *const *threads;
-    size_t num_threads = h2o_db_threads_lock(&threads);
+    size_t num_threads = h2o_db_threads_lock(config, &threads);
     struct row *rows;
-    size_t n = collect(threads, num_threads, &rows);
-    h2o_db_threads_unlock();
+    size_t n = collect(config, threads, num_threads, &rows);
+    h2o_db_threads_unlock(config);
     struct out o = {malloc(4096), 0, 4096};
     int prom = wants_prometheus(req);
     if (prom)
         render_prometheus(&o, rows, n);
     else
-        render_json(&o, rows, n, num_threads);
+        render_json(&o, config, rows, n, num_threads);
     free(rows);
 
     h2o_iovec_t body = h2o_strdup(&req->pool, o.buf, o.len);

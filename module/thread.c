@@ -12,20 +12,16 @@ __thread h2o_db_thread_t *h2o_db_thread;
 
 __thread int h2o_db_thread_start_failed;
 
-static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static h2o_db_thread_t **registry;
-static size_t registry_size;
-
-size_t h2o_db_threads_lock(h2o_db_thread_t *const **threads)
+size_t h2o_db_threads_lock(h2o_db_config_t *config, h2o_db_thread_t *const **threads)
 {
-    pthread_mutex_lock(&registry_lock);
-    *threads = registry;
-    return registry_size;
+    pthread_mutex_lock(&config->threads_lock);
+    *threads = config->threads.entries;
+    return config->threads.size;
 }
 
-void h2o_db_threads_unlock(void)
+void h2o_db_threads_unlock(h2o_db_config_t *config)
 {
-    pthread_mutex_unlock(&registry_lock);
+    pthread_mutex_unlock(&config->threads_lock);
 }
 
 static void run_later(uv_idle_t *idle)
@@ -191,14 +187,15 @@ static void on_handle_closed(uv_handle_t *handle)
 static void dispose_thread(void *data)
 {
     h2o_db_thread_t *thread = data;
-    pthread_mutex_lock(&registry_lock);
-    for (size_t i = 0; i < registry_size; ++i) {
-        if (registry[i] == thread) {
-            registry[i] = registry[--registry_size];
+    h2o_db_config_t *config = thread->config;
+    pthread_mutex_lock(&config->threads_lock);
+    for (size_t i = 0; i < config->threads.size; ++i) {
+        if (config->threads.entries[i] == thread) {
+            config->threads.entries[i] = config->threads.entries[--config->threads.size];
             break;
         }
     }
-    pthread_mutex_unlock(&registry_lock);
+    pthread_mutex_unlock(&config->threads_lock);
     while (!h2o_linklist_is_empty(&thread->disposers)) {
         h2o_db_disposer_t *d = H2O_STRUCT_FROM_MEMBER(h2o_db_disposer_t, link, thread->disposers.next);
         h2o_linklist_unlink(&d->link);
@@ -242,16 +239,17 @@ h2o_db_thread_t *h2o_db_thread_init(h2o_context_t *ctx)
     uv_unref((uv_handle_t *)&t->flush_prepare);
     h2o_db_thread = t;
 
-    pthread_mutex_lock(&registry_lock);
-    t->index = (unsigned)registry_size;
-    registry = realloc(registry, sizeof(*registry) * (registry_size + 1));
-    registry[registry_size++] = t;
-    pthread_mutex_unlock(&registry_lock);
+    h2o_db_config_t *config = t->config = h2o_db_config_of(ctx->globalconf);
+    pthread_mutex_lock(&config->threads_lock);
+    t->index = (unsigned)config->threads.size;
+    h2o_vector_reserve(NULL, &config->threads, config->threads.size + 1);
+    config->threads.entries[config->threads.size++] = t;
+    pthread_mutex_unlock(&config->threads_lock);
 
-    t->num_pools = h2o_db_config.binds.size;
+    t->num_pools = config->binds.size;
     t->pools = calloc(t->num_pools + 1, sizeof(*t->pools));
     for (size_t i = 0; i < t->num_pools; ++i)
-        t->pools[i] = h2o_db_pool_create(t, h2o_db_config.binds.entries[i]);
+        t->pools[i] = h2o_db_pool_create(t, config->binds.entries[i]);
 
     *h2o_context_get_storage(ctx, &storage_key, dispose_thread) = t;
     return t;

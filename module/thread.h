@@ -43,6 +43,7 @@ typedef struct st_h2o_db_disposer_t {
 typedef struct st_h2o_db_thread_t {
     uv_loop_t *loop;
     h2o_context_t *ctx;
+    struct st_h2o_db_config_t *config; /* the loaded config this thread serves */
     size_t num_pools;
     h2o_db_pool_t **pools; /* by bind->id */
     unsigned index;        /* 0, 1, ... in order of creation (for the status page) */
@@ -105,11 +106,11 @@ static inline uint64_t h2o_db_now(h2o_db_thread_t *thread)
     return uv_now(thread->loop);
 }
 
-/* Every live thread state (for the status page): returns how many and sets *threads, holding
+/* Every live thread state of a loaded config (for the status page): returns how many and sets *threads, holding
  * the registry's lock until h2o_db_threads_unlock(). Meanwhile no thread disposes its pools (a
  * thread leaves the registry under that lock before it destroys them), so they can be read; read
  * their numbers with relaxed atomic loads (pool.h). Any thread; do not block while holding it. */
-size_t h2o_db_threads_lock(h2o_db_thread_t *const **threads);
-void h2o_db_threads_unlock(void);
+size_t h2o_db_threads_lock(struct st_h2o_db_config_t *config, h2o_db_thread_t *const **threads);
+void h2o_db_threads_unlock(struct st_h2o_db_config_t *config);
 
 #endif

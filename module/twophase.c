@@ -4,6 +4,7 @@
  */
 #include <libpq-fe.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,6 +104,23 @@ static int exec_ok(PGconn *pg, h2o_db_bind_t *bind, const char *sql, int nparams
     return 0;
 }
 
+/* The prefixes this process has recovered (with remember = 1: adds `prefix`); whether it was there. */
+static int recovered(const char *prefix, int remember)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static H2O_VECTOR(char *) done;
+    int found = 0;
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < done.size && !found; ++i)
+        found = strcmp(done.entries[i], prefix) == 0;
+    if (!found && remember) {
+        h2o_vector_reserve(NULL, &done, done.size + 1);
+        done.entries[done.size++] = strdup(prefix);
+    }
+    pthread_mutex_unlock(&lock);
+    return found;
+}
+
 int h2o_db_twophase_prepare(h2o_db_bind_t *bind)
 {
     size_t n = 1 + bind->partitions.size;
@@ -137,7 +155,12 @@ int h2o_db_twophase_prepare(h2o_db_bind_t *bind)
                 0, NULL, NULL) != 0)
         goto Exit;
 
-    /* this instance's leftovers: commit what was decided, roll back the rest */
+    /* this instance's leftovers: commit what was decided, roll back the rest; once per process
+     * (after a reload, what carries the prefix belongs to the previous config's live requests) */
+    if (recovered(prefix, 0)) {
+        ret = 0;
+        goto Exit;
+    }
     const char *prefix_param[] = {prefix};
     for (size_t i = 0; i < n; ++i) {
         PGresult *gids;
@@ -172,6 +195,7 @@ int h2o_db_twophase_prepare(h2o_db_bind_t *bind)
     if (exec_ok(conns[0], bind, "DELETE FROM " H2O_DB_TWOPHASE_TABLE " WHERE left(txn, length($1)) = $1", 1, prefix_param, NULL) !=
         0)
         goto Exit;
+    recovered(prefix, 1);
     ret = 0;
 Exit:
     for (size_t i = 0; i < n; ++i)

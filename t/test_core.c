@@ -668,8 +668,6 @@ static void setup(const struct combo *combo)
     }
     for (size_t i = 0; i < T.nbinds; ++i)
         T.bind_ptrs[i] = T.binds + i;
-    h2o_db_config.binds.entries = T.bind_ptrs;
-    h2o_db_config.binds.size = h2o_db_config.binds.capacity = T.nbinds;
     if (h2o_db_thread != NULL) {
         problem("h2o_db_thread was left set by an earlier case");
         h2o_db_thread = NULL;
@@ -679,6 +677,12 @@ static void setup(const struct combo *combo)
     uv_timer_start(&T.tick, on_tick, 2, 2); /* bounds each UV_RUN_ONCE */
     h2o_config_init(&T.globalconf);
     h2o_config_register_host(&T.globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_db_register_configurator(&T.globalconf);
+    h2o_db_config_t *config = h2o_db_config_of(&T.globalconf);
+    for (size_t i = 0; i < T.nbinds; ++i) {
+        h2o_vector_reserve(NULL, &config->binds, config->binds.size + 1);
+        config->binds.entries[config->binds.size++] = T.bind_ptrs[i];
+    }
     h2o_context_init(&T.ctx, &T.loop, &T.globalconf);
 }
 
@@ -706,9 +710,8 @@ static void teardown(void)
         uv_run(&T.loop, UV_RUN_NOWAIT);
         uv_loop_close(&T.loop);
     }
+    h2o_db_config_of(&T.globalconf)->binds.size = 0; /* (the test's own binds) */
     h2o_config_dispose(&T.globalconf);
-    h2o_db_config.binds.entries = NULL;
-    h2o_db_config.binds.size = h2o_db_config.binds.capacity = 0;
     if (fd_stats.closes != fd_stats.opens || fd_stats.frees != fd_stats.opens)
         problem("dispose: %u connections opened, %u closed, %u freed", fd_stats.opens, fd_stats.closes, fd_stats.frees);
     if (fd_stats.violations != 0)

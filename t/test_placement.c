@@ -59,13 +59,15 @@ static void setup(const h2o_db_driver_t *driver, unsigned max, unsigned depth)
     b->pool = (h2o_db_pool_config_t){.max = max, .queue = 64, .pipeline_depth = depth, .idle_timeout = 60000};
     b->pool.acquire_timeout = 5000 * (uint64_t)th_time_factor();
     T.bind_ptr = b;
-    h2o_db_config.binds.entries = &T.bind_ptr;
-    h2o_db_config.binds.size = h2o_db_config.binds.capacity = 1;
     uv_loop_init(&T.loop);
     uv_timer_init(&T.loop, &T.tick);
     uv_timer_start(&T.tick, on_tick, 2, 2); /* bounds each UV_RUN_ONCE */
     h2o_config_init(&T.globalconf);
     h2o_config_register_host(&T.globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_db_register_configurator(&T.globalconf);
+    h2o_db_config_t *config = h2o_db_config_of(&T.globalconf);
+    h2o_vector_reserve(NULL, &config->binds, 1);
+    config->binds.entries[config->binds.size++] = b;
     h2o_context_init(&T.ctx, &T.loop, &T.globalconf);
 }
 
@@ -88,9 +90,8 @@ static void teardown(void)
         uv_run(&T.loop, UV_RUN_NOWAIT);
     ck_assert_int_eq(fd_allocated(), 0);
     ck_assert_int_eq(uv_loop_close(&T.loop), 0);
+    h2o_db_config_of(&T.globalconf)->binds.size = 0; /* (the test's own bind) */
     h2o_config_dispose(&T.globalconf);
-    h2o_db_config.binds.entries = NULL;
-    h2o_db_config.binds.size = h2o_db_config.binds.capacity = 0;
     ck_assert_msg(fd_stats.violations == 0, "the driver's contract was broken: %s", fd_stats.violation);
 }
 

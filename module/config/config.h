@@ -61,12 +61,21 @@ struct st_h2o_db_bind_t {
     void *driver_data;
 };
 
-/* Every bind of the process, in declaration order (bind->id is the index). */
+struct st_h2o_db_thread_t;
+
+/* The module's state for one loaded config (one h2o_globalconf_t): a server that reloads has
+ * two at a time. Owned by the db configurator of that globalconf; freed with it. */
 typedef struct st_h2o_db_config_t {
+    /* every bind of the config, in declaration order (bind->id is the index); written while the
+     * config is applied, then read-only */
     H2O_VECTOR(h2o_db_bind_t *) binds;
+    /* the worker threads serving this config (written by thread.c only, under threads_lock) */
+    pthread_mutex_t threads_lock;
+    H2O_VECTOR(struct st_h2o_db_thread_t *) threads;
 } h2o_db_config_t;
 
-extern h2o_db_config_t h2o_db_config;
+/* The module's state of a globalconf that h2o_db_register_configurator was called for, or NULL. */
+h2o_db_config_t *h2o_db_config_of(h2o_globalconf_t *conf);
 
 void h2o_db_bind_free(h2o_db_bind_t *bind);
 

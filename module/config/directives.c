@@ -23,8 +23,6 @@
 #include "pool.h"
 #include "status.h"
 
-h2o_db_config_t h2o_db_config;
-
 struct use_entry {
     h2o_db_bind_t *bind;
     yoml_t *node; /* valid while the level is read */
@@ -38,6 +36,7 @@ struct frame {
 
 struct db_configurator {
     h2o_configurator_t super;
+    h2o_db_config_t config;
     struct frame frames[H2O_CONFIGURATOR_NUM_LEVELS + 1];
     size_t depth;
 };
@@ -398,9 +397,10 @@ static int add_bind(h2o_configurator_command_t *cmd, h2o_configurator_context_t 
     struct frame *f = self->frames + self->depth;
     h2o_vector_reserve(NULL, &f->binds, f->binds.size + 1);
     f->binds.entries[f->binds.size++] = bind;
-    bind->id = h2o_db_config.binds.size;
-    h2o_vector_reserve(NULL, &h2o_db_config.binds, h2o_db_config.binds.size + 1);
-    h2o_db_config.binds.entries[h2o_db_config.binds.size++] = bind;
+    h2o_db_config_t *config = &self->config;
+    bind->id = config->binds.size;
+    h2o_vector_reserve(NULL, &config->binds, config->binds.size + 1);
+    config->binds.entries[config->binds.size++] = bind;
     return 0;
 }
 
@@ -493,14 +493,14 @@ static int on_level_enter(h2o_configurator_t *_self, h2o_configurator_context_t 
 }
 
 /* Whether following partitions from `from` reaches `target` (depth-first, bounded). */
-static int reaches(h2o_db_bind_t *from, h2o_db_bind_t *target, size_t hops)
+static int reaches(h2o_db_bind_t *from, h2o_db_bind_t *target, size_t hops, size_t max_hops)
 {
     if (from == target)
         return 1;
-    if (hops > h2o_db_config.binds.size)
+    if (hops > max_hops)
         return 0;
     for (size_t i = 0; i < from->partitions.size; ++i)
-        if (from->partitions.entries[i].bind != NULL && reaches(from->partitions.entries[i].bind, target, hops + 1))
+        if (from->partitions.entries[i].bind != NULL && reaches(from->partitions.entries[i].bind, target, hops + 1, max_hops))
             return 1;
     return 0;
 }
@@ -539,7 +539,7 @@ static int resolve_partitions(struct db_configurator *self, struct frame *f)
     for (size_t i = 0; i < f->binds.size; ++i) {
         h2o_db_bind_t *bind = f->binds.entries[i];
         for (size_t j = 0; j < bind->partitions.size; ++j) {
-            if (reaches(bind->partitions.entries[j].bind, bind, 0)) {
+            if (reaches(bind->partitions.entries[j].bind, bind, 0, self->config.binds.size)) {
                 fprintf(stderr, "%s: in command db.bind, binds: the partitions of `%s` lead back to it (a cycle through `%s`)\n",
                         bind->partitions.entries[j].where, bind->key, bind->partitions.entries[j].key);
                 return -1;
@@ -597,9 +597,35 @@ static int on_level_exit(h2o_configurator_t *_self, h2o_configurator_context_t *
     return ret;
 }
 
+/* The globalconf is disposed of (a reload's old config, once its threads are gone). libh2o
+ * 2.2.5 calls a configurator's dispose twice: the second call finds nothing left. */
+static int on_dispose(h2o_configurator_t *_self)
+{
+    struct db_configurator *self = (void *)_self;
+    for (size_t i = 0; i < self->config.binds.size; ++i)
+        h2o_db_bind_free(self->config.binds.entries[i]);
+    free(self->config.binds.entries);
+    free(self->config.threads.entries);
+    memset(&self->config.binds, 0, sizeof(self->config.binds));
+    memset(&self->config.threads, 0, sizeof(self->config.threads));
+    return 0;
+}
+
+h2o_db_config_t *h2o_db_config_of(h2o_globalconf_t *conf)
+{
+    for (h2o_linklist_t *n = conf->configurators.next; n != &conf->configurators; n = n->next) {
+        h2o_configurator_t *c = H2O_STRUCT_FROM_MEMBER(h2o_configurator_t, _link, n);
+        if (c->dispose == on_dispose)
+            return &((struct db_configurator *)c)->config;
+    }
+    return NULL;
+}
+
 void h2o_db_register_configurator(h2o_globalconf_t *conf)
 {
     struct db_configurator *c = (void *)h2o_configurator_create(conf, sizeof(*c));
+    c->super.dispose = on_dispose;
+    pthread_mutex_init(&c->config.threads_lock, NULL);
     c->super.enter = on_level_enter;
     c->super.exit = on_level_exit;
     h2o_configurator_define_command(

@@ -319,19 +319,14 @@ static int open_unix(const h2o_db_listen_t *l)
     return fd;
 }
 
-/* Binds the unix socket once, and gives each thread its own descriptor of it. */
-static int open_unix_listener(h2o_db_listen_t *l, unsigned num_threads)
+/* Binds the unix socket once. */
+static int open_unix_listener(h2o_db_listen_t *l)
 {
     if ((l->fds[0] = open_unix(l)) == -1) {
         print_error(l, l->owner != NULL && errno == ENOENT ? "give to the owner of" : "bind");
         return -1;
     }
-    for (unsigned t = 1; t < num_threads; ++t) {
-        if ((l->fds[t] = fcntl(l->fds[0], F_DUPFD_CLOEXEC, 0)) == -1) {
-            print_error(l, "duplicate the socket of");
-            return -1;
-        }
-    }
+    l->num_fds = 1; /* every thread accepts on it */
     return 0;
 }
 
@@ -339,9 +334,13 @@ int h2o_db_server_open_listeners(h2o_db_server_t *server)
 {
     for (size_t i = 0; i < server->listens.size; ++i) {
         h2o_db_listen_t *l = server->listens.entries + i;
+        if (l->ssl != NULL)
+            h2o_db_ssl_set_resumption(l->ssl, server->ssl_resumption, server->ssl_session_lifetime);
+        if (l->fds != NULL)
+            continue; /* taken over from the config before a reload */
         l->fds = calloc(server->num_threads, sizeof(int));
         if (l->addr.ss_family == AF_UNIX) {
-            if (open_unix_listener(l, server->num_threads) != 0)
+            if (open_unix_listener(l) != 0)
                 return -1;
             continue;
         }
@@ -358,9 +357,25 @@ int h2o_db_server_open_listeners(h2o_db_server_t *server)
                 print_error(l, "bind");
                 return -1;
             }
+            l->num_fds = t + 1;
         }
-        if (l->ssl != NULL)
-            h2o_db_ssl_set_resumption(l->ssl, server->ssl_resumption, server->ssl_session_lifetime);
     }
     return 0;
+}
+
+void h2o_db_server_dispose_listens(h2o_db_server_t *server)
+{
+    for (size_t i = 0; i < server->listens.size; ++i) {
+        h2o_db_listen_t *l = server->listens.entries + i;
+        free(l->display);
+        free(l->filename);
+        free(l->hosts);
+        free(l->owner);
+        for (size_t j = 0; j < l->num_fds; ++j)
+            close(l->fds[j]);
+        free(l->fds);
+        h2o_db_ssl_free(l->ssl);
+    }
+    free(server->listens.entries);
+    memset(&server->listens, 0, sizeof(server->listens));
 }

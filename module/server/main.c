@@ -99,11 +99,9 @@ static void register_configurators(h2o_db_server_t *server)
 }
 
 /* The status page's "main" section, as h2o's: version, times, connections, listeners, threads. */
-static h2o_db_server_t *status_server;
-
 static h2o_iovec_t on_main_status(void *unused, h2o_globalconf_t *conf, h2o_req_t *req)
 {
-    h2o_db_server_t *server = status_server;
+    h2o_db_server_t *server = H2O_STRUCT_FROM_MEMBER(h2o_db_server_t, globalconf, conf);
     char now_str[H2O_TIMESTR_LOG_LEN + 1], launch_str[H2O_TIMESTR_LOG_LEN + 1];
     time_t now = time(NULL);
     h2o_time2str_log(now_str, now);
@@ -162,6 +160,42 @@ static int open_error_log(const char *path)
     return fd;
 }
 
+h2o_db_server_t *h2o_db_server_load(const char *config_path, int test_mode)
+{
+    char err[1024];
+    yoml_t *root = h2o_db_yaml_load_file(config_path, err, sizeof(err));
+    if (root == NULL) {
+        fprintf(stderr, "%s\n", err);
+        return NULL;
+    }
+    h2o_db_server_t *server = calloc(1, sizeof(*server));
+    server->config_path = config_path;
+    server->shutdown_timeout_ms = H2O_DB_SHUTDOWN_TIMEOUT_MS;
+    server->max_connections = H2O_DB_MAX_CONNECTIONS;
+    server->tfo_queues = H2O_DB_TCP_FASTOPEN_QUEUE;
+    server->ssl_resumption = H2O_DB_SSL_RESUME_CACHE | H2O_DB_SSL_RESUME_TICKET;
+    server->launch_time = time(NULL);
+    h2o_config_init(&server->globalconf);
+    register_configurators(server);
+    h2o_config_register_simple_status_handler(&server->globalconf, (h2o_iovec_t){H2O_STRLIT("main")}, on_main_status);
+
+    int ok = h2o_configurator_apply(&server->globalconf, root, test_mode) == 0;
+    if (ok && server->listens.size == 0 && !test_mode) {
+        fprintf(stderr, "%s:1:1: mandatory configuration directive `listen` is missing\n", config_path);
+        ok = 0;
+    }
+    yoml_free(root, NULL);
+    if (!ok) {
+        h2o_db_server_free(server);
+        return NULL;
+    }
+    if (server->num_threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        server->num_threads = n > 0 ? (unsigned)n : 1;
+    }
+    return server;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {{"conf", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
@@ -204,67 +238,38 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stderr, NULL, _IOLBF, 0);
 
-    char err[1024];
-    yoml_t *root = h2o_db_yaml_load_file(config_path, err, sizeof(err));
-    if (root == NULL) {
-        fprintf(stderr, "%s\n", err);
+    h2o_db_server_t *server = h2o_db_server_load(config_path, test_mode);
+    if (server == NULL)
         return 1;
-    }
-
-    static h2o_db_server_t server;
-    server.config_path = config_path;
-    server.shutdown_timeout_ms = H2O_DB_SHUTDOWN_TIMEOUT_MS;
-    server.max_connections = H2O_DB_MAX_CONNECTIONS;
-    server.tfo_queues = H2O_DB_TCP_FASTOPEN_QUEUE;
-    server.ssl_resumption = H2O_DB_SSL_RESUME_CACHE | H2O_DB_SSL_RESUME_TICKET;
-    server.launch_time = time(NULL);
-    h2o_config_init(&server.globalconf);
-    register_configurators(&server);
-    status_server = &server;
-    h2o_config_register_simple_status_handler(&server.globalconf, (h2o_iovec_t){H2O_STRLIT("main")}, on_main_status);
-
-    if (h2o_configurator_apply(&server.globalconf, root, test_mode) != 0) {
-        yoml_free(root, NULL);
-        return 1;
-    }
-    if (server.listens.size == 0 && !test_mode) {
-        fprintf(stderr, "%s:1:1: mandatory configuration directive `listen` is missing\n", config_path);
-        yoml_free(root, NULL);
-        return 1;
-    }
-    yoml_free(root, NULL);
 
     if (test_mode) {
-        if (h2o_db_check(&server.globalconf, connect) != 0)
+        if (h2o_db_check(&server->globalconf, connect) != 0)
             return 1;
         printf("h2o-db: the configuration in %s is OK\n", config_path);
         return 0;
     }
 
-    if (server.num_threads == 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        server.num_threads = n > 0 ? (unsigned)n : 1;
-    }
-    if (h2o_db_server_open_listeners(&server) != 0)
+    if (h2o_db_server_open_listeners(server) != 0)
         return 1;
-    if (server.pid_file != NULL && write_pid_file(server.pid_file) != 0)
+    if (server->pid_file != NULL && write_pid_file(server->pid_file) != 0)
         return 1;
     int error_log = -1;
-    if (server.error_log != NULL && (error_log = open_error_log(server.error_log)) == -1)
+    if (server->error_log != NULL && (error_log = open_error_log(server->error_log)) == -1)
         return 1;
-    if (drop_privileges(server.user) != 0)
+    if (drop_privileges(server->user) != 0)
         return 1;
-    if (h2o_db_prepare(&server.globalconf) != 0)
+    if (h2o_db_prepare(&server->globalconf) != 0)
         return 1;
     if (error_log != -1) {
         dup2(error_log, STDERR_FILENO);
         close(error_log);
     }
 
-    int status = h2o_db_server_run(&server);
+    char *pid_file = server->pid_file != NULL ? strdup(server->pid_file) : NULL; /* (a reload replaces `server`) */
+    int status = h2o_db_server_serve(server);
 
-    if (server.pid_file != NULL)
-        unlink(server.pid_file);
+    if (pid_file != NULL)
+        unlink(pid_file);
     fprintf(stderr, "h2o-db: stopped\n");
     return status;
 }

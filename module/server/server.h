@@ -31,7 +31,9 @@ typedef struct st_h2o_db_listen_t {
     int proxy_protocol;     /* expect a PROXY protocol line before the request */
     char *owner;            /* unix sockets: chown to this user, and chmod to permission (-1: leave) */
     int permission;
-    int *fds; /* one socket per worker thread (SO_REUSEPORT for TCP; the same unix socket dup'ed) */
+    int *fds; /* the sockets: one per worker thread at first start (SO_REUSEPORT), one unix socket; a
+               * reload's config takes its own descriptors of the same sockets (workers dup them) */
+    size_t num_fds;
 } h2o_db_listen_t;
 
 /* ssl-session-resumption modes (bits) */
@@ -86,7 +88,27 @@ void h2o_db_c_handler_register_configurator(h2o_globalconf_t *conf);
  * resumption; returns 0, or -1 after printing file:line. Main thread, before the workers start. */
 int h2o_db_server_open_listeners(h2o_db_server_t *server);
 
-/* Runs the worker threads until SIGTERM/SIGINT; returns the process exit status. */
-int h2o_db_server_run(h2o_db_server_t *server);
+/* listen.c: frees what `listens` holds and closes this config's descriptors of the sockets. */
+void h2o_db_server_dispose_listens(h2o_db_server_t *server);
+
+/* main.c: reads and applies the config at `path` into a new server (num_threads set); NULL after
+ * printing file:line errors. In test_mode (-t), listeners are not required. Main thread. */
+h2o_db_server_t *h2o_db_server_load(const char *path, int test_mode);
+
+/* worker.c: starts the worker threads (they listen once all are ready); returns 0, or -1 when
+ * one could not start (printed). Main thread. */
+int h2o_db_server_start(h2o_db_server_t *server);
+/* worker.c: stops accepting, lets the requests in flight finish (shutdown-timeout) and joins the
+ * threads; returns non-zero when some connection had to be cut (its config cannot be freed). */
+int h2o_db_server_stop(h2o_db_server_t *server);
+
+/* reload.c: takes descriptors of `old`'s sockets for the addresses `server` shares with it (so a
+ * reload refuses no connection); the rest are opened by h2o_db_server_open_listeners. */
+void h2o_db_server_share_listeners(h2o_db_server_t *server, const h2o_db_server_t *old);
+/* reload.c: frees a server whose threads are gone (or never started): its config, sockets, strings. */
+void h2o_db_server_free(h2o_db_server_t *server);
+/* reload.c: starts `server` (listeners open, databases prepared) and serves until SIGTERM/SIGINT,
+ * reloading the config on SIGHUP; returns the process exit status. Main thread. */
+int h2o_db_server_serve(h2o_db_server_t *server);
 
 #endif

@@ -44,6 +44,7 @@ struct listener {
     } h;
     h2o_db_worker_t *worker;
     h2o_accept_ctx_t accept_ctx; /* its hosts and TLS context */
+    h2o_db_listen_t *conf;
     int is_unix;
     int waiting; /* a connection is accepted by the kernel and waits below max-connections */
 };
@@ -55,6 +56,7 @@ struct st_h2o_db_worker_t {
     uv_loop_t loop;
     h2o_context_t ctx;
     struct listener *listeners;
+    size_t num_listeners;
     uv_async_t wake;
     uv_async_t resume; /* a connection closed somewhere below max-connections: accept what waits */
     int resume_open;   /* guarded by server->resume_lock */
@@ -127,7 +129,7 @@ static void on_accept(uv_stream_t *stream, int status)
 static void on_resume(uv_async_t *async)
 {
     h2o_db_worker_t *w = async->data;
-    for (size_t i = 0; i < w->server->listens.size && !w->stopping; ++i)
+    for (size_t i = 0; i < w->num_listeners && !w->stopping; ++i)
         if (w->listeners[i].waiting && __atomic_load_n(&w->server->num_connections, __ATOMIC_RELAXED) < w->server->max_connections)
             accept_one(w->listeners + i);
 }
@@ -183,7 +185,7 @@ static void on_wake(uv_async_t *async)
 {
     h2o_db_worker_t *w = async->data;
     w->stopping = 1;
-    for (size_t i = 0; i < w->server->listens.size; ++i)
+    for (size_t i = 0; i < w->num_listeners; ++i)
         uv_close(&w->listeners[i].h.handle, NULL);
     h2o_context_request_shutdown(&w->ctx);
     w->drain_deadline = uv_now(&w->loop) + w->server->shutdown_timeout_ms;
@@ -191,6 +193,40 @@ static void on_wake(uv_async_t *async)
 }
 
 static void dispose_in_turn(h2o_db_worker_t *w);
+
+/* Whether socket j of `conf` is this thread's. The sockets of a listen are spread over the
+ * threads: with fewer threads than sockets (after a reload) a thread takes several, with more,
+ * some share one. */
+static int mine(const h2o_db_worker_t *w, const h2o_db_listen_t *conf, size_t j)
+{
+    return j % w->server->num_threads == w->index || (w->index >= conf->num_fds && j == w->index % conf->num_fds);
+}
+
+/* Listens on its own descriptor of the socket `fd` (the server keeps the socket: a reload's
+ * threads take it over while these still accept). */
+static void add_listener(h2o_db_worker_t *w, h2o_db_listen_t *conf, int fd)
+{
+    h2o_db_server_t *server = w->server;
+    struct listener *l = w->listeners + w->num_listeners++;
+    l->worker = w;
+    l->conf = conf;
+    l->is_unix = conf->addr.ss_family == AF_UNIX;
+    l->accept_ctx.ctx = &w->ctx;
+    l->accept_ctx.hosts = conf->hosts != NULL ? conf->hosts : server->globalconf.hosts;
+    l->accept_ctx.ssl_ctx = conf->ssl != NULL ? h2o_db_ssl_default_ctx(conf->ssl) : NULL;
+    l->accept_ctx.expect_proxy_line = conf->proxy_protocol;
+    int own = fcntl(fd, F_DUPFD_CLOEXEC, 0), err = own == -1 ? uv_translate_sys_error(errno) : 0;
+    if (err == 0)
+        err = l->is_unix ? uv_pipe_init(&w->loop, &l->h.pipe, 0) : uv_tcp_init(&w->loop, &l->h.tcp);
+    if (err == 0)
+        err = l->is_unix ? uv_pipe_open(&l->h.pipe, own) : uv_tcp_open(&l->h.tcp, own);
+    if (err == 0)
+        err = uv_listen(&l->h.stream, 1024, on_accept);
+    if (err != 0) {
+        fprintf(stderr, "h2o-db: cannot listen on %s: %s\n", conf->display, uv_strerror(err));
+        __atomic_store_n(&server->start_failed, 1, __ATOMIC_RELAXED);
+    }
+}
 
 static void *worker_main(void *arg)
 {
@@ -218,26 +254,19 @@ static void *worker_main(void *arg)
     if (h2o_db_thread_start_failed)
         __atomic_store_n(&server->start_failed, 1, __ATOMIC_RELAXED);
 
-    /* nothing is accepted before uv_run, so listening here still starts every thread together */
-    w->listeners = calloc(server->listens.size, sizeof(*w->listeners));
-    for (size_t i = 0; i < server->listens.size; ++i) {
-        h2o_db_listen_t *conf = server->listens.entries + i;
-        struct listener *l = w->listeners + i;
-        l->worker = w;
-        l->is_unix = conf->addr.ss_family == AF_UNIX;
-        l->accept_ctx.ctx = &w->ctx;
-        l->accept_ctx.hosts = conf->hosts != NULL ? conf->hosts : server->globalconf.hosts;
-        l->accept_ctx.ssl_ctx = conf->ssl != NULL ? h2o_db_ssl_default_ctx(conf->ssl) : NULL;
-        l->accept_ctx.expect_proxy_line = conf->proxy_protocol;
-        int err = l->is_unix ? uv_pipe_init(&w->loop, &l->h.pipe, 0) : uv_tcp_init(&w->loop, &l->h.tcp);
-        if (err == 0)
-            err = l->is_unix ? uv_pipe_open(&l->h.pipe, conf->fds[w->index]) : uv_tcp_open(&l->h.tcp, conf->fds[w->index]);
-        if (err == 0)
-            err = uv_listen(&l->h.stream, 1024, on_accept);
-        if (err != 0) {
-            fprintf(stderr, "h2o-db: cannot listen on %s: %s\n", conf->display, uv_strerror(err));
-            __atomic_store_n(&server->start_failed, 1, __ATOMIC_RELAXED);
-        }
+    /* nothing is accepted before uv_run, so listening here still starts every thread together
+     * (counted first: libuv keeps the handles' addresses) */
+    for (int pass = 0; pass < 2; ++pass) {
+        if (pass == 1)
+            w->listeners = calloc(w->num_listeners, sizeof(*w->listeners)), w->num_listeners = 0;
+        for (size_t i = 0; i < server->listens.size; ++i)
+            for (size_t j = 0; j < server->listens.entries[i].num_fds; ++j)
+                if (mine(w, server->listens.entries + i, j)) {
+                    if (pass == 1)
+                        add_listener(w, server->listens.entries + i, server->listens.entries[i].fds[j]);
+                    else
+                        ++w->num_listeners;
+                }
     }
 
     pthread_barrier_wait(&server->ready);
@@ -295,15 +324,8 @@ static void dispose_in_turn(h2o_db_worker_t *w)
     pthread_mutex_unlock(&server->resume_lock);
 }
 
-int h2o_db_server_run(h2o_db_server_t *server)
+int h2o_db_server_start(h2o_db_server_t *server)
 {
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    /* workers inherit the mask: only the main thread takes these signals, with sigwait */
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-
     pthread_barrier_init(&server->ready, NULL, server->num_threads + 1);
     pthread_mutex_init(&server->resume_lock, NULL);
     pthread_cond_init(&server->disposed, NULL);
@@ -321,16 +343,20 @@ int h2o_db_server_run(h2o_db_server_t *server)
     if (__atomic_load_n(&server->start_failed, __ATOMIC_RELAXED)) {
         for (unsigned i = 0; i < server->num_threads; ++i)
             pthread_join(server->workers[i].tid, NULL);
-        fprintf(stderr, "h2o-db: a worker thread could not start (see above); exiting\n");
-        return 1;
+        fprintf(stderr, "h2o-db: a worker thread could not start (see above)\n");
+        return -1;
     }
+    return 0;
+}
 
-    int sig;
-    sigwait(&sigs, &sig);
-    fprintf(stderr, "h2o-db: received %s, shutting down gracefully\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+int h2o_db_server_stop(h2o_db_server_t *server)
+{
     for (unsigned i = 0; i < server->num_threads; ++i)
         uv_async_send(&server->workers[i].wake);
-    for (unsigned i = 0; i < server->num_threads; ++i)
+    int forced = 0;
+    for (unsigned i = 0; i < server->num_threads; ++i) {
         pthread_join(server->workers[i].tid, NULL);
-    return 0;
+        forced |= server->workers[i].forced;
+    }
+    return forced;
 }

@@ -128,17 +128,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     h2o_config_dispose(&server.globalconf);
 
     /* what the server keeps for itself (it never frees them: it exits) */
-    for (size_t i = 0; i < server.listens.size; ++i) {
-        free(server.listens.entries[i].display);
-        free(server.listens.entries[i].filename);
-        free(server.listens.entries[i].fds);
-    }
-    free(server.listens.entries);
+    h2o_db_server_dispose_listens(&server);
     free(server.error_log);
     free(server.pid_file);
-    for (size_t i = 0; i < h2o_db_config.binds.size; ++i)
-        h2o_db_bind_free(h2o_db_config.binds.entries[i]);
-    free(h2o_db_config.binds.entries);
-    memset(&h2o_db_config, 0, sizeof(h2o_db_config));
+    free(server.user);
     return 0;
 }

@@ -1,0 +1,98 @@
+/*
+ * The server's life after start-up: serve until SIGTERM/SIGINT, and on SIGHUP reload.
+ *
+ * A reload reads and applies the config file again into a new server (its own globalconf, so
+ * its own db binds, pools and TLS contexts). When that fails, the error is logged and the old
+ * config keeps serving. When it succeeds, the new worker threads take descriptors of the same
+ * listening sockets (an address the old config did not have is bound anew), start accepting,
+ * and only then do the old threads stop accepting, finish what they have in flight (bounded by
+ * their shutdown-timeout) and close their pools. A connection waiting in a socket's backlog is
+ * taken by whichever threads still accept it: none is refused.
+ *
+ * What a reload does not change: the pid file, the error log and the user (privileges are
+ * dropped once; a port below 1024 that the old config did not listen on cannot be bound).
+ */
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "h2o_db.h"
+#include "server/server.h"
+
+void h2o_db_server_share_listeners(h2o_db_server_t *server, const h2o_db_server_t *old)
+{
+    for (size_t i = 0; i < server->listens.size; ++i) {
+        h2o_db_listen_t *l = server->listens.entries + i;
+        for (size_t j = 0; j < old->listens.size; ++j) {
+            const h2o_db_listen_t *o = old->listens.entries + j;
+            if (o->addrlen != l->addrlen || memcmp(&o->addr, &l->addr, l->addrlen) != 0 || o->num_fds == 0)
+                continue;
+            l->fds = calloc(o->num_fds, sizeof(int));
+            for (size_t k = 0; k < o->num_fds; ++k)
+                if ((l->fds[k] = fcntl(o->fds[k], F_DUPFD_CLOEXEC, 0)) != -1)
+                    l->num_fds++;
+            break;
+        }
+    }
+}
+
+void h2o_db_server_free(h2o_db_server_t *server)
+{
+    h2o_config_dispose(&server->globalconf);
+    h2o_db_server_dispose_listens(server);
+    free(server->error_log);
+    free(server->pid_file);
+    free(server->user);
+    free(server->workers);
+    free(server);
+}
+
+/* SIGHUP: the server that serves afterwards (the new one, or `old` when the new config failed). */
+static h2o_db_server_t *reload(h2o_db_server_t *old)
+{
+    fprintf(stderr, "h2o-db: received SIGHUP, reloading %s\n", old->config_path);
+    h2o_db_server_t *server = h2o_db_server_load(old->config_path, 0);
+    if (server == NULL) {
+        fprintf(stderr, "h2o-db: reload failed (see above); still serving the previous configuration\n");
+        return old;
+    }
+    h2o_db_server_share_listeners(server, old);
+    if (h2o_db_server_open_listeners(server) != 0 || h2o_db_prepare(&server->globalconf) != 0) {
+        fprintf(stderr, "h2o-db: reload failed (see above); still serving the previous configuration\n");
+        h2o_db_server_free(server);
+        return old;
+    }
+    if (h2o_db_server_start(server) != 0) {
+        /* (its threads made contexts that were never disposed of: the config is left, not freed) */
+        fprintf(stderr, "h2o-db: reload failed (see above); still serving the previous configuration\n");
+        h2o_db_server_dispose_listens(server);
+        return old;
+    }
+    if (h2o_db_server_stop(old) != 0)
+        fprintf(stderr, "h2o-db: the previous configuration kept connections past its shutdown-timeout; its memory is left\n");
+    else
+        h2o_db_server_free(old);
+    fprintf(stderr, "h2o-db: reloaded %s\n", server->config_path);
+    return server;
+}
+
+int h2o_db_server_serve(h2o_db_server_t *server)
+{
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
+    /* workers inherit the mask: only the main thread takes these signals, with sigwait */
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    if (h2o_db_server_start(server) != 0)
+        return 1;
+    int sig;
+    while (sigwait(&sigs, &sig) == 0 && sig == SIGHUP)
+        server = reload(server);
+    fprintf(stderr, "h2o-db: received %s, shutting down gracefully\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    h2o_db_server_stop(server);
+    return 0;
+}

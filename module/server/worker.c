@@ -353,6 +353,14 @@ int h2o_db_server_stop(h2o_db_server_t *server)
 {
     for (unsigned i = 0; i < server->num_threads; ++i)
         uv_async_send(&server->workers[i].wake);
+    /* this config's own descriptors of the sockets: once the workers have closed theirs, a socket
+     * no newer config shares is closed, and its port refuses connections */
+    for (size_t i = 0; i < server->listens.size; ++i) {
+        h2o_db_listen_t *l = server->listens.entries + i;
+        for (size_t j = 0; j < l->num_fds; ++j)
+            close(l->fds[j]);
+        l->num_fds = 0;
+    }
     int forced = 0;
     for (unsigned i = 0; i < server->num_threads; ++i) {
         pthread_join(server->workers[i].tid, NULL);

@@ -29,10 +29,16 @@ static void path_on_context_init(h2o_handler_t *self, h2o_context_t *ctx)
     h2o_db_thread_init(ctx);
 }
 
+static void path_dispose(h2o_handler_t *self)
+{
+    free(((h2o_db_path_t *)self)->binds);
+}
+
 void h2o_db_path_register(h2o_pathconf_t *pathconf, h2o_db_bind_t **binds, size_t num_binds)
 {
     h2o_db_path_t *path = (void *)h2o_create_handler(pathconf, sizeof(*path));
     path->super.on_req = path_on_req;
+    path->super.dispose = path_dispose;
     path->super.on_context_init = path_on_context_init;
     path->binds = binds;
     path->num_binds = num_binds;

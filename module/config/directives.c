@@ -113,6 +113,8 @@ void h2o_db_bind_free(h2o_db_bind_t *bind)
 {
     if (bind == NULL)
         return;
+    if (bind->driver != NULL && bind->driver->dispose_bind != NULL)
+        bind->driver->dispose_bind(bind); /* (what prepare_bind kept: SQLite's in-memory keeper) */
     free(bind->key);
     h2o_db_url_dispose(&bind->url);
     if (bind->password != NULL) {
@@ -599,15 +601,19 @@ static int on_level_exit(h2o_configurator_t *_self, h2o_configurator_context_t *
 
 /* The globalconf is disposed of (a reload's old config, once its threads are gone). libh2o
  * 2.2.5 calls a configurator's dispose twice: the second call finds nothing left. */
+void h2o_db_config_release(h2o_db_config_t *config)
+{
+    for (size_t i = 0; i < config->binds.size; ++i)
+        h2o_db_bind_free(config->binds.entries[i]);
+    free(config->binds.entries);
+    free(config->threads.entries);
+    memset(&config->binds, 0, sizeof(config->binds));
+    memset(&config->threads, 0, sizeof(config->threads));
+}
+
 static int on_dispose(h2o_configurator_t *_self)
 {
-    struct db_configurator *self = (void *)_self;
-    for (size_t i = 0; i < self->config.binds.size; ++i)
-        h2o_db_bind_free(self->config.binds.entries[i]);
-    free(self->config.binds.entries);
-    free(self->config.threads.entries);
-    memset(&self->config.binds, 0, sizeof(self->config.binds));
-    memset(&self->config.threads, 0, sizeof(self->config.threads));
+    h2o_db_config_release(&((struct db_configurator *)_self)->config);
     return 0;
 }
 

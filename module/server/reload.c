@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "config/config.h"
 #include "h2o_db.h"
 #include "server/server.h"
 
@@ -38,15 +39,22 @@ void h2o_db_server_share_listeners(h2o_db_server_t *server, const h2o_db_server_
     }
 }
 
-void h2o_db_server_free(h2o_db_server_t *server)
+/* Configs that served before a reload or failed to load. libh2o 2.2.5's h2o_config_dispose frees
+ * only part of a globalconf (what its own configurators made stays: the proxy's SSL_CTX, the header
+ * commands, the status handlers' list), so the libh2o part of a retired config is kept, reachable
+ * here (a few kB each); what h2o-db made for it — binds, sockets, TLS contexts — is freed. */
+static H2O_VECTOR(h2o_db_server_t *) retired;
+
+void h2o_db_server_retire(h2o_db_server_t *server)
 {
-    h2o_config_dispose(&server->globalconf);
+    h2o_db_config_t *config = h2o_db_config_of(&server->globalconf);
+    if (config != NULL)
+        h2o_db_config_release(config);
     h2o_db_server_dispose_listens(server);
-    free(server->error_log);
-    free(server->pid_file);
-    free(server->user);
     free(server->workers);
-    free(server);
+    server->workers = NULL;
+    h2o_vector_reserve(NULL, &retired, retired.size + 1);
+    retired.entries[retired.size++] = server;
 }
 
 /* SIGHUP: the server that serves afterwards (the new one, or `old` when the new config failed). */
@@ -61,7 +69,7 @@ static h2o_db_server_t *reload(h2o_db_server_t *old)
     h2o_db_server_share_listeners(server, old);
     if (h2o_db_server_open_listeners(server) != 0 || h2o_db_prepare(&server->globalconf) != 0) {
         fprintf(stderr, "h2o-db: reload failed (see above); still serving the previous configuration\n");
-        h2o_db_server_free(server);
+        h2o_db_server_retire(server);
         return old;
     }
     if (h2o_db_server_start(server) != 0) {
@@ -73,13 +81,17 @@ static h2o_db_server_t *reload(h2o_db_server_t *old)
     if (h2o_db_server_stop(old) != 0)
         fprintf(stderr, "h2o-db: the previous configuration kept connections past its shutdown-timeout; its memory is left\n");
     else
-        h2o_db_server_free(old);
+        h2o_db_server_retire(old);
     fprintf(stderr, "h2o-db: reloaded %s\n", server->config_path);
     return server;
 }
 
+/* the config being served (reachable until exit, as the process keeps it) */
+static h2o_db_server_t *serving;
+
 int h2o_db_server_serve(h2o_db_server_t *server)
 {
+    serving = server;
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
@@ -91,7 +103,7 @@ int h2o_db_server_serve(h2o_db_server_t *server)
         return 1;
     int sig;
     while (sigwait(&sigs, &sig) == 0 && sig == SIGHUP)
-        server = reload(server);
+        serving = server = reload(server);
     fprintf(stderr, "h2o-db: received %s, shutting down gracefully\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     h2o_db_server_stop(server);
     return 0;

@@ -105,8 +105,9 @@ int h2o_db_server_stop(h2o_db_server_t *server);
 /* reload.c: takes descriptors of `old`'s sockets for the addresses `server` shares with it (so a
  * reload refuses no connection); the rest are opened by h2o_db_server_open_listeners. */
 void h2o_db_server_share_listeners(h2o_db_server_t *server, const h2o_db_server_t *old);
-/* reload.c: frees a server whose threads are gone (or never started): its config, sockets, strings. */
-void h2o_db_server_free(h2o_db_server_t *server);
+/* reload.c: retires a server whose threads are gone (or never started): frees its binds, sockets
+ * and TLS contexts; the rest of its globalconf is kept (see reload.c). */
+void h2o_db_server_retire(h2o_db_server_t *server);
 /* reload.c: starts `server` (listeners open, databases prepared) and serves until SIGTERM/SIGINT,
  * reloading the config on SIGHUP; returns the process exit status. Main thread. */
 int h2o_db_server_serve(h2o_db_server_t *server);

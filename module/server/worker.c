@@ -304,6 +304,7 @@ static void dispose(h2o_db_worker_t *w)
     uv_walk(&w->loop, close_handle_cb, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     uv_loop_close(&w->loop);
+    free(w->listeners);
 }
 
 /* libh2o 2.2.5's handlers keep per-context lists that its on_context_init appends to without a

@@ -218,6 +218,34 @@ START_TEST(check_mode_accepts_good_and_rejects_bad_configs)
 }
 END_TEST
 
+/* a reverse proxy keeps its upstream connection alive: SIGTERM closes it with the rest, at once
+ * (it used to wait for the 5 s guard meant for database connections, and said so) */
+START_TEST(sigterm_closes_kept_alive_upstream_connections)
+{
+    start(); /* the upstream */
+    th_server_t proxy;
+    char *conf = th_fmt("listen: {host: 127.0.0.1, port: @PORT@}\nnum-threads: 1\n"
+                        "hosts: {default: {paths: {/: {proxy.reverse.url: \"http://127.0.0.1:%d/\"}}}}\n",
+                        server.port);
+    char *dir = th_tmpdir();
+    ck_assert_msg(th_server_start_in(&proxy, dir, conf) == 0, "%s", th_server_log(&proxy));
+    th_response_t res;
+    char *url = th_url(&proxy, "/hello");
+    ck_assert_int_eq(th_http(&res, TH_HTTP1, NULL, url, NULL), 0);
+    ck_assert_int_eq(res.status, 200);
+    ck_assert_str_eq(res.body, "hello from c.handler\n");
+    th_response_free(&res);
+    ck_assert_int_eq(th_server_stop(&proxy, 15000), 0);
+    char *log = th_server_log(&proxy);
+    ck_assert_msg(strstr(log, "did not close in time") == NULL, "%s", log);
+    free(log);
+    stop();
+    free(url);
+    free(dir);
+    free(conf);
+}
+END_TEST
+
 /* the config Debian's h2o package installs, unchanged (scripts/test finds it) */
 START_TEST(debian_h2o_conf_passes_the_check)
 {
@@ -379,6 +407,7 @@ int main(void)
     tcase_add_test(tc, check_mode_accepts_good_and_rejects_bad_configs);
     tcase_add_test(tc, a_bad_config_never_listens);
     tcase_add_test(tc, debian_h2o_conf_passes_the_check);
+    tcase_add_test(tc, sigterm_closes_kept_alive_upstream_connections);
     tcase_add_test(tc, version_and_help);
     tcase_add_test(tc, sigterm_lets_the_request_in_flight_finish);
     tcase_add_test(tc, sigterm_closes_idle_keep_alive_connections);

@@ -165,6 +165,20 @@ static void on_close_guard(uv_timer_t *timer)
     uv_walk(timer->loop, close_handle_cb, NULL);
 }
 
+/* Once the context is disposed of, what libh2o leaves on the loop must not keep it running: the
+ * TCP and unix sockets are upstream connections kept alive by proxy.reverse.url or fastcgi (the
+ * clients are gone), closed at once; its own timers (the upstream socket pool's, data NULL) are
+ * unreferenced. The databases (uv_poll, async handles, their timers) close on their own. */
+static void release_libh2o_cb(uv_handle_t *handle, void *arg)
+{
+    if (uv_is_closing(handle))
+        return;
+    if ((handle->type == UV_TCP || handle->type == UV_NAMED_PIPE) && handle->data != NULL)
+        h2o_socket_close(handle->data);
+    else if (handle->type == UV_TIMER && handle->data == NULL)
+        uv_unref(handle);
+}
+
 static void on_drain_tick(uv_timer_t *timer)
 {
     h2o_db_worker_t *w = timer->data;
@@ -291,6 +305,7 @@ static void dispose(h2o_db_worker_t *w)
     if (h2o_timeout_is_linked(&w->ctx.http2._graceful_shutdown_timeout))
         h2o_timeout_unlink(&w->ctx.http2._graceful_shutdown_timeout);
     h2o_context_dispose(&w->ctx);
+    uv_walk(&w->loop, release_libh2o_cb, NULL);
     uv_close((uv_handle_t *)&w->wake, NULL);
     uv_close((uv_handle_t *)&w->drain, NULL);
     uv_close((uv_handle_t *)&w->resume, NULL);

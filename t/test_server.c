@@ -246,6 +246,44 @@ START_TEST(sigterm_closes_kept_alive_upstream_connections)
 }
 END_TEST
 
+/* libh2o's libuv flavour connects TCP only: h2o-db connects unix-socket upstreams itself */
+START_TEST(reverse_proxy_to_a_unix_socket_upstream)
+{
+    char *up_dir = th_tmpdir(), *sock = th_fmt("%s/up.sock", up_dir);
+    char *up_conf = th_fmt("listen: {host: 127.0.0.1, port: @PORT@}\nlisten: {type: unix, port: %s}\nnum-threads: 1\n"
+                           "hosts: {default: {paths: {/hello: {c.handler: \"@BUILD@/t/test_handlers.so:hello\"}}}}\n",
+                           sock);
+    th_server_t up, proxy;
+    ck_assert_msg(th_server_start_in(&up, up_dir, up_conf) == 0, "%s", th_server_log(&up));
+    char *conf = th_fmt("listen: {host: 127.0.0.1, port: @PORT@}\nnum-threads: 2\n"
+                        "hosts: {default: {paths: {/: {proxy.reverse.url: \"http://[unix:%s]/\"}}}}\n",
+                        sock);
+    char *dir = th_tmpdir();
+    ck_assert_msg(th_server_start_in(&proxy, dir, conf) == 0, "%s", th_server_log(&proxy));
+    char *url = th_url(&proxy, "/hello");
+    for (int version = TH_HTTP1; version <= TH_HTTP2; ++version) {
+        th_response_t res;
+        ck_assert_int_eq(th_http(&res, version, NULL, url, NULL), 0);
+        ck_assert_msg(res.status == 200, "%ld %s\n%s", res.status, res.body, th_server_log(&proxy));
+        ck_assert_str_eq(res.body, "hello from c.handler\n");
+        th_response_free(&res);
+    }
+    /* the upstream gone: 502, and the proxy still serves */
+    ck_assert_int_eq(th_server_stop(&up, 15000), 0);
+    th_response_t res;
+    ck_assert_int_eq(th_http(&res, TH_HTTP1, NULL, url, NULL), 0);
+    ck_assert_int_eq(res.status, 502);
+    th_response_free(&res);
+    ck_assert_int_eq(th_server_stop(&proxy, 15000), 0);
+    free(url);
+    free(dir);
+    free(conf);
+    free(up_conf);
+    free(sock);
+    free(up_dir);
+}
+END_TEST
+
 /* the config Debian's h2o package installs, unchanged (scripts/test finds it) */
 START_TEST(debian_h2o_conf_passes_the_check)
 {
@@ -408,6 +446,7 @@ int main(void)
     tcase_add_test(tc, a_bad_config_never_listens);
     tcase_add_test(tc, debian_h2o_conf_passes_the_check);
     tcase_add_test(tc, sigterm_closes_kept_alive_upstream_connections);
+    tcase_add_test(tc, reverse_proxy_to_a_unix_socket_upstream);
     tcase_add_test(tc, version_and_help);
     tcase_add_test(tc, sigterm_lets_the_request_in_flight_finish);
     tcase_add_test(tc, sigterm_closes_idle_keep_alive_connections);

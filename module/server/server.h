@@ -91,9 +91,12 @@ int h2o_db_server_open_listeners(h2o_db_server_t *server);
 /* listen.c: frees what `listens` holds and closes this config's descriptors of the sockets. */
 void h2o_db_server_dispose_listens(h2o_db_server_t *server);
 
-/* main.c: reads and applies the config at `path` into a new server (num_threads set); NULL after
+/* load.c: reads and applies the config at `path` into a new server (num_threads set); NULL after
  * printing file:line errors. In test_mode (-t), listeners are not required. Main thread. */
 h2o_db_server_t *h2o_db_server_load(const char *path, int test_mode);
+/* load.c: registers on server->globalconf every configurator h2o-db serves (the server's own,
+ * libh2o's in h2o's order, c.handler, mruby, db.*) and the status page's "main" section. */
+void h2o_db_server_register_configurators(h2o_db_server_t *server);
 
 /* worker.c: starts the worker threads (they listen once all are ready); returns 0, or -1 when
  * one could not start (printed). Main thread. */

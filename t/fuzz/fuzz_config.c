@@ -1,7 +1,7 @@
 /*
  * libFuzzer target: YAML text → h2o_db_yaml_load_string → h2o_configurator_apply(dry_run = 1)
- * on a globalconf with the configurators the server registers (module/server/main.c,
- * register_configurators: keep the two lists alike), as `h2o-db -t` does.
+ * on a globalconf with the configurators the server registers (h2o_db_server_register_configurators,
+ * module/server/load.c), as `h2o-db -t` does.
  *
  * Properties: no crash, no sanitizer report; a refused config names FILE:LINE:COLUMN (the
  * loader's errors are checked here; the configurators print theirs on stderr, which
@@ -59,28 +59,6 @@ static int runs_open_ended_ruby(const char *text, size_t len)
     return 0;
 }
 
-static void register_configurators(h2o_db_server_t *server)
-{
-    h2o_globalconf_t *conf = &server->globalconf;
-    h2o_db_server_register_configurator(server);
-    h2o_access_log_register_configurator(conf);
-    h2o_compress_register_configurator(conf);
-    h2o_errordoc_register_configurator(conf);
-    h2o_expires_register_configurator(conf);
-    h2o_fastcgi_register_configurator(conf);
-    h2o_file_register_configurator(conf);
-    h2o_headers_register_configurator(conf);
-    h2o_proxy_register_configurator(conf);
-    h2o_redirect_register_configurator(conf);
-    h2o_reproxy_register_configurator(conf);
-    h2o_status_register_configurator(conf);
-    h2o_http2_debug_state_register_configurator(conf);
-    h2o_throttle_resp_register_configurator(conf);
-    h2o_db_c_handler_register_configurator(conf);
-    h2o_db_mruby_register_configurator(conf);
-    h2o_db_register_configurator(conf);
-}
-
 /* The loader's error: "FILE:LINE:COLUMN: ..." with 1-based numbers (FILE is the config, or a
  * file it includes with !file). */
 static void check_loader_error(const char *err)
@@ -122,7 +100,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     server.config_path = CONF_FILE;
     server.shutdown_timeout_ms = H2O_DB_SHUTDOWN_TIMEOUT_MS;
     h2o_config_init(&server.globalconf);
-    register_configurators(&server);
+    h2o_db_server_register_configurators(&server);
     h2o_configurator_apply(&server.globalconf, root, 1);
     yoml_free(root, NULL);
     h2o_config_dispose(&server.globalconf);

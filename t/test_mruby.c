@@ -4,8 +4,11 @@
  * the database, suspension (two queries of one thread wait in PostgreSQL at once), KeyError,
  * config errors with the Ruby line, exceptions (500, logged, VM still usable), Fiber
  * bookkeeping after 1000 requests and abandoned ones, the Rack env and response,
- * fallthrough, JSON, blocking classes removed, db.for, H2O::DB::View, and the demo's
- * notes API (demo/notes.rb).
+ * fallthrough, JSON, blocking classes removed, db.for, H2O::DB::View, what H2O 2.2.5's own
+ * mruby handler does and its t/50mruby.t checks (the env's SERVER_* keys and setenv variables,
+ * PATH_INFO as sent, rack.input closed after its request, a 399's headers and HTTP/2 push, the
+ * response's framing, errors logged as "[h2o_mruby] in request:..."), and the demo's notes API
+ * (demo/notes.rb).
  */
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -20,6 +23,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 #include "db_util.h"
 
@@ -179,8 +183,8 @@ static const char RACK_RB[] =
     "    lines = []\n"
     "    input.each { |l| lines << l }\n"
     "    env[\"rack.errors\"].puts \"rack.errors line\"\n"
-    "    keys = %w(REQUEST_METHOD SCRIPT_NAME PATH_INFO QUERY_STRING SERVER_NAME SERVER_PORT SERVER_PROTOCOL\n"
-    "              REMOTE_ADDR CONTENT_TYPE CONTENT_LENGTH HTTP_HOST rack.url_scheme)\n"
+    "    keys = %w(REQUEST_METHOD SCRIPT_NAME PATH_INFO QUERY_STRING SERVER_NAME SERVER_ADDR SERVER_PORT SERVER_PROTOCOL\n"
+    "              SERVER_SOFTWARE REMOTE_ADDR CONTENT_TYPE CONTENT_LENGTH HTTP_HOST rack.url_scheme)\n"
     "    out = keys.map { |k| \"#{k}=#{env[k]}\" }\n"
     "    out << \"first=#{first.inspect} rest=#{rest.inspect} lines=#{lines.size} version=#{env['rack.version'].inspect}\"\n"
     "    [200, {\"content-type\" => \"text/plain\"}, [out.join(\"\\n\"), \"\\n\"]]\n"
@@ -193,7 +197,7 @@ static const char RACK_RB[] =
     "    [399, {}, []]\n"
     "  when \"fall-late\"\n"
     "    H2O::DB.session(env).query(\"SELECT 1\")\n"
-    "    [399, {}, []]\n"
+    "    [399, {\"x-late\" => \"kept\"}, []]\n"
     "  else\n"
     "    [200, {}, [\"first handler\"]]\n"
     "  end\n"
@@ -250,6 +254,69 @@ static const char FIBERS_RB[] = "proc do |env|\n"
                                 "  GC.start\n"
                                 "  [200, {}, [\"#{H2O::DB.live_fibers} #{ObjectSpace.count_objects[:T_FIBER].to_i}\"]]\n"
                                 "end\n";
+
+/* Behaviour as H2O 2.2.5's mruby handler has it (its t/50mruby.t and t/40env.t): the env's server
+ * keys, raw PATH_INFO, setenv, rack.input, 399 with headers, the response's framing. */
+static const char COMPAT_RB[] =
+    "KEPT = []\n"
+    "proc do |env|\n"
+    "  case env[\"QUERY_STRING\"]\n"
+    "  when \"paths\" then [200, {}, [\"#{env['SCRIPT_NAME']}|#{env['PATH_INFO']}\"]]\n"
+    "  when \"env\"\n"
+    "    keys = %w(SERVER_NAME SERVER_ADDR SERVER_PORT SERVER_SOFTWARE HTTP_HOST GLOBAL_VAR HOST_VAR PATH_VAR FROM_FIRST)\n"
+    "    [200, {}, [keys.map { |k| \"#{k}=#{env[k].inspect}\" }.join(\" \")]]\n"
+    "  when \"push\" then [399, {\"link\" => \"</push/pushed.js>; rel=preload\", \"x-kept\" => \"yes\"}, []]\n"
+    "  when \"nopush\" then [399, {\"link\" => \"</push/pushed.js>; rel=preload; nopush\"}, []]\n"
+    "  when \"keep-input\"\n"
+    "    KEPT[0] = env[\"rack.input\"]\n"
+    "    [200, {}, [KEPT[0].read]]\n"
+    "  when \"old-input\"\n"
+    "    r = [:read, :gets, :rewind, :each].map do |m|\n"
+    "      begin; KEPT[0].send(m) { }; \"#{m}: no error\"; rescue IOError => e; \"#{m}: IOError #{e.message}\"; end\n"
+    "    end\n"
+    "    [200, {}, [r.join(\", \")]]\n"
+    "  when \"input\"\n"
+    "    i = env[\"rack.input\"]\n"
+    "    out = [i.read(1), i.each.to_a, i.read(1), i.read, i.rewind.equal?(i)]\n"
+    "    buf = \"x\"\n"
+    "    i.read(2, buf)\n"
+    "    out += [buf, i.byteindex(10), i.gets, i.gets, i.gets, i.byteindex(10), i.map(&:size)]\n"
+    "    [200, {}, [out.inspect]]\n"
+    "  when \"204\" then [204, {\"x-a\" => \"1\"}, []]\n"
+    "  when \"length\"\n"
+    "    [200, {\"content-length\" => \"2\", \"connection\" => \"close\", \"transfer-encoding\" => \"chunked\"}, [\"ab\", "
+    "\"cd\"]]\n"
+    "  when \"raise\" then raise \"compat failure\"\n"
+    "  else [200, {\"content-type\" => \"text/plain\"}, [\"body\"]]\n"
+    "  end\n"
+    "end\n";
+
+static const char COMPAT_CONF[] =
+    "listen: {host: 127.0.0.1, port: @PORT@}\n"
+    "num-threads: 1\n"
+    "server-name: h2o-db-compat/1.0\n"
+    "setenv: {GLOBAL_VAR: g}\n"
+    "hosts:\n"
+    "  \"compat.example:@PORT@\":\n"
+    "    setenv: {HOST_VAR: h}\n"
+    "    paths:\n"
+    "      /:\n"
+    "        mruby.handler-file: compat.rb\n"
+    "      /abc:\n"
+    "        setenv: {PATH_VAR: p}\n"
+    "        unsetenv: [HOST_VAR]\n"
+    "        mruby.handler-file: compat.rb\n"
+    "      \"/foo bar\":\n"
+    "        mruby.handler-file: compat.rb\n"
+    "      /push:\n"
+    "        mruby.handler-file: compat.rb\n"
+    "        file.dir: @DIR@/www\n"
+    "      /fall:\n"
+    "        mruby.handler: |\n"
+    "          proc { |env| [399, {\"x-fallthru-set-from-first\" => \"1\", \"x-kept\" => \"yes\"}, []] }\n"
+    "        mruby.handler-file: compat.rb\n"
+    "      /inline-raise:\n"
+    "        mruby.handler: proc { |env| raise \"inline failure\" }\n";
 
 static const char CONF[] = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                            "num-threads: 1\n"
@@ -539,7 +606,7 @@ START_TEST(unattached_key_raises_key_error)
     expect_get("/e/key?sa_main", 200, "attached");
     /* uncaught: an ordinary exception (500, logged) */
     body = get("/e/key-uncaught", 500);
-    ck_assert_str_eq(body, "Internal Server Error\n");
+    ck_assert_str_eq(body, "Internal Server Error");
     free(body);
     ck_assert_msg(th_wait_until(log_has, "(H2O::DB::KeyError)", 10000), "not logged");
     stop();
@@ -586,11 +653,12 @@ START_TEST(exception_answers_500_and_the_vm_stays_usable)
         }
         ck_assert_msg(th_wait_until(log_has, (void *)logged[i], 10000), "`%s` not in the log", logged[i]);
     }
-    /* the log names the handler and the Ruby backtrace */
-    ck_assert(log_contains("errors.rb:1) failed on GET /e/boom"));
-    char from[64];
-    snprintf(from, sizeof(from), "errors.rb:%d\n", line_of(ERRORS_RB, "raise \"secret boom detail\""));
-    ck_assert_msg(log_contains(from), "no `%s` in the log", from);
+    /* logged as h2o's mruby logs it: the request's path, where the exception was raised, then the backtrace */
+    char *logged_at = th_fmt("[h2o_mruby] in request:/e/boom:mruby raised: %s/errors.rb:%d: secret boom detail (RuntimeError)\n",
+                             server.dir, line_of(ERRORS_RB, "raise \"secret boom detail\""));
+    ck_assert_msg(log_contains(logged_at), "no `%s` in the log", logged_at);
+    free(logged_at);
+    ck_assert(log_contains("\n    from (h2o-db)/rack.rb:"));
     stop();
 }
 END_TEST
@@ -669,8 +737,9 @@ START_TEST(rack_env_input_and_response)
         ck_assert_int_eq(res.status, 200);
         char expect[2048];
         snprintf(expect, sizeof(expect),
-                 "REQUEST_METHOD=POST\nSCRIPT_NAME=/rack\nPATH_INFO=/sub/path\nQUERY_STRING=input\nSERVER_NAME=127.0.0.1\n"
-                 "SERVER_PORT=%d\nSERVER_PROTOCOL=%s\nREMOTE_ADDR=127.0.0.1\nCONTENT_TYPE=application/x-www-form-urlencoded\n"
+                 "REQUEST_METHOD=POST\nSCRIPT_NAME=/rack\nPATH_INFO=/sub/path\nQUERY_STRING=input\nSERVER_NAME=default\n"
+                 "SERVER_ADDR=127.0.0.1\nSERVER_PORT=%d\nSERVER_PROTOCOL=%s\nSERVER_SOFTWARE=h2o/2.2.5\nREMOTE_ADDR=127.0.0.1\n"
+                 "CONTENT_TYPE=application/x-www-form-urlencoded\n"
                  "CONTENT_LENGTH=18\nHTTP_HOST=127.0.0.1:%d\nrack.url_scheme=http\n"
                  "first=\"line one\\n\" rest=\"line two\\n\" lines=2 version=[1, 3]\n",
                  server.port, version == TH_HTTP1 ? "HTTP/1.1" : "HTTP/2", server.port);
@@ -710,8 +779,14 @@ START_TEST(status_399_falls_through_to_the_next_handler)
     /* mruby.handler-file twice on one path: YAML order */
     expect_get("/rack", 200, "first handler");
     expect_get("/rack?fall", 200, "second handler fall");
-    /* after a suspension (deferred delegation), and to file.dir */
+    /* after a suspension (deferred delegation), and to file.dir; the 399's headers stay */
     expect_get("/rack?fall-late", 200, "second handler fall-late");
+    th_response_t late;
+    request(&late, TH_HTTP1, NULL, "/static/index.html?fall-late", NULL);
+    char *kept = th_header(&late, "x-late");
+    ck_assert_msg(kept != NULL && strcmp(kept, "kept") == 0, "%s", late.headers);
+    free(kept);
+    th_response_free(&late);
     expect_get("/static/index.html?fall", 200, "static after fallthrough\n");
     expect_get("/static/index.html?fall-late", 200, "static after fallthrough\n");
     th_response_t res;
@@ -870,6 +945,300 @@ START_TEST(no_live_fibers_after_1000_requests)
 }
 END_TEST
 
+/* ---- as H2O's mruby does it ---- */
+
+static void start_compat(void)
+{
+    dir = th_tmpdir();
+    free(th_write_file(dir, "compat.rb", COMPAT_RB, 0));
+    char *www = th_fmt("%s/www", dir);
+    mkdir(www, 0755);
+    free(th_write_file(www, "index.txt", "hello\n", 0));
+    free(th_write_file(www, "pushed.js", "pushed\n", 0));
+    free(www);
+    int ret = th_server_start_in(&server, dir, COMPAT_CONF);
+    ck_assert_msg(ret == 0, "server did not start: %s", th_server_log(&server));
+}
+
+/* One HTTP/1.1 request written as is (no client normalizes the path), with Connection: close;
+ * the whole response, malloc'd. */
+static char *raw_http1(const char *method, const char *path)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(server.port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    ck_assert(connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+    struct timeval tv = {(time_t)(10 * th_time_factor()), 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char *req = th_fmt("%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", method, path);
+    ck_assert(send(fd, req, strlen(req), 0) == (ssize_t)strlen(req));
+    free(req);
+    size_t len = 0, cap = 4096;
+    char *buf = malloc(cap);
+    ssize_t n;
+    while ((n = recv(fd, buf + len, cap - len - 1, 0)) > 0)
+        if ((len += n) + 1 == cap)
+            buf = realloc(buf, cap *= 2);
+    buf[len] = '\0';
+    close(fd);
+    return buf;
+}
+
+static const char *body_of(const char *response)
+{
+    const char *p = strstr(response, "\r\n\r\n");
+    return p != NULL ? p + 4 : "";
+}
+
+static void expect_raw_body(const char *path, const char *body)
+{
+    char *res = raw_http1("GET", path);
+    ck_assert_msg(strcmp(body_of(res), body) == 0, "GET %s: expected `%s`, got: %s", path, body, res);
+    free(res);
+}
+
+START_TEST(rack_env_server_keys_and_setenv_as_h2o)
+{
+    start_compat();
+    for (int version = TH_HTTP1; version <= TH_HTTP2; ++version) {
+        /* SERVER_NAME is the config's host, SERVER_ADDR/PORT the socket's, SERVER_SOFTWARE the
+         * server-name; setenv of every level with unsetenv */
+        char *expect = th_fmt("SERVER_NAME=\"compat.example\" SERVER_ADDR=\"127.0.0.1\" SERVER_PORT=\"%d\" "
+                              "SERVER_SOFTWARE=\"h2o-db-compat/1.0\" HTTP_HOST=\"127.0.0.1:%d\" GLOBAL_VAR=\"g\" HOST_VAR=nil "
+                              "PATH_VAR=\"p\" FROM_FIRST=nil",
+                              server.port, server.port);
+        th_response_t res;
+        request(&res, version, NULL, "/abc/x?env", NULL);
+        ck_assert_int_eq(res.status, 200);
+        ck_assert_str_eq(res.body, expect);
+        th_response_free(&res);
+        free(expect);
+    }
+    /* a Host without the port: SERVER_PORT is still the listening socket's */
+    char *expect = th_fmt("SERVER_NAME=\"compat.example\" SERVER_ADDR=\"127.0.0.1\" SERVER_PORT=\"%d\" "
+                          "SERVER_SOFTWARE=\"h2o-db-compat/1.0\" HTTP_HOST=\"127.0.0.1\" GLOBAL_VAR=\"g\" HOST_VAR=\"h\" "
+                          "PATH_VAR=nil FROM_FIRST=nil",
+                          server.port);
+    expect_raw_body("/?env", expect);
+    free(expect);
+    stop();
+}
+END_TEST
+
+START_TEST(path_info_is_the_path_as_sent)
+{
+    start_compat();
+    /* t/50mruby.t's cases: PATH_INFO neither percent-decoded nor with its dot segments resolved,
+     * SCRIPT_NAME the configured path (which matched the normalized one) */
+    const char *cases[][2] = {
+        {"/abc/def%20ghi?paths", "/abc|/def%20ghi"},
+        {"/abc/def/../ghi/../jhk?paths", "/abc|/def/../ghi/../jhk"},
+        {"/123/../abc/def/../ghi?paths", "/abc|/def/../ghi"},
+        {"/foo%20bar/baz?paths", "/foo bar|/baz"},
+        {"/xxx/../hoge?paths", "|/xxx/../hoge"},
+        {"/../abc?paths", "/abc|"},
+        {"abc/def?paths", "/abc|/def"},
+        {"123/../abc/def/../ghi?paths", "/abc|/def/../ghi"},
+        {"xyz?paths", "|xyz"},
+        {"?paths", "|"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); ++i)
+        expect_raw_body(cases[i][0], cases[i][1]);
+    for (int version = TH_HTTP1; version <= TH_HTTP2; ++version) {
+        th_response_t res;
+        request(&res, version, NULL, "/abc/def%20ghi?paths", NULL);
+        ck_assert_str_eq(res.body, "/abc|/def%20ghi");
+        th_response_free(&res);
+    }
+    stop();
+}
+END_TEST
+
+/* Reads exactly n bytes; 0, or -1 on EOF or timeout. */
+static int read_full(int fd, unsigned char *buf, size_t n)
+{
+    for (size_t got = 0; got < n;) {
+        ssize_t r = recv(fd, buf + got, n - got, 0);
+        if (r <= 0)
+            return -1;
+        got += r;
+    }
+    return 0;
+}
+
+/* GET path over HTTP/2 (prior knowledge), spoken frame by frame: Debian 12's libcurl 7.88.1
+ * receives PUSH_PROMISE frames but never calls its push callback. Our SETTINGS are empty, so
+ * push is enabled. Returns the number of PUSH_PROMISE frames on the request's stream; the body
+ * (of stream 1) goes to `body` (256 bytes). */
+static int http2_get_counting_pushes(const char *path, char *body)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0), promises = 0, done = 0;
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(server.port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    ck_assert(connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+    struct timeval tv = {(time_t)(10 * th_time_factor()), 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char authority[32];
+    int alen = snprintf(authority, sizeof(authority), "127.0.0.1:%d", server.port), plen = (int)strlen(path);
+    ck_assert(plen < 127);
+    /* preface, empty SETTINGS, HEADERS (END_STREAM | END_HEADERS): GET, http, :path and :authority as literals */
+    unsigned char out[512], *o = out;
+    memcpy(o, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\4\0\0\0\0\0", 33);
+    o += 33;
+    size_t block = 2 + 2 + plen + 2 + alen;
+    unsigned char head[] = {0, 0, (unsigned char)block, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x44, (unsigned char)plen};
+    memcpy(o, head, sizeof(head));
+    o += sizeof(head);
+    memcpy(o, path, plen);
+    o += plen;
+    *o++ = 0x41;
+    *o++ = (unsigned char)alen;
+    memcpy(o, authority, alen);
+    o += alen;
+    ck_assert(send(fd, out, o - out, 0) == o - out);
+    body[0] = '\0';
+    while (!done) {
+        unsigned char fh[9], payload[16384];
+        ck_assert_msg(read_full(fd, fh, 9) == 0, "HTTP/2: the connection ended before the response did");
+        size_t len = (size_t)fh[0] << 16 | fh[1] << 8 | fh[2];
+        uint32_t stream = ((uint32_t)fh[5] << 24 | fh[6] << 16 | fh[7] << 8 | fh[8]) & 0x7fffffff;
+        ck_assert(len <= sizeof(payload) && read_full(fd, payload, len) == 0);
+        if (fh[3] == 4 && (fh[4] & 1) == 0) /* SETTINGS: ACK it */
+            ck_assert(send(fd, "\0\0\0\4\1\0\0\0\0", 9, 0) == 9);
+        ck_assert_msg(fh[3] != 7, "HTTP/2: GOAWAY");
+        promises += fh[3] == 5 && stream == 1;
+        if (fh[3] == 0 && stream == 1)
+            snprintf(body + strlen(body), 256 - strlen(body), "%.*s", (int)len, payload);
+        done = stream == 1 && (fh[3] == 0 || fh[3] == 1) && (fh[4] & 1) != 0; /* END_STREAM */
+    }
+    close(fd);
+    return promises;
+}
+
+START_TEST(status_399_keeps_its_headers_and_pushes)
+{
+    start_compat();
+    /* the next handler (file.dir) answers with the 399's headers */
+    th_response_t res;
+    request(&res, TH_HTTP1, NULL, "/push/index.txt?push", NULL);
+    ck_assert_int_eq(res.status, 200);
+    ck_assert_str_eq(res.body, "hello\n");
+    ck_assert_msg(strstr(res.headers, "\nx-kept: yes\r\n") != NULL &&
+                      strstr(res.headers, "\nlink: </push/pushed.js>; rel=preload\r\n"),
+                  "%s", res.headers);
+    th_response_free(&res);
+    /* over HTTP/2 a link rel=preload pushes (its PUSH_PROMISE before the response), nopush does not */
+    char body[256];
+    ck_assert_int_eq(http2_get_counting_pushes("/push/index.txt?push", body), 1);
+    ck_assert_str_eq(body, "hello\n");
+    ck_assert_int_eq(http2_get_counting_pushes("/push/index.txt?nopush", body), 0);
+    ck_assert_str_eq(body, "hello\n");
+    /* x-fallthru-set-NAME: an env variable for the next handler, not a response header */
+    for (int version = TH_HTTP1; version <= TH_HTTP2; ++version) {
+        request(&res, version, NULL, "/fall/?env", NULL);
+        ck_assert_int_eq(res.status, 200);
+        ck_assert_msg(strstr(res.body, " FROM_FIRST=\"1\"") != NULL, "%s", res.body);
+        ck_assert_msg(strstr(res.headers, "x-kept: yes\r\n") != NULL && strstr(res.headers, "fallthru") == NULL, "%s", res.headers);
+        th_response_free(&res);
+    }
+    stop();
+}
+END_TEST
+
+START_TEST(rack_input_as_h2o)
+{
+    start_compat();
+    for (int version = TH_HTTP1; version <= TH_HTTP2; ++version) {
+        th_response_t res;
+        /* read(n) nil at the end, read() "", each from the start, rewind self, read(n, buf) appends, byteindex */
+        request(&res, version, "POST", "/?input", "ab\ncd");
+        ck_assert_int_eq(res.status, 200);
+        ck_assert_str_eq(res.body, "[\"a\", [\"ab\\n\", \"cd\"], nil, \"\", true, \"xab\", 0, \"\\n\", \"cd\", nil, nil, [3, 2]]");
+        th_response_free(&res);
+        /* a rack.input kept past its request is closed */
+        request(&res, version, "POST", "/?keep-input", "kept body");
+        ck_assert_str_eq(res.body, "kept body");
+        th_response_free(&res);
+        request(&res, version, NULL, "/?old-input", NULL);
+        ck_assert_str_eq(res.body, "read: IOError stream closed, gets: IOError stream closed, rewind: IOError stream closed, "
+                                   "each: IOError stream closed");
+        th_response_free(&res);
+    }
+    stop();
+}
+END_TEST
+
+START_TEST(response_framing_as_h2o)
+{
+    start_compat();
+    /* 204: no content-length, the reason libh2o's "OK" (as h2o's mruby sends it) */
+    char *res = raw_http1("GET", "/?204");
+    ck_assert_msg(strncmp(res, "HTTP/1.1 204 OK\r\n", 17) == 0 && strstr(res, "Content-Length") == NULL &&
+                      strstr(res, "content-length") == NULL && strstr(res, "\r\nx-a: 1\r\n") != NULL && *body_of(res) == '\0',
+                  "%s", res);
+    free(res);
+    /* the app's content-length cuts the body; hop-by-hop headers are dropped */
+    for (int version = TH_HTTP1; version <= TH_HTTP2; ++version) {
+        th_response_t r;
+        request(&r, version, NULL, "/?length", NULL);
+        ck_assert_str_eq(r.body, "ab");
+        char *connection = th_header(&r, "connection"), *len = th_header(&r, "content-length");
+        ck_assert_msg(len != NULL && strcmp(len, "2") == 0 && th_header(&r, "transfer-encoding") == NULL &&
+                          (connection == NULL || strcmp(connection, "close") != 0),
+                      "%s", r.headers);
+        free(connection);
+        free(len);
+        th_response_free(&r);
+    }
+    /* HEAD: the length, no body */
+    res = raw_http1("HEAD", "/");
+    ck_assert_msg(strncmp(res, "HTTP/1.1 200 OK\r\n", 17) == 0 && strstr(res, "Content-Length: 4\r\n") != NULL &&
+                      *body_of(res) == '\0',
+                  "%s", res);
+    free(res);
+    stop();
+}
+END_TEST
+
+START_TEST(exceptions_are_logged_as_h2o_logs_them)
+{
+    start_compat();
+    expect_get("/?raise", 500, "Internal Server Error");
+    char *line = th_fmt("[h2o_mruby] in request:/?raise:mruby raised: %s/compat.rb:%d: compat failure (RuntimeError)\n", server.dir,
+                        line_of(COMPAT_RB, "raise \"compat failure\""));
+    ck_assert_msg(th_wait_until(log_has, line, 10000), "no `%s` in: %s", line, th_server_log(&server));
+    free(line);
+    /* a flow-style inline handler: the directive's line */
+    expect_get("/inline-raise", 500, "Internal Server Error");
+    line = th_fmt("[h2o_mruby] in request:/inline-raise:mruby raised: %s:%d: inline failure (RuntimeError)\n", server.conf_path,
+                  line_of(COMPAT_CONF, "raise \"inline failure\""));
+    ck_assert_msg(th_wait_until(log_has, line, 10000), "no `%s` in: %s", line, th_server_log(&server));
+    free(line);
+    stop();
+}
+END_TEST
+
+START_TEST(handler_file_found_in_the_working_directory)
+{
+    /* not beside the config file: opened from the working directory, as h2o opens it */
+    char *cwd_dir = th_tmpdir(), old[PATH_MAX];
+    free(th_write_file(cwd_dir, "from-cwd.rb", "proc { |env| [200, {}, [\"from the working directory\"]] }\n", 0));
+    dir = th_tmpdir();
+    ck_assert(getcwd(old, sizeof(old)) != NULL);
+    ck_assert(chdir(cwd_dir) == 0);
+    int ret = th_server_start_in(&server, dir,
+                                 "listen: {host: 127.0.0.1, port: @PORT@}\n"
+                                 "hosts:\n"
+                                 "  default:\n"
+                                 "    paths:\n"
+                                 "      /:\n"
+                                 "        mruby.handler-file: from-cwd.rb\n");
+    ck_assert(chdir(old) == 0);
+    ck_assert_msg(ret == 0, "server did not start: %s", th_server_log(&server));
+    expect_get("/", 200, "from the working directory");
+    stop();
+    free(cwd_dir);
+}
+END_TEST
+
 /* ---- the demo ---- */
 
 START_TEST(demo_notes_rb)
@@ -969,6 +1338,13 @@ int main(void)
     tcase_add_test(tc, blocking_classes_are_removed);
     tcase_add_test(tc, view_mixin_and_db_for);
     tcase_add_test(tc, no_live_fibers_after_1000_requests);
+    tcase_add_test(tc, rack_env_server_keys_and_setenv_as_h2o);
+    tcase_add_test(tc, path_info_is_the_path_as_sent);
+    tcase_add_test(tc, status_399_keeps_its_headers_and_pushes);
+    tcase_add_test(tc, rack_input_as_h2o);
+    tcase_add_test(tc, response_framing_as_h2o);
+    tcase_add_test(tc, exceptions_are_logged_as_h2o_logs_them);
+    tcase_add_test(tc, handler_file_found_in_the_working_directory);
     tcase_add_test(tc, demo_notes_rb);
     suite_add_tcase(s, tc);
     int status = th_run_suite(s);

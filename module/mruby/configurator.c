@@ -1,8 +1,8 @@
 /*
  * mruby.handler / mruby.handler-file: YAML in, a registered handler out (handler.c is the
- * runtime). The source is inline Ruby, or a .rb file relative to the config file's folder;
- * it is compiled and run once here, in a throwaway VM, so that a syntax error or an
- * exception is a config error at FILE:LINE.
+ * runtime). The source is inline Ruby, or a .rb file relative to the config file's folder
+ * (else, where h2o opens it, to the working directory); it is compiled and run once here, in
+ * a throwaway VM, so that a syntax error or an exception is a config error at FILE:LINE.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -75,6 +75,34 @@ static char *read_file(const char *path, size_t *len)
     return buf;
 }
 
+/* The file of mruby.handler-file: relative to the config file's folder, else (as h2o opens it)
+ * to the working directory. NULL after printing an error. */
+static char *read_source_file(h2o_configurator_command_t *cmd, yoml_t *node, char **filename, size_t *len)
+{
+    char *source, *beside = h2o_db_config_path(node, node->data.scalar);
+    if ((source = read_file(beside, len)) != NULL) {
+        *filename = beside;
+        return source;
+    }
+    int err = errno;
+    if (err == ENOENT && strcmp(beside, node->data.scalar) != 0) {
+        if ((source = read_file(node->data.scalar, len)) != NULL) {
+            free(beside);
+            *filename = strdup(node->data.scalar);
+            return source;
+        }
+        if (errno == ENOENT)
+            h2o_configurator_errprintf(cmd, node, "cannot read `%s` (nor `%s` in the working directory): %s", beside,
+                                       node->data.scalar, strerror(err));
+        else
+            h2o_configurator_errprintf(cmd, node, "cannot read `%s`: %s", node->data.scalar, strerror(errno));
+    } else {
+        h2o_configurator_errprintf(cmd, node, "cannot read `%s`: %s", beside, strerror(err));
+    }
+    free(beside);
+    return NULL;
+}
+
 static int on_config_handler(h2o_configurator_command_t *cmd, h2o_configurator_context_t *ctx, yoml_t *node)
 {
     int is_file = strcmp(cmd->name, "mruby.handler-file") == 0;
@@ -83,12 +111,8 @@ static int on_config_handler(h2o_configurator_command_t *cmd, h2o_configurator_c
     unsigned lineno;
 
     if (is_file) {
-        filename = h2o_db_config_path(node, node->data.scalar);
-        if ((source = read_file(filename, &len)) == NULL) {
-            h2o_configurator_errprintf(cmd, node, "cannot read `%s`: %s", filename, strerror(errno));
-            free(filename);
+        if ((source = read_source_file(cmd, node, &filename, &len)) == NULL)
             return -1;
-        }
         lineno = 1;
     } else {
         source = strdup(node->data.scalar);

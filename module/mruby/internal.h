@@ -1,7 +1,7 @@
 /*
- * The mruby handler's internals, shared by handler.c (the per-thread VM, Rack env
- * and response, driving the request's Fiber), configurator.c (the directives),
- * db.c (H2O::DB) and json.c (the JSON encoder).
+ * The mruby handler's internals, shared by handler.c (the per-thread VM, driving the
+ * request's Fiber), env.c (the Rack env), response.c (the app's response), configurator.c
+ * (the directives), db.c (H2O::DB) and json.c (the JSON encoder).
  *
  * One mrb_state per worker thread (h2o_db_mruby_vm_t), shared by every mruby
  * handler of that thread. A request served by an mruby handler gets a
@@ -39,6 +39,7 @@ enum {
     H2O_DB_MRUBY_KEY_PATH_INFO,
     H2O_DB_MRUBY_KEY_QUERY_STRING,
     H2O_DB_MRUBY_KEY_SERVER_NAME,
+    H2O_DB_MRUBY_KEY_SERVER_ADDR,
     H2O_DB_MRUBY_KEY_SERVER_PORT,
     H2O_DB_MRUBY_KEY_SERVER_PROTOCOL,
     H2O_DB_MRUBY_KEY_SERVER_SOFTWARE,
@@ -74,13 +75,15 @@ typedef struct st_h2o_db_mruby_vm_t {
     mrb_value runner; /* H2O::DB::RUNNER: runs app.call(env) and the body inside the Fiber */
     mrb_value roots;  /* an Array registered with the GC: everything below */
     mrb_value fibers; /* Array: slot -> the request's Fiber while it lives */
+    mrb_value inputs; /* Array: slot -> the request's rack.input, closed when the slot is freed */
     mrb_value apps;   /* Array: handler index -> its Rack app */
     mrb_value keys[H2O_DB_MRUBY_NUM_KEYS];
     mrb_value rack_errors, rack_version, empty_string;
+    mrb_value server_software; /* the globalconf's server_name ("h2o/2.2.5", or `server-name`) */
     h2o_db_mruby_slot_t *slots;
     uint32_t num_slots, free_head;
     size_t live_fibers;
-    mrb_sym sym_new, sym_call, sym_status, sym_sqlstate;
+    mrb_sym sym_new, sym_call, sym_status, sym_sqlstate, sym_input_s, sym_input_pos;
 } h2o_db_mruby_vm_t;
 
 typedef struct st_h2o_db_mruby_handler_t h2o_db_mruby_handler_t;
@@ -121,6 +124,17 @@ void h2o_db_mruby_resume(h2o_db_mruby_vm_t *vm, uint64_t id, mrb_value value);
 int h2o_db_mruby_check_source(const char *source, size_t len, const char *filename, unsigned lineno, char *err, size_t errsz);
 /* handler.c: an mruby handler at pathconf running source (which it keeps, with filename: malloc'ed). */
 void h2o_db_mruby_register(h2o_pathconf_t *pathconf, char *source, size_t len, char *filename, unsigned lineno);
+
+/* env.c: makes the VM's frozen env keys (vm->keys, kept in vm->roots). */
+void h2o_db_mruby_init_env_keys(h2o_db_mruby_vm_t *vm);
+/* env.c: the Rack env of req, whose slot is id's (rack.input is kept in vm->inputs there). */
+mrb_value h2o_db_mruby_build_env(h2o_db_mruby_vm_t *vm, h2o_req_t *req, uint64_t id);
+
+/* response.c: adds the app's headers ([name, value, ...], names lower case) to req's response;
+ * link pushes, x-fallthru-set-* sets req's env, content-length sets the length. */
+void h2o_db_mruby_add_headers(h2o_req_t *req, mrb_value headers);
+/* response.c: sends the status and the body (an Array of Strings) with its length. */
+void h2o_db_mruby_send_response(h2o_req_t *req, mrb_int status, mrb_value chunks);
 
 /* json.c: defines H2O::DB.to_json. */
 void h2o_db_mruby_define_json(h2o_db_mruby_vm_t *vm);

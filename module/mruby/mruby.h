@@ -1,6 +1,6 @@
 /*
  * mruby handlers: `mruby.handler` (inline Ruby) and `mruby.handler-file` (a .rb file
- * relative to the config file naming it), at path level. Each returns a Rack app whose
+ * relative to the config file naming it, else to the working directory), at path level. Each returns a Rack app whose
  * H2O::DB queries suspend the request's Fiber instead of the thread. See docs/mruby.md.
  */
 #ifndef h2o_db_mruby_h

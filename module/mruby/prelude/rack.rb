@@ -2,61 +2,89 @@
 # the C side starts in a new Fiber for every request (module/mruby/handler.c).
 module H2O
   module DB
-    # rack.input: the request body (h2o has read all of it before the handler runs).
-    # @s and @pos are set by the C side.
+    # rack.input: the request body (h2o has read all of it before the handler runs), with
+    # the semantics of h2o's InputStream: read(length), gets and byteindex answer nil at the
+    # end, each starts from the beginning, read(length, buffer) appends to buffer; once the
+    # request is over (the C side sets @s to nil) every call raises IOError. One difference:
+    # read() at the end answers "" as Rack says (h2o: nil), which apps that read an empty POST
+    # body rely on. @s and @pos are set by the C side.
     class Input
+      include Enumerable
+      CLOSED = Object.const_defined?(:IOError) ? IOError : RuntimeError
+
       def initialize(string = "")
         @s = string
         @pos = 0
       end
 
       def read(length = nil, buffer = nil)
+        s = __open
         if length.nil?
-          out = @pos < @s.bytesize ? @s.byteslice(@pos, @s.bytesize - @pos) : ""
-          @pos = @s.bytesize
+          out = @pos < s.bytesize ? s.byteslice(@pos, s.bytesize - @pos) : ""
         else
-          raise ArgumentError, "negative length #{length}" if length < 0
-          if @pos >= @s.bytesize
-            out = length == 0 ? "" : nil
-          else
-            out = @s.byteslice(@pos, length)
-            @pos += out.bytesize
-          end
+          length = Integer(length)
+          raise ArgumentError, "negative length #{length} given" if length < 0
+          return nil if @pos >= s.bytesize
+          out = s.byteslice(@pos, length)
         end
-        if buffer && out
-          buffer.replace(out)
-          return buffer
-        end
-        out
+        @pos += out.bytesize
+        buffer ? buffer << out : out
       end
 
       def gets
-        return nil if @pos >= @s.bytesize
-        nl = @s.index("\n", @pos)
-        stop = nl ? nl + 1 : @s.bytesize
-        line = @s.byteslice(@pos, stop - @pos)
+        s = __open
+        return nil if @pos >= s.bytesize
+        nl = s.index("\n", @pos)
+        stop = nl ? nl + 1 : s.bytesize
+        line = s.byteslice(@pos, stop - @pos)
         @pos = stop
         line
       end
 
       def each
+        return to_enum(:each) unless block_given?
+        rewind
         while (line = gets)
           yield line
         end
-        self
+        nil
       end
 
       def rewind
+        __open
         @pos = 0
-        0
+        self
+      end
+
+      # the distance from the position to the next byte `byte` (or to the end), nil at the end
+      def byteindex(byte)
+        s = __open
+        raise ArgumentError, "index should be a byte (0 - 255)" unless byte.is_a?(Integer) && byte >= 0 && byte <= 255
+        return nil if @pos >= s.bytesize
+        i = s.index(byte.chr, @pos)
+        (i || s.bytesize) - @pos
       end
 
       def size
-        @s.bytesize
+        __open.bytesize
       end
 
       def close
         nil
+      end
+
+      def inspect
+        "#<H2O::DB::Input>"
+      end
+      alias to_s inspect
+
+      def to_json(*_options)
+        H2O::DB.to_json(inspect)
+      end
+
+      def __open
+        raise CLOSED, "stream closed" if @s.nil?
+        @s
       end
     end
 
@@ -103,10 +131,23 @@ module H2O
       status, headers, body = res
       status = Integer(status)
       raise ArgumentError, "HTTP status #{status} is out of range (100..999)" if status < 100 || status > 999
-      if status == 399 # fall through to the next handler of the path
+      flat = __headers(headers)
+      if status == 399 # fall through to the next handler of the path, with these headers
         body.close if body.respond_to?(:close)
-        return [399, nil, nil]
+        return [399, flat, nil]
       end
+      chunks = []
+      begin
+        body.each { |chunk| chunks << chunk.to_s }
+      ensure
+        body.close if body.respond_to?(:close)
+      end
+      [status, flat, chunks]
+    end
+
+    # A Hash or an Array of pairs -> [name, value, ...], names lower case; a value with "\n"
+    # (or an Array value) is several headers of that name.
+    def self.__headers(headers)
       flat = []
       (headers || {}).each do |name, value|
         name = name.to_s.downcase
@@ -123,18 +164,24 @@ module H2O
           flat << name << v
         end
       end
-      chunks = []
-      begin
-        body.each { |chunk| chunks << chunk.to_s }
-      ensure
-        body.close if body.respond_to?(:close)
-      end
-      [status, flat, chunks]
+      flat
     end
 
-    def self.__describe(e, backtrace = true)
-      s = "#{e.message} (#{e.class})"
-      bt = backtrace ? e.backtrace : nil
+    # style 0: "message (Class)"; 1: the same and the backtrace; 2: as h2o's mruby logs an
+    # exception, "FILE:LINE: message (Class)" (where it was raised), then the other frames.
+    def self.__describe(e, style = 1)
+      msg = e.message.to_s
+      s = "#{msg} (#{e.class})"
+      bt = style == 0 ? nil : e.backtrace
+      if style == 2
+        s = e.class.to_s if msg.empty?
+        if bt && !bt.empty?
+          at = bt[0].to_s
+          i = at.rindex(":in ")
+          s = "#{i ? at[0, i] : at}: #{s}"
+          bt = bt[1..-1]
+        end
+      end
       s += "\n    from " + bt.join("\n    from ") if bt && !bt.empty?
       s
     rescue Exception

@@ -284,6 +284,23 @@ START_TEST(reverse_proxy_to_a_unix_socket_upstream)
 }
 END_TEST
 
+/* `listen: PORT` where the only interface is loopback (a fresh network namespace, as H2O's own
+ * test suite runs): getaddrinfo's AI_ADDRCONFIG would refuse 0.0.0.0 there */
+START_TEST(listen_port_in_a_loopback_only_network)
+{
+    char *dir = th_tmpdir(),
+         *conf = th_write_file(dir, "h2o-db.conf", "listen: 18791\nhosts: {default: {paths: {/: {file.dir: .}}}}\n", 0);
+    char *cmd = th_fmt("unshare --net %s/h2o-db -t -c %s 2>&1", th_build_dir(), conf), out[4096] = "";
+    FILE *p = popen(cmd, "r");
+    out[fread(out, 1, sizeof(out) - 1, p)] = '\0';
+    int status = pclose(p);
+    ck_assert_msg(status == 0 && strstr(out, "is OK") != NULL, "%s: %s", cmd, out);
+    free(cmd);
+    free(conf);
+    free(dir);
+}
+END_TEST
+
 /* the config Debian's h2o package installs, unchanged (scripts/test finds it) */
 START_TEST(debian_h2o_conf_passes_the_check)
 {
@@ -445,6 +462,7 @@ int main(void)
     tcase_add_test(tc, check_mode_accepts_good_and_rejects_bad_configs);
     tcase_add_test(tc, a_bad_config_never_listens);
     tcase_add_test(tc, debian_h2o_conf_passes_the_check);
+    tcase_add_test(tc, listen_port_in_a_loopback_only_network);
     tcase_add_test(tc, sigterm_closes_kept_alive_upstream_connections);
     tcase_add_test(tc, reverse_proxy_to_a_unix_socket_upstream);
     tcase_add_test(tc, version_and_help);

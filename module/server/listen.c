@@ -120,14 +120,18 @@ static int declare_tcp(h2o_configurator_command_t *cmd, h2o_configurator_context
         h2o_configurator_errprintf(cmd, a->port_node, "port must be a number between 1 and 65535, not `%s`", a->port);
         return -1;
     }
-    /* `listen: PORT` binds 0.0.0.0 (IPv4 only); a host name listens on each of its addresses, as h2o does */
+    /* `listen: PORT` binds 0.0.0.0 (IPv4 only; with no AI_ADDRCONFIG, which refuses it where the
+     * only interface is loopback); a host name listens on each of its addresses, as h2o does */
     struct addrinfo hints = {.ai_family = a->host == NULL ? AF_INET : AF_UNSPEC,
                              .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV | AI_ADDRCONFIG},
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV | (a->host != NULL ? AI_ADDRCONFIG : 0)},
                     *res;
     int err = getaddrinfo(a->host, a->port, &hints, &res);
     if (err != 0) {
-        h2o_configurator_errprintf(cmd, node, "cannot resolve host `%s`: %s", a->host, gai_strerror(err));
+        if (a->host != NULL)
+            h2o_configurator_errprintf(cmd, node, "cannot resolve host `%s`: %s", a->host, gai_strerror(err));
+        else
+            h2o_configurator_errprintf(cmd, node, "cannot listen on port %s: %s", a->port, gai_strerror(err));
         return -1;
     }
     int ret = 0;

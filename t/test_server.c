@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -301,6 +302,57 @@ START_TEST(listen_port_in_a_loopback_only_network)
 }
 END_TEST
 
+static int path_exists(void *path)
+{
+    return access(path, F_OK) == 0;
+}
+
+static int path_gone(void *path)
+{
+    return access(path, F_OK) != 0;
+}
+
+/* --mode=daemon (as h2o): the command returns, the daemon serves, writes its pid, reloads on
+ * SIGHUP, and removes the pid file when SIGTERM stops it */
+START_TEST(daemon_mode_detaches_and_keeps_its_pid_file)
+{
+    char *dir = th_tmpdir(), *pid_file = th_fmt("%s/h2o-db.pid", dir);
+    int port = th_free_port();
+    char *text = th_fmt("listen: {host: 127.0.0.1, port: %d}\npid-file: %s\nerror-log: %s/error.log\n"
+                        "hosts: {default: {paths: {/hello: {c.handler: \"@BUILD@/t/test_handlers.so:hello\"}}}}\n",
+                        port, pid_file, dir);
+    char *conf = th_write_file(dir, "h2o-db.conf", text, port);
+    char *cmd = th_fmt("%s/h2o-db --mode=daemon -c %s", th_build_dir(), conf);
+    ck_assert_int_eq(system(cmd), 0);
+    ck_assert_msg(th_wait_until(path_exists, pid_file, 10000), "no pid file");
+    char *url = th_fmt("http://127.0.0.1:%d/hello", port);
+    th_response_t res;
+    for (int round = 0; round < 2; ++round) {
+        long pid = 0;
+        FILE *fp = fopen(pid_file, "r");
+        ck_assert(fp != NULL && fscanf(fp, "%ld", &pid) == 1);
+        fclose(fp);
+        ck_assert(pid != getpid());
+        int answered = 0;
+        for (int i = 0; i < 500 && !answered; ++i) { /* (bounded: until the port answers) */
+            answered = th_http(&res, TH_HTTP1, NULL, url, NULL) == 0 && res.status == 200;
+            th_response_free(&res);
+            if (!answered)
+                usleep(20000);
+        }
+        ck_assert_msg(answered, "the daemon does not answer (round %d)", round);
+        ck_assert_int_eq(kill((pid_t)pid, round == 0 ? SIGHUP : SIGTERM), 0);
+    }
+    ck_assert_msg(th_wait_until(path_gone, pid_file, 15000), "the pid file is still there after SIGTERM");
+    free(url);
+    free(cmd);
+    free(conf);
+    free(text);
+    free(pid_file);
+    free(dir);
+}
+END_TEST
+
 /* the config Debian's h2o package installs, unchanged (scripts/test finds it) */
 START_TEST(debian_h2o_conf_passes_the_check)
 {
@@ -463,6 +515,7 @@ int main(void)
     tcase_add_test(tc, a_bad_config_never_listens);
     tcase_add_test(tc, debian_h2o_conf_passes_the_check);
     tcase_add_test(tc, listen_port_in_a_loopback_only_network);
+    tcase_add_test(tc, daemon_mode_detaches_and_keeps_its_pid_file);
     tcase_add_test(tc, sigterm_closes_kept_alive_upstream_connections);
     tcase_add_test(tc, reverse_proxy_to_a_unix_socket_upstream);
     tcase_add_test(tc, version_and_help);

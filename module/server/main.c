@@ -30,6 +30,8 @@ static void usage(FILE *fp)
                 "  -c, --conf FILE   the config file (h2o.conf-style YAML with db.* directives)\n"
                 "  -t, --test        check the config and exit: 0 when good, 1 with FILE:LINE:COLUMN errors\n"
                 "      --connect     with -t: also connect to every bound database once\n"
+                "  -m, --mode MODE   as h2o: worker or master (the same here: one process; SIGHUP reloads),\n"
+                "                    daemon (detach first), test (as -t)\n"
                 "  -v, --version     print the version and exit\n"
                 "  -h, --help        print this help and exit\n");
 }
@@ -69,6 +71,33 @@ static int drop_privileges(const char *user)
     return 0;
 }
 
+/* --mode=daemon: detached (two forks, a new session, stdin and stdout on /dev/null; stderr is kept
+ * until error-log takes it); the pid file names the daemon. */
+static int daemonize(void)
+{
+    pid_t pid = fork();
+    if (pid == -1) {
+        perror("h2o-db: fork");
+        return -1;
+    }
+    if (pid != 0)
+        _exit(0);
+    setsid();
+    if ((pid = fork()) == -1) {
+        perror("h2o-db: fork");
+        return -1;
+    }
+    if (pid != 0)
+        _exit(0);
+    int fd = open("/dev/null", O_RDWR);
+    if (fd != -1) {
+        dup2(fd, STDIN_FILENO);
+        dup2(fd, STDOUT_FILENO);
+        close(fd);
+    }
+    return 0;
+}
+
 static int write_pid_file(const char *path)
 {
     FILE *fp = fopen(path, "w");
@@ -93,19 +122,33 @@ static int open_error_log(const char *path)
 
 int main(int argc, char **argv)
 {
-    static const struct option longopts[] = {{"conf", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
-                                             {"connect", no_argument, NULL, 'C'},    {"version", no_argument, NULL, 'v'},
-                                             {"help", no_argument, NULL, 'h'},       {NULL}};
+    static const struct option longopts[] = {{"conf", required_argument, NULL, 'c'},
+                                             {"test", no_argument, NULL, 't'},
+                                             {"connect", no_argument, NULL, 'C'},
+                                             {"version", no_argument, NULL, 'v'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {"mode", required_argument, NULL, 'm'},
+                                             {NULL}};
     const char *config_path = NULL;
-    int test_mode = 0, connect = 0, ch;
+    int test_mode = 0, daemon_mode = 0, connect = 0, ch;
 
-    while ((ch = getopt_long(argc, argv, "c:tvh", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:tvhm:", longopts, NULL)) != -1) {
         switch (ch) {
         case 'c':
             config_path = optarg;
             break;
         case 't':
             test_mode = 1;
+            break;
+        case 'm': /* h2o's modes: one process here serves as worker and master (SIGHUP reloads) */
+            if (strcmp(optarg, "test") == 0) {
+                test_mode = 1;
+            } else if (strcmp(optarg, "daemon") == 0) {
+                daemon_mode = 1;
+            } else if (strcmp(optarg, "worker") != 0 && strcmp(optarg, "master") != 0) {
+                fprintf(stderr, "h2o-db: unknown mode `%s` (worker, master, daemon or test)\n", optarg);
+                return 1;
+            }
             break;
         case 'C':
             connect = 1;
@@ -146,6 +189,8 @@ int main(int argc, char **argv)
         return 0;
     }
 
+    if (daemon_mode && daemonize() != 0)
+        return 1;
     if (h2o_db_server_open_listeners(server) != 0)
         return 1;
     if (server->pid_file != NULL && write_pid_file(server->pid_file) != 0)

@@ -192,15 +192,18 @@ static int load_dh(h2o_configurator_command_t *cmd, SSL_CTX *ctx, yoml_t *node)
 static SSL_CTX *make_ctx(h2o_configurator_command_t *cmd, const struct ssl_props *p)
 {
     char reason[256];
-    int min_version = TLS1_VERSION, max_version = 0;
+    int min_version = 0, max_version = 0;
     if (parse_version(cmd, p->min_version, &min_version) != 0 || parse_version(cmd, p->max_version, &max_version) != 0)
         return NULL;
     if (readable(cmd, p->certificate_file, "certificate-file") != 0 || readable(cmd, p->key_file, "key-file") != 0)
         return NULL;
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     SSL_CTX_set_options(ctx, SSL_OP_ALL | SSL_OP_NO_COMPRESSION | (p->server_preference ? SSL_OP_CIPHER_SERVER_PREFERENCE : 0));
-    SSL_CTX_set_min_proto_version(ctx, min_version);
-    SSL_CTX_set_max_proto_version(ctx, max_version);
+    /* (only when asked: otherwise the system's OpenSSL configuration says, as for h2o) */
+    if (p->min_version != NULL)
+        SSL_CTX_set_min_proto_version(ctx, min_version);
+    if (p->max_version != NULL)
+        SSL_CTX_set_max_proto_version(ctx, max_version);
     if (SSL_CTX_use_certificate_chain_file(ctx, p->certificate_file->data.scalar) != 1) {
         h2o_configurator_errprintf(cmd, p->certificate_file, "cannot load the certificate `%s`: %s",
                                    p->certificate_file->data.scalar, openssl_reason(reason, sizeof(reason)));

@@ -152,11 +152,15 @@ END_TEST
 
 /* One HTTPS request on a new connection with OpenSSL; returns the body (after the headers), malloc'd;
  * *reused says whether `session` was resumed; *out gets the session for the next one. */
+static const char *proxy_preface; /* sent before the handshake when set (a PROXY line) */
+
 static char *tls_request(SSL_CTX *ctx, int port, const char *path, SSL_SESSION *session, int *reused, SSL_SESSION **out)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     ck_assert(connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+    if (proxy_preface != NULL)
+        ck_assert(write(fd, proxy_preface, strlen(proxy_preface)) == (ssize_t)strlen(proxy_preface));
     SSL *ssl = SSL_new(ctx);
     SSL_set_fd(ssl, fd);
     SSL_set_tlsext_host_name(ssl, "a.test");
@@ -227,6 +231,40 @@ END_TEST
 START_TEST(tls13_sessions_resume_on_every_thread)
 {
     resume_on_both_threads(TLS1_3_VERSION);
+}
+END_TEST
+
+/* a TLS listener behind a load balancer: the PROXY line comes before the ClientHello, and the
+ * access log shows the client's address from it */
+START_TEST(proxy_protocol_on_a_tls_listener)
+{
+    char *dir = tls_dir(), *log = th_fmt("%s/access.log", dir), *ca = th_fmt("%s/a.test.crt", dir);
+    char *conf = th_fmt("listen: {host: 127.0.0.1, port: @PORT@, proxy-protocol: ON, ssl: {certificate-file: %s/a.test.crt, "
+                        "key-file: %s/a.test.key}}\naccess-log: {path: %s, format: \"%%h %%U\"}\n"
+                        "hosts: {\"a.test:@PORT@\": {paths: {/: {file.dir: %s/wa}}}}\n",
+                        dir, dir, log, dir);
+    th_server_t s;
+    ck_assert_msg(th_server_start_in(&s, dir, conf) == 0, "%s", th_server_log(&s));
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_load_verify_locations(ctx, ca, NULL);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    int reused;
+    proxy_preface = "PROXY TCP4 192.0.2.9 127.0.0.1 40000 443\r\n";
+    char *body = tls_request(ctx, s.port, "/", NULL, &reused, NULL);
+    proxy_preface = NULL;
+    ck_assert_str_eq(body, "host a\n");
+    SSL_CTX_free(ctx);
+    ck_assert_int_eq(th_server_stop(&s, 15000), 0);
+    FILE *fp = fopen(log, "r");
+    char line[256] = "";
+    ck_assert(fp != NULL && fgets(line, sizeof(line), fp) != NULL);
+    fclose(fp);
+    ck_assert_str_eq(line, "192.0.2.9 /\n");
+    free(body);
+    free(conf);
+    free(ca);
+    free(log);
+    free(dir);
 }
 END_TEST
 
@@ -436,6 +474,7 @@ int main(void)
     tcase_add_test(tc, tls12_sessions_resume_on_every_thread);
     tcase_add_test(tc, tls13_sessions_resume_on_every_thread);
     tcase_add_test(tc, every_tls_config_error_names_file_and_line);
+    tcase_add_test(tc, proxy_protocol_on_a_tls_listener);
     tcase_add_test(tc, host_level_listen_unix_socket_and_proxy_protocol);
     tcase_add_test(tc, max_connections_holds_the_next_connection_until_one_closes);
     suite_add_tcase(s, tc);

@@ -88,6 +88,10 @@ void h2o_db_c_handler_register_configurator(h2o_globalconf_t *conf);
  * resumption; returns 0, or -1 after printing file:line. Main thread, before the workers start. */
 int h2o_db_server_open_listeners(h2o_db_server_t *server);
 
+/* proxy_line.c: reads a PROXY protocol v1 line from a new connection of a TLS listener, then
+ * hands it to h2o_accept(ctx) (whose expect_proxy_line is 0). Loop thread. */
+void h2o_db_accept_proxy_line(h2o_accept_ctx_t *ctx, h2o_socket_t *sock);
+
 /* listen.c: frees what `listens` holds and closes this config's descriptors of the sockets. */
 void h2o_db_server_dispose_listens(h2o_db_server_t *server);
 

@@ -46,7 +46,8 @@ struct listener {
     h2o_accept_ctx_t accept_ctx; /* its hosts and TLS context */
     h2o_db_listen_t *conf;
     int is_unix;
-    int waiting; /* a connection is accepted by the kernel and waits below max-connections */
+    int proxy_line_first; /* a TLS listener with proxy-protocol */
+    int waiting;          /* a connection is accepted by the kernel and waits below max-connections */
 };
 
 struct st_h2o_db_worker_t {
@@ -109,7 +110,10 @@ static void accept_one(struct listener *l)
     __atomic_fetch_add(&w->server->num_connections, 1, __ATOMIC_RELAXED);
     __atomic_fetch_add(&w->server->num_sessions, 1, __ATOMIC_RELAXED);
     c->sock = h2o_uv_socket_create(&c->h.stream, on_client_close);
-    h2o_accept(&l->accept_ctx, c->sock);
+    if (l->proxy_line_first)
+        h2o_db_accept_proxy_line(&l->accept_ctx, c->sock);
+    else
+        h2o_accept(&l->accept_ctx, c->sock);
 }
 
 /* At max-connections the connection is left with libuv, which stops watching the listener until
@@ -228,7 +232,9 @@ static void add_listener(h2o_db_worker_t *w, h2o_db_listen_t *conf, int fd)
     l->accept_ctx.ctx = &w->ctx;
     l->accept_ctx.hosts = conf->hosts != NULL ? conf->hosts : server->globalconf.hosts;
     l->accept_ctx.ssl_ctx = conf->ssl != NULL ? h2o_db_ssl_default_ctx(conf->ssl) : NULL;
-    l->accept_ctx.expect_proxy_line = conf->proxy_protocol;
+    /* (with TLS, proxy_line.c reads the PROXY line: libh2o's libuv flavour cannot) */
+    l->accept_ctx.expect_proxy_line = conf->proxy_protocol && conf->ssl == NULL;
+    l->proxy_line_first = conf->proxy_protocol && conf->ssl != NULL;
     int own = fcntl(fd, F_DUPFD_CLOEXEC, 0), err = own == -1 ? uv_translate_sys_error(errno) : 0;
     if (err == 0)
         err = l->is_unix ? uv_pipe_init(&w->loop, &l->h.pipe, 0) : uv_tcp_init(&w->loop, &l->h.tcp);

@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -268,6 +269,57 @@ START_TEST(proxy_protocol_on_a_tls_listener)
 }
 END_TEST
 
+static int port_answers(void *arg)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(*(int *)arg), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int ok = connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0;
+    close(fd);
+    return ok;
+}
+
+/* cache-store: memcached (the suite's own memcached on a free port): a session made by one server
+ * resumes on the next one started after it (the cache outlives the process) */
+START_TEST(sessions_resume_across_restarts_through_memcached)
+{
+    char *dir = tls_dir(), *ca = th_fmt("%s/a.test.crt", dir);
+    int memc_port = th_free_port();
+    char *cmd = th_fmt("memcached -u nobody -l 127.0.0.1 -p %d >/dev/null 2>&1 & echo $!", memc_port);
+    FILE *p = popen(cmd, "r");
+    long memc_pid = 0;
+    ck_assert(p != NULL && fscanf(p, "%ld", &memc_pid) == 1);
+    pclose(p);
+    ck_assert_msg(th_wait_until(port_answers, &memc_port, 10000), "memcached (Debian's package) did not start: %s", cmd);
+    char *conf = th_fmt("listen: {host: 127.0.0.1, port: @PORT@, ssl: {certificate-file: %s/a.test.crt, key-file: %s/a.test.key}}\n"
+                        "ssl-session-resumption: {mode: cache, cache-store: memcached, memcached: {host: 127.0.0.1, port: %d}}\n"
+                        "hosts: {\"a.test:@PORT@\": {paths: {/: {file.dir: %s/wa}}}}\n",
+                        dir, dir, memc_port, dir);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION); /* (a session id, not a ticket) */
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    SSL_CTX_load_verify_locations(ctx, ca, NULL);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_SESSION *session = NULL;
+    for (int round = 0; round < 2; ++round) {
+        th_server_t s;
+        ck_assert_msg(th_server_start_in(&s, dir, conf) == 0, "%s", th_server_log(&s));
+        int reused;
+        char *body = tls_request(ctx, s.port, "/", session, &reused, round == 0 ? &session : NULL);
+        ck_assert_str_eq(body, "host a\n");
+        ck_assert_msg(reused == round, "round %d: reused %d\n%s", round, reused, th_server_log(&s));
+        ck_assert_int_eq(th_server_stop(&s, 15000), 0);
+        free(body);
+    }
+    SSL_SESSION_free(session);
+    SSL_CTX_free(ctx);
+    kill((pid_t)memc_pid, SIGTERM);
+    free(cmd);
+    free(conf);
+    free(ca);
+    free(dir);
+}
+END_TEST
+
 /* `h2o-db -t` on the config with this ssl mapping: exit 1, a message naming line `line` and saying `says` */
 static void refused(const char *dir, const char *ssl, int line, const char *says)
 {
@@ -475,6 +527,7 @@ int main(void)
     tcase_add_test(tc, tls13_sessions_resume_on_every_thread);
     tcase_add_test(tc, every_tls_config_error_names_file_and_line);
     tcase_add_test(tc, proxy_protocol_on_a_tls_listener);
+    tcase_add_test(tc, sessions_resume_across_restarts_through_memcached);
     tcase_add_test(tc, host_level_listen_unix_socket_and_proxy_protocol);
     tcase_add_test(tc, max_connections_holds_the_next_connection_until_one_closes);
     suite_add_tcase(s, tc);

@@ -151,8 +151,44 @@ static int on_temp_buffer_path(h2o_configurator_command_t *cmd, h2o_configurator
     return 0;
 }
 
-/* ssl-session-resumption: {mode: all|cache|ticket|off, lifetime: SECONDS, ...}; the cache and the
- * ticket keys are OpenSSL's own, in the process (memcached and ticket files are not supported). */
+/* ssl-session-resumption's `memcached: {host: H, port: P, protocol: BINARY|ASCII}` */
+static int read_memcached(h2o_configurator_command_t *cmd, yoml_t *node, h2o_db_server_t *server)
+{
+    if (node->type != YOML_TYPE_MAPPING) {
+        h2o_configurator_errprintf(cmd, node, "`memcached` must be a mapping (host, port, protocol)");
+        return -1;
+    }
+    server->memcached.port = 11211;
+    for (size_t i = 0; i < node->data.mapping.size; ++i) {
+        yoml_t *k = node->data.mapping.elements[i].key, *v = node->data.mapping.elements[i].value;
+        const char *name = k->type == YOML_TYPE_SCALAR ? k->data.scalar : "",
+                   *value = v->type == YOML_TYPE_SCALAR ? v->data.scalar : "";
+        double port;
+        if (strcmp(name, "host") == 0 && value[0] != '\0') {
+            free(server->memcached.host);
+            server->memcached.host = strdup(value);
+        } else if (strcmp(name, "port") == 0) {
+            if (whole_number(cmd, v, "port", 1, 65535, &port) != 0)
+                return -1;
+            server->memcached.port = (uint16_t)port;
+        } else if (strcmp(name, "protocol") == 0 && (strcasecmp(value, "BINARY") == 0 || strcasecmp(value, "ASCII") == 0)) {
+            server->memcached.text_protocol = strcasecmp(value, "ASCII") == 0;
+        } else {
+            h2o_configurator_errprintf(cmd, k, "memcached takes host, port and protocol (BINARY or ASCII)");
+            return -1;
+        }
+    }
+    if (server->memcached.host == NULL) {
+        h2o_configurator_errprintf(cmd, node, "mandatory attribute `host` is missing");
+        return -1;
+    }
+    return 0;
+}
+
+/* ssl-session-resumption: {mode: all|cache|ticket|off, lifetime: SECONDS, cache-store:
+ * internal|memcached, memcached: {...}, cache-memcached-prefix: P}: the cache is OpenSSL's own in
+ * the process (shared by the worker threads) or memcached (shared with other servers and across
+ * restarts, through libh2o's asynchronous resumption); tickets use OpenSSL's keys. */
 static int on_ssl_session_resumption(h2o_configurator_command_t *cmd, h2o_configurator_context_t *ctx, yoml_t *node)
 {
     static const char *const modes[] = {"off", "cache", "ticket", "all"};
@@ -175,14 +211,30 @@ static int on_ssl_session_resumption(h2o_configurator_command_t *cmd, h2o_config
             if (whole_number(cmd, v, "lifetime", 1, 86400 * 365, &secs) != 0)
                 return -1;
             server->ssl_session_lifetime = (long)secs;
-        } else if ((strcmp(name, "cache-store") == 0 || strcmp(name, "ticket-store") == 0) && strcasecmp(value, "internal") != 0) {
-            h2o_configurator_errprintf(cmd, v, "only `internal` is supported (OpenSSL's store, shared by the worker threads)");
+        } else if (strcmp(name, "cache-store") == 0 &&
+                   (strcasecmp(value, "internal") == 0 || strcasecmp(value, "memcached") == 0)) {
+            server->memcached.cache = strcasecmp(value, "memcached") == 0;
+        } else if (strcmp(name, "memcached") == 0) {
+            if (read_memcached(cmd, v, server) != 0)
+                return -1;
+        } else if (strcmp(name, "cache-memcached-prefix") == 0 && value[0] != '\0') {
+            free(server->memcached.prefix);
+            server->memcached.prefix = strdup(value);
+        } else if (strcmp(name, "cache-store") == 0 || (strcmp(name, "ticket-store") == 0 && strcasecmp(value, "internal") != 0)) {
+            h2o_configurator_errprintf(cmd, v, "%s",
+                                       strcmp(name, "cache-store") == 0 ? "cache-store is internal or memcached"
+                                                                        : "ticket-store: only `internal` is supported");
             return -1;
-        } else if (strcmp(name, "cache-store") != 0 && strcmp(name, "ticket-store") != 0 && strcmp(name, "ticket-cipher") != 0 &&
-                   strcmp(name, "ticket-hash") != 0) {
-            h2o_configurator_errprintf(cmd, k, "unknown attribute (ssl-session-resumption takes mode and lifetime)");
+        } else if (strcmp(name, "ticket-store") != 0 && strcmp(name, "ticket-cipher") != 0 && strcmp(name, "ticket-hash") != 0 &&
+                   strcmp(name, "cache-memcached-num-threads") != 0) {
+            h2o_configurator_errprintf(cmd, k,
+                                       "unknown attribute (ssl-session-resumption takes mode, lifetime, cache-store, memcached)");
             return -1;
         }
+    }
+    if (server->memcached.cache && server->memcached.host == NULL) {
+        h2o_configurator_errprintf(cmd, node, "cache-store: memcached needs `memcached: {host: ..., port: ...}`");
+        return -1;
     }
     return 0;
 }

@@ -338,8 +338,17 @@ int h2o_db_server_open_listeners(h2o_db_server_t *server)
 {
     for (size_t i = 0; i < server->listens.size; ++i) {
         h2o_db_listen_t *l = server->listens.entries + i;
+        if (l->ssl != NULL && server->memcached.cache && server->memcached.context == NULL) {
+            /* (libh2o keeps one asynchronous resumption store per process: the last config's) */
+            server->memcached.context = h2o_memcached_create_context(
+                server->memcached.host, server->memcached.port, server->memcached.text_protocol, 1,
+                server->memcached.prefix != NULL ? server->memcached.prefix : "h2o:ssl-session-cache:");
+            h2o_accept_setup_async_ssl_resumption(server->memcached.context,
+                                                  server->ssl_session_lifetime > 0 ? (unsigned)server->ssl_session_lifetime : 3600);
+        }
         if (l->ssl != NULL)
-            h2o_db_ssl_set_resumption(l->ssl, server->ssl_resumption, server->ssl_session_lifetime);
+            h2o_db_ssl_set_resumption(l->ssl, server->ssl_resumption, server->ssl_session_lifetime,
+                                      server->memcached.context != NULL);
         if (l->fds != NULL)
             continue; /* taken over from the config before a reload */
         l->fds = calloc(server->num_threads, sizeof(int));

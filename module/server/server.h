@@ -13,6 +13,7 @@
 #include <uv.h>
 #include "h2o.h"
 #include "h2o/configurator.h"
+#include "h2o/memcached.h"
 
 #define H2O_DB_SHUTDOWN_TIMEOUT_MS 10000
 #define H2O_DB_MAX_CONNECTIONS     1024 /* as h2o */
@@ -55,6 +56,13 @@ typedef struct st_h2o_db_server_t {
     int tfo_queues;            /* TCP_FASTOPEN queue length; 0: off */
     int ssl_resumption;        /* H2O_DB_SSL_RESUME_* */
     long ssl_session_lifetime; /* seconds; 0: OpenSSL's default */
+    struct {
+        int cache; /* cache-store: memcached */
+        char *host, *prefix;
+        uint16_t port;
+        int text_protocol;
+        h2o_memcached_context_t *context; /* made when the listeners open */
+    } memcached;
     time_t launch_time;
     unsigned num_connections;    /* __atomic: connections open now */
     unsigned long num_sessions;  /* __atomic: connections accepted since start */
@@ -75,8 +83,9 @@ void h2o_db_listen_register_configurator(h2o_db_server_t *server);
  * *ssl, made on first use; a second certificate on one address is chosen by SNI. Returns 0, or -1
  * after printing file:line. Main thread, while the config is applied. */
 int h2o_db_ssl_add(h2o_configurator_command_t *cmd, yoml_t *node, h2o_hostconf_t *hostconf, h2o_db_ssl_t **ssl);
-/* Applies ssl-session-resumption (H2O_DB_SSL_RESUME_* bits, lifetime in seconds or 0) to every context. */
-void h2o_db_ssl_set_resumption(h2o_db_ssl_t *ssl, int mode, long lifetime);
+/* Applies ssl-session-resumption (H2O_DB_SSL_RESUME_* bits, lifetime in seconds or 0) to every
+ * context; with async != 0 the session cache is libh2o's asynchronous one (memcached). */
+void h2o_db_ssl_set_resumption(h2o_db_ssl_t *ssl, int mode, long lifetime, int async);
 /* The context a handshake starts with (shared by every worker thread). */
 SSL_CTX *h2o_db_ssl_default_ctx(h2o_db_ssl_t *ssl);
 void h2o_db_ssl_free(h2o_db_ssl_t *ssl);

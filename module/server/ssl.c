@@ -276,11 +276,15 @@ int h2o_db_ssl_add(h2o_configurator_command_t *cmd, yoml_t *node, h2o_hostconf_t
     return 0;
 }
 
-void h2o_db_ssl_set_resumption(h2o_db_ssl_t *ssl, int mode, long lifetime)
+void h2o_db_ssl_set_resumption(h2o_db_ssl_t *ssl, int mode, long lifetime, int async)
 {
     for (size_t i = 0; i < ssl->entries.size; ++i) {
         SSL_CTX *ctx = ssl->entries.entries[i].ctx;
-        SSL_CTX_set_session_cache_mode(ctx, (mode & H2O_DB_SSL_RESUME_CACHE) ? SSL_SESS_CACHE_SERVER : SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_session_cache_mode(ctx, (mode & H2O_DB_SSL_RESUME_CACHE)
+                                                ? SSL_SESS_CACHE_SERVER | (async ? SSL_SESS_CACHE_NO_AUTO_CLEAR : 0)
+                                                : SSL_SESS_CACHE_OFF);
+        if (async && (mode & H2O_DB_SSL_RESUME_CACHE))
+            h2o_socket_ssl_async_resumption_setup_ctx(ctx);
         if (mode & H2O_DB_SSL_RESUME_TICKET)
             SSL_CTX_clear_options(ctx, SSL_OP_NO_TICKET);
         else

@@ -59,9 +59,10 @@ struct st_h2o_db_worker_t {
     struct listener *listeners;
     size_t num_listeners;
     uv_async_t wake;
-    uv_async_t resume; /* a connection closed somewhere below max-connections: accept what waits */
-    int resume_open;   /* guarded by server->resume_lock */
-    unsigned order;    /* this context was made after `order` others */
+    uv_async_t resume;                             /* a connection closed somewhere below max-connections: accept what waits */
+    int resume_open;                               /* guarded by server->resume_lock */
+    h2o_multithread_receiver_t memcached_receiver; /* ssl-session-resumption's memcached answers */
+    unsigned order;                                /* this context was made after `order` others */
     uv_timer_t drain;
     h2o_linklist_t clients;
     size_t num_clients;
@@ -232,6 +233,8 @@ static void add_listener(h2o_db_worker_t *w, h2o_db_listen_t *conf, int fd)
     l->accept_ctx.ctx = &w->ctx;
     l->accept_ctx.hosts = conf->hosts != NULL ? conf->hosts : server->globalconf.hosts;
     l->accept_ctx.ssl_ctx = conf->ssl != NULL ? h2o_db_ssl_default_ctx(conf->ssl) : NULL;
+    if (server->memcached.context != NULL)
+        l->accept_ctx.libmemcached_receiver = &w->memcached_receiver;
     /* (with TLS, proxy_line.c reads the PROXY line: libh2o's libuv flavour cannot) */
     l->accept_ctx.expect_proxy_line = conf->proxy_protocol && conf->ssl == NULL;
     l->proxy_line_first = conf->proxy_protocol && conf->ssl != NULL;
@@ -269,6 +272,8 @@ static void *worker_main(void *arg)
     h2o_context_init(&w->ctx, &w->loop, &server->globalconf);
     w->order = server->num_inited++;
     pthread_mutex_unlock(&server->resume_lock);
+    if (server->memcached.context != NULL)
+        h2o_multithread_register_receiver(w->ctx.queue, &w->memcached_receiver, h2o_memcached_receiver);
 
     /* a handler that cannot start on this thread (mruby) said so while the context was made */
     if (h2o_db_thread_start_failed)
@@ -310,6 +315,8 @@ static void dispose(h2o_db_worker_t *w)
      * remain; h2o_context_dispose asserts that the context's timeouts are empty. */
     if (h2o_timeout_is_linked(&w->ctx.http2._graceful_shutdown_timeout))
         h2o_timeout_unlink(&w->ctx.http2._graceful_shutdown_timeout);
+    if (w->server->memcached.context != NULL)
+        h2o_multithread_unregister_receiver(w->ctx.queue, &w->memcached_receiver);
     h2o_context_dispose(&w->ctx);
     uv_walk(&w->loop, release_libh2o_cb, NULL);
     uv_close((uv_handle_t *)&w->wake, NULL);

@@ -110,5 +110,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(server.error_log);
     free(server.pid_file);
     free(server.user);
+    free(server.memcached.host);
+    free(server.memcached.prefix);
     return 0;
 }

@@ -9,6 +9,7 @@
 #include <curl/curl.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -320,6 +321,55 @@ START_TEST(sessions_resume_across_restarts_through_memcached)
 }
 END_TEST
 
+/* ticket-store: file (h2o's format): a ticket sealed by one server opens on the next one started
+ * with the same file; with a file that does not exist no ticket ever opens */
+static void resume_across_restarts_with_ticket_file(const char *file_text, int expect_reused)
+{
+    char *dir = tls_dir(), *ca = th_fmt("%s/a.test.crt", dir), *keys = th_fmt("%s/tickets.yaml", dir);
+    if (file_text != NULL)
+        free(th_write_file(dir, "tickets.yaml", file_text, 0));
+    char *conf = th_fmt("listen: {host: 127.0.0.1, port: @PORT@, ssl: {certificate-file: %s/a.test.crt, key-file: %s/a.test.key}}\n"
+                        "ssl-session-resumption: {mode: ticket, ticket-store: file, ticket-file: %s}\n"
+                        "hosts: {\"a.test:@PORT@\": {paths: {/: {file.dir: %s/wa}}}}\n",
+                        dir, dir, keys, dir);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_load_verify_locations(ctx, ca, NULL);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_SESSION *session = NULL;
+    for (int round = 0; round < 2; ++round) {
+        th_server_t s;
+        ck_assert_msg(th_server_start_in(&s, dir, conf) == 0, "%s", th_server_log(&s));
+        int reused;
+        free(tls_request(ctx, s.port, "/", session, &reused, round == 0 ? &session : NULL));
+        ck_assert_msg(reused == (round == 1 && expect_reused), "round %d: reused %d\n%s", round, reused, th_server_log(&s));
+        ck_assert_int_eq(th_server_stop(&s, 15000), 0);
+    }
+    SSL_SESSION_free(session);
+    SSL_CTX_free(ctx);
+    free(conf);
+    free(keys);
+    free(ca);
+    free(dir);
+}
+
+START_TEST(ticket_keys_from_a_file_resume_across_restarts)
+{
+    /* aes-128-cbc's 16-byte key and sha1's 64-byte HMAC key, random for this run */
+    unsigned char raw[16 + 80];
+    ck_assert(RAND_bytes(raw, sizeof(raw)) == 1);
+    char hex[2 * sizeof(raw) + 1];
+    for (size_t i = 0; i < sizeof(raw); ++i)
+        snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+    char *text = th_fmt("- name: %.32s\n  cipher: aes-128-cbc\n  hash: sha1\n  key: %s\n  not_before: 0\n"
+                        "  not_after: 18446744073709551615\n",
+                        hex, hex + 32);
+    resume_across_restarts_with_ticket_file(text, 1);
+    resume_across_restarts_with_ticket_file(NULL, 0);
+    free(text);
+}
+END_TEST
+
 /* `h2o-db -t` on the config with this ssl mapping: exit 1, a message naming line `line` and saying `says` */
 static void refused(const char *dir, const char *ssl, int line, const char *says)
 {
@@ -528,6 +578,7 @@ int main(void)
     tcase_add_test(tc, every_tls_config_error_names_file_and_line);
     tcase_add_test(tc, proxy_protocol_on_a_tls_listener);
     tcase_add_test(tc, sessions_resume_across_restarts_through_memcached);
+    tcase_add_test(tc, ticket_keys_from_a_file_resume_across_restarts);
     tcase_add_test(tc, host_level_listen_unix_socket_and_proxy_protocol);
     tcase_add_test(tc, max_connections_holds_the_next_connection_until_one_closes);
     suite_add_tcase(s, tc);

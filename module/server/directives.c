@@ -188,7 +188,8 @@ static int read_memcached(h2o_configurator_command_t *cmd, yoml_t *node, h2o_db_
 /* ssl-session-resumption: {mode: all|cache|ticket|off, lifetime: SECONDS, cache-store:
  * internal|memcached, memcached: {...}, cache-memcached-prefix: P}: the cache is OpenSSL's own in
  * the process (shared by the worker threads) or memcached (shared with other servers and across
- * restarts, through libh2o's asynchronous resumption); tickets use OpenSSL's keys. */
+ * restarts, through libh2o's asynchronous resumption); tickets use OpenSSL's keys, or with
+ * `ticket-store: file` and `ticket-file: PATH` the keys of that file (tickets.c). */
 static int on_ssl_session_resumption(h2o_configurator_command_t *cmd, h2o_configurator_context_t *ctx, yoml_t *node)
 {
     static const char *const modes[] = {"off", "cache", "ticket", "all"};
@@ -220,15 +221,32 @@ static int on_ssl_session_resumption(h2o_configurator_command_t *cmd, h2o_config
         } else if (strcmp(name, "cache-memcached-prefix") == 0 && value[0] != '\0') {
             free(server->memcached.prefix);
             server->memcached.prefix = strdup(value);
-        } else if (strcmp(name, "cache-store") == 0 || (strcmp(name, "ticket-store") == 0 && strcasecmp(value, "internal") != 0)) {
+        } else if (strcmp(name, "ticket-file") == 0 && value[0] != '\0') {
+            char err[1024];
+            h2o_db_tickets_free(server->tickets);
+            if ((server->tickets = h2o_db_tickets_load(value, err, sizeof(err))) == NULL) {
+                h2o_configurator_errprintf(cmd, v, "cannot read the ticket keys: %s", err);
+                return -1;
+            }
+        } else if (strcmp(name, "cache-store") == 0 ||
+                   (strcmp(name, "ticket-store") == 0 && strcasecmp(value, "internal") != 0 && strcasecmp(value, "file") != 0)) {
             h2o_configurator_errprintf(cmd, v, "%s",
                                        strcmp(name, "cache-store") == 0 ? "cache-store is internal or memcached"
-                                                                        : "ticket-store: only `internal` is supported");
+                                                                        : "ticket-store is internal or file");
             return -1;
         } else if (strcmp(name, "ticket-store") != 0 && strcmp(name, "ticket-cipher") != 0 && strcmp(name, "ticket-hash") != 0 &&
                    strcmp(name, "cache-memcached-num-threads") != 0) {
             h2o_configurator_errprintf(cmd, k,
-                                       "unknown attribute (ssl-session-resumption takes mode, lifetime, cache-store, memcached)");
+                                       "unknown attribute (ssl-session-resumption takes mode, lifetime, cache-store, memcached, "
+                                       "ticket-store, ticket-file)");
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < node->data.mapping.size; ++i) {
+        yoml_t *k = node->data.mapping.elements[i].key, *v = node->data.mapping.elements[i].value;
+        if (k->type == YOML_TYPE_SCALAR && strcmp(k->data.scalar, "ticket-store") == 0 && v->type == YOML_TYPE_SCALAR &&
+            strcasecmp(v->data.scalar, "file") == 0 && server->tickets == NULL) {
+            h2o_configurator_errprintf(cmd, v, "ticket-store: file needs `ticket-file: PATH`");
             return -1;
         }
     }

@@ -346,6 +346,8 @@ int h2o_db_server_open_listeners(h2o_db_server_t *server)
             h2o_accept_setup_async_ssl_resumption(server->memcached.context,
                                                   server->ssl_session_lifetime > 0 ? (unsigned)server->ssl_session_lifetime : 3600);
         }
+        if (l->ssl != NULL && server->tickets != NULL)
+            h2o_db_ssl_use_tickets(l->ssl, server->tickets);
         if (l->ssl != NULL)
             h2o_db_ssl_set_resumption(l->ssl, server->ssl_resumption, server->ssl_session_lifetime,
                                       server->memcached.context != NULL);

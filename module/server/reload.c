@@ -51,6 +51,8 @@ void h2o_db_server_retire(h2o_db_server_t *server)
     if (config != NULL)
         h2o_db_config_release(config);
     h2o_db_server_dispose_listens(server);
+    h2o_db_tickets_free(server->tickets);
+    server->tickets = NULL;
     free(server->workers);
     server->workers = NULL;
     h2o_vector_reserve(NULL, &retired, retired.size + 1);

@@ -63,6 +63,7 @@ typedef struct st_h2o_db_server_t {
         int text_protocol;
         h2o_memcached_context_t *context; /* made when the listeners open */
     } memcached;
+    struct st_h2o_db_tickets_t *tickets; /* ticket-store: file (NULL: OpenSSL's own keys) */
     time_t launch_time;
     unsigned num_connections;    /* __atomic: connections open now */
     unsigned long num_sessions;  /* __atomic: connections accepted since start */
@@ -86,6 +87,15 @@ int h2o_db_ssl_add(h2o_configurator_command_t *cmd, yoml_t *node, h2o_hostconf_t
 /* Applies ssl-session-resumption (H2O_DB_SSL_RESUME_* bits, lifetime in seconds or 0) to every
  * context; with async != 0 the session cache is libh2o's asynchronous one (memcached). */
 void h2o_db_ssl_set_resumption(h2o_db_ssl_t *ssl, int mode, long lifetime, int async);
+/* The contexts of a listener (one per certificate). */
+size_t h2o_db_ssl_num_ctx(h2o_db_ssl_t *ssl);
+SSL_CTX *h2o_db_ssl_ctx_at(h2o_db_ssl_t *ssl, size_t i);
+/* tickets.c: session-ticket keys from a file in h2o's format (NULL after writing why in err; a
+ * missing file is an empty set), their use by every context of a listener, and their end. */
+typedef struct st_h2o_db_tickets_t h2o_db_tickets_t;
+h2o_db_tickets_t *h2o_db_tickets_load(const char *path, char *err, size_t errsz);
+void h2o_db_ssl_use_tickets(h2o_db_ssl_t *ssl, h2o_db_tickets_t *tickets);
+void h2o_db_tickets_free(h2o_db_tickets_t *tickets);
 /* The context a handshake starts with (shared by every worker thread). */
 SSL_CTX *h2o_db_ssl_default_ctx(h2o_db_ssl_t *ssl);
 void h2o_db_ssl_free(h2o_db_ssl_t *ssl);

@@ -296,6 +296,16 @@ void h2o_db_ssl_set_resumption(h2o_db_ssl_t *ssl, int mode, long lifetime, int a
     }
 }
 
+size_t h2o_db_ssl_num_ctx(h2o_db_ssl_t *ssl)
+{
+    return ssl->entries.size;
+}
+
+SSL_CTX *h2o_db_ssl_ctx_at(h2o_db_ssl_t *ssl, size_t i)
+{
+    return ssl->entries.entries[i].ctx;
+}
+
 SSL_CTX *h2o_db_ssl_default_ctx(h2o_db_ssl_t *ssl)
 {
     return ssl->entries.entries[0].ctx;

@@ -112,5 +112,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(server.user);
     free(server.memcached.host);
     free(server.memcached.prefix);
+    h2o_db_tickets_free(server.tickets);
     return 0;
 }

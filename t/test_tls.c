@@ -270,6 +270,34 @@ START_TEST(proxy_protocol_on_a_tls_listener)
 }
 END_TEST
 
+/* Two servers one after the other on `conf` (in dir, with a.test's certificate), one TLS 1.2
+ * connection to each: the second offers the first's session (a ticket, or a session id when
+ * tickets = 0); whether it resumed must be expect_reused. */
+static void restart_and_resume(const char *dir, const char *conf, int tickets, int expect_reused)
+{
+    char *ca = th_fmt("%s/a.test.crt", dir);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
+    if (!tickets)
+        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    SSL_CTX_load_verify_locations(ctx, ca, NULL);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_SESSION *session = NULL;
+    for (int round = 0; round < 2; ++round) {
+        th_server_t s;
+        ck_assert_msg(th_server_start_in(&s, dir, conf) == 0, "%s", th_server_log(&s));
+        int reused;
+        char *body = tls_request(ctx, s.port, "/", session, &reused, round == 0 ? &session : NULL);
+        ck_assert_str_eq(body, "host a\n");
+        ck_assert_msg(reused == (round == 1 && expect_reused), "round %d: reused %d\n%s", round, reused, th_server_log(&s));
+        ck_assert_int_eq(th_server_stop(&s, 15000), 0);
+        free(body);
+    }
+    SSL_SESSION_free(session);
+    SSL_CTX_free(ctx);
+    free(ca);
+}
+
 static int port_answers(void *arg)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -283,7 +311,7 @@ static int port_answers(void *arg)
  * resumes on the next one started after it (the cache outlives the process) */
 START_TEST(sessions_resume_across_restarts_through_memcached)
 {
-    char *dir = tls_dir(), *ca = th_fmt("%s/a.test.crt", dir);
+    char *dir = tls_dir();
     int memc_port = th_free_port();
     char *cmd = th_fmt("memcached -u nobody -l 127.0.0.1 -p %d >/dev/null 2>&1 & echo $!", memc_port);
     FILE *p = popen(cmd, "r");
@@ -295,28 +323,10 @@ START_TEST(sessions_resume_across_restarts_through_memcached)
                         "ssl-session-resumption: {mode: cache, cache-store: memcached, memcached: {host: 127.0.0.1, port: %d}}\n"
                         "hosts: {\"a.test:@PORT@\": {paths: {/: {file.dir: %s/wa}}}}\n",
                         dir, dir, memc_port, dir);
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION); /* (a session id, not a ticket) */
-    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-    SSL_CTX_load_verify_locations(ctx, ca, NULL);
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-    SSL_SESSION *session = NULL;
-    for (int round = 0; round < 2; ++round) {
-        th_server_t s;
-        ck_assert_msg(th_server_start_in(&s, dir, conf) == 0, "%s", th_server_log(&s));
-        int reused;
-        char *body = tls_request(ctx, s.port, "/", session, &reused, round == 0 ? &session : NULL);
-        ck_assert_str_eq(body, "host a\n");
-        ck_assert_msg(reused == round, "round %d: reused %d\n%s", round, reused, th_server_log(&s));
-        ck_assert_int_eq(th_server_stop(&s, 15000), 0);
-        free(body);
-    }
-    SSL_SESSION_free(session);
-    SSL_CTX_free(ctx);
+    restart_and_resume(dir, conf, 0, 1);
     kill((pid_t)memc_pid, SIGTERM);
     free(cmd);
     free(conf);
-    free(ca);
     free(dir);
 }
 END_TEST
@@ -325,31 +335,16 @@ END_TEST
  * with the same file; with a file that does not exist no ticket ever opens */
 static void resume_across_restarts_with_ticket_file(const char *file_text, int expect_reused)
 {
-    char *dir = tls_dir(), *ca = th_fmt("%s/a.test.crt", dir), *keys = th_fmt("%s/tickets.yaml", dir);
+    char *dir = tls_dir(), *keys = th_fmt("%s/tickets.yaml", dir);
     if (file_text != NULL)
         free(th_write_file(dir, "tickets.yaml", file_text, 0));
     char *conf = th_fmt("listen: {host: 127.0.0.1, port: @PORT@, ssl: {certificate-file: %s/a.test.crt, key-file: %s/a.test.key}}\n"
                         "ssl-session-resumption: {mode: ticket, ticket-store: file, ticket-file: %s}\n"
                         "hosts: {\"a.test:@PORT@\": {paths: {/: {file.dir: %s/wa}}}}\n",
                         dir, dir, keys, dir);
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_load_verify_locations(ctx, ca, NULL);
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-    SSL_SESSION *session = NULL;
-    for (int round = 0; round < 2; ++round) {
-        th_server_t s;
-        ck_assert_msg(th_server_start_in(&s, dir, conf) == 0, "%s", th_server_log(&s));
-        int reused;
-        free(tls_request(ctx, s.port, "/", session, &reused, round == 0 ? &session : NULL));
-        ck_assert_msg(reused == (round == 1 && expect_reused), "round %d: reused %d\n%s", round, reused, th_server_log(&s));
-        ck_assert_int_eq(th_server_stop(&s, 15000), 0);
-    }
-    SSL_SESSION_free(session);
-    SSL_CTX_free(ctx);
+    restart_and_resume(dir, conf, 1, expect_reused);
     free(conf);
     free(keys);
-    free(ca);
     free(dir);
 }
 

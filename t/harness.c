@@ -208,7 +208,7 @@ static void remember_server(pid_t pid)
     }
 }
 
-static int can_connect(int port)
+int th_port_accepts(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -261,7 +261,7 @@ int th_server_start_in(th_server_t *s, const char *dir, const char *conf_templat
             s->pid = 0;
             return -1;
         }
-        if (can_connect(s->port))
+        if (th_port_accepts(s->port))
             return 0;
         usleep(10000);
     }

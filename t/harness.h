@@ -52,6 +52,9 @@ char *th_expand(const char *text, const char *dir, int port);
  * reserved for the run): for a server to start, or as a port that stays closed. */
 int th_free_port(void);
 
+/* Whether something accepts TCP connections on 127.0.0.1:port now. */
+int th_port_accepts(int port);
+
 /* Starts h2o-db with the config template; waits until it accepts connections (or exits).
  * Returns 0 when serving; otherwise -1 with the log readable through th_server_log. */
 int th_server_start(th_server_t *s, const char *conf_template);

@@ -88,11 +88,7 @@ static int port_answers(void *arg)
         w->exited = 1;
         return 1;
     }
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(w->port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int ok = connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0;
-    close(fd);
-    return ok;
+    return th_port_accepts(w->port);
 }
 
 static int exited(void *arg)

@@ -300,11 +300,7 @@ static void restart_and_resume(const char *dir, const char *conf, int tickets, i
 
 static int port_answers(void *arg)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(*(int *)arg), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int ok = connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0;
-    close(fd);
-    return ok;
+    return th_port_accepts(*(int *)arg);
 }
 
 /* cache-store: memcached (the suite's own memcached on a free port): a session made by one server

@@ -378,6 +378,27 @@ int h2o_db_server_open_listeners(h2o_db_server_t *server)
     return 0;
 }
 
+void h2o_db_server_share_listeners(h2o_db_server_t *server, const h2o_db_server_t *old)
+{
+    for (size_t i = 0; i < server->listens.size; ++i) {
+        h2o_db_listen_t *l = server->listens.entries + i;
+        for (size_t j = 0; j < old->listens.size; ++j) {
+            const h2o_db_listen_t *o = old->listens.entries + j;
+            if (!same_address(o, (const struct sockaddr *)&l->addr, l->addrlen) || o->num_fds == 0)
+                continue;
+            l->fds = calloc(o->num_fds, sizeof(int));
+            for (size_t k = 0; k < o->num_fds; ++k) /* (a descriptor that cannot be had is left out) */
+                if ((l->fds[l->num_fds] = fcntl(o->fds[k], F_DUPFD_CLOEXEC, 0)) != -1)
+                    ++l->num_fds;
+            if (l->num_fds == 0) { /* none: h2o_db_server_open_listeners binds it anew */
+                free(l->fds);
+                l->fds = NULL;
+            }
+            break;
+        }
+    }
+}
+
 void h2o_db_server_dispose_listens(h2o_db_server_t *server)
 {
     for (size_t i = 0; i < server->listens.size; ++i) {

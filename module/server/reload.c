@@ -12,7 +12,6 @@
  * What a reload does not change: the pid file, the error log and the user (privileges are
  * dropped once; a port below 1024 that the old config did not listen on cannot be bound).
  */
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,23 +20,6 @@
 #include "config/config.h"
 #include "h2o_db.h"
 #include "server/server.h"
-
-void h2o_db_server_share_listeners(h2o_db_server_t *server, const h2o_db_server_t *old)
-{
-    for (size_t i = 0; i < server->listens.size; ++i) {
-        h2o_db_listen_t *l = server->listens.entries + i;
-        for (size_t j = 0; j < old->listens.size; ++j) {
-            const h2o_db_listen_t *o = old->listens.entries + j;
-            if (o->addrlen != l->addrlen || memcmp(&o->addr, &l->addr, l->addrlen) != 0 || o->num_fds == 0)
-                continue;
-            l->fds = calloc(o->num_fds, sizeof(int));
-            for (size_t k = 0; k < o->num_fds; ++k)
-                if ((l->fds[k] = fcntl(o->fds[k], F_DUPFD_CLOEXEC, 0)) != -1)
-                    l->num_fds++;
-            break;
-        }
-    }
-}
 
 /* Configs that served before a reload or failed to load. libh2o 2.2.5's h2o_config_dispose frees
  * only part of a globalconf (what its own configurators made stays: the proxy's SSL_CTX, the header

@@ -128,7 +128,7 @@ int h2o_db_server_start(h2o_db_server_t *server);
  * threads; returns non-zero when some connection had to be cut (its config cannot be freed). */
 int h2o_db_server_stop(h2o_db_server_t *server);
 
-/* reload.c: takes descriptors of `old`'s sockets for the addresses `server` shares with it (so a
+/* listen.c: takes descriptors of `old`'s sockets for the addresses `server` shares with it (so a
  * reload refuses no connection); the rest are opened by h2o_db_server_open_listeners. */
 void h2o_db_server_share_listeners(h2o_db_server_t *server, const h2o_db_server_t *old);
 /* reload.c: retires a server whose threads are gone (or never started): frees its binds, sockets

@@ -302,9 +302,14 @@ START_TEST(listen_port_in_a_loopback_only_network)
 }
 END_TEST
 
-static int path_exists(void *path)
+static int pid_in_file(void *path)
 {
-    return access(path, F_OK) == 0;
+    FILE *fp = fopen(path, "r");
+    long pid = 0;
+    int ok = fp != NULL && fscanf(fp, "%ld", &pid) == 1 && pid > 0;
+    if (fp != NULL)
+        fclose(fp);
+    return ok;
 }
 
 static int path_gone(void *path)
@@ -324,7 +329,7 @@ START_TEST(daemon_mode_detaches_and_keeps_its_pid_file)
     char *conf = th_write_file(dir, "h2o-db.conf", text, port);
     char *cmd = th_fmt("%s/h2o-db --mode=daemon -c %s", th_build_dir(), conf);
     ck_assert_int_eq(system(cmd), 0);
-    ck_assert_msg(th_wait_until(path_exists, pid_file, 10000), "no pid file");
+    ck_assert_msg(th_wait_until(pid_in_file, pid_file, 10000), "no pid in %s", pid_file);
     char *url = th_fmt("http://127.0.0.1:%d/hello", port);
     th_response_t res;
     for (int round = 0; round < 2; ++round) {

@@ -98,15 +98,20 @@ static int daemonize(void)
     return 0;
 }
 
+/* Written whole, then renamed into place: whoever reads the pid file finds a pid in it or no file. */
 static int write_pid_file(const char *path)
 {
-    FILE *fp = fopen(path, "w");
-    if (fp == NULL) {
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *fp = fopen(tmp, "w");
+    int ok = fp != NULL && fprintf(fp, "%d\n", (int)getpid()) > 0;
+    if (fp != NULL && fclose(fp) != 0)
+        ok = 0;
+    if (!ok || rename(tmp, path) != 0) {
         perror(path);
+        unlink(tmp);
         return -1;
     }
-    fprintf(fp, "%d\n", (int)getpid());
-    fclose(fp);
     return 0;
 }
 

@@ -57,6 +57,23 @@ static void split_userinfo(const char *authority, const char **colon, const char
     *colon = *at != NULL ? memchr(authority, ':', *at - authority) : NULL;
 }
 
+/* Where libpq's query starts, the host list beginning at `hosts`: its '?' after the hosts, whose
+ * IPv6 addresses in brackets may hold '?' ("[::?]"), or after the path; NULL when there is none. */
+static const char *pg_query_start(const char *hosts)
+{
+    const char *p = hosts;
+    while (*p != '\0' && *p != '/' && *p != '?') {
+        if (*p == '[') {
+            const char *close = strchr(p, ']');
+            if (close == NULL)
+                break;
+            p = close;
+        }
+        ++p;
+    }
+    return *p == '?' ? p : strchr(p, '?');
+}
+
 static int hexval(char c)
 {
     return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
@@ -133,8 +150,11 @@ static void find_secrets(const char *url, struct spans *sp)
             add_span(sp, colon + 1, at - colon - 1);
         }
         after = sep + 3;
-        if (at != NULL)
+        if (at != NULL) {
             add_query_secrets(sp, strchr(at, '?'));
+            add_query_secrets(sp, pg_query_start(at + 1)); /* (libpq's reading: brackets skipped) */
+        }
+        add_query_secrets(sp, pg_query_start(after));
     }
     add_query_secrets(sp, strchr(after, '?'));
 }
@@ -256,7 +276,7 @@ static char *postgres_conninfo(const char *url, const char *rest, char *err, siz
     /* as libpq reads it: the query starts after the user information (up to the first '@' before
      * any '/', so a '?' inside a password is not a query), parameters separated by '&' only */
     const char *slash = strchr(rest, '/'), *at = strchr(rest, '@');
-    const char *query = strchr(at != NULL && (slash == NULL || at < slash) ? at : rest, '?');
+    const char *query = pg_query_start(at != NULL && (slash == NULL || at < slash) ? at + 1 : rest);
     size_t head = query != NULL ? (size_t)(query - rest) : len;
     memcpy(dst, rest, head);
     dst += head;

@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 #include "driver/mysql.h"
 #include "driver/resolve.h"
 
@@ -125,6 +127,25 @@ static void free_conn(h2o_db_mysql_conn_t *c);
 
 /* ---- open: where to connect ---- */
 
+/* libmariadb 3.3 closes the descriptor of a unix socket it could not connect to twice (strace:
+ * close(N) = 0, close(N) = -1 EBADF); in between, another thread may have been given N — an HTTP
+ * client of the server, whose connection the second close then resets. So a unix socket is
+ * tried here first (non-blocking: it never waits), and a socket that cannot be reached is
+ * answered as the connector words it, without the connector. Any thread. */
+static int unix_socket_reachable(const char *path, char *err, size_t errsz)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int ok = fd != -1 && (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0 || errno == EAGAIN || errno == EINPROGRESS);
+    int saved = errno;
+    if (fd != -1)
+        close(fd);
+    if (!ok)
+        snprintf(err, errsz, "Can't connect to local server through socket '%s' (%d)", path, saved);
+    return ok;
+}
+
 static void on_connect_timeout(uv_timer_t *timer)
 {
     h2o_db_mysql_conn_t *c = timer->data;
@@ -183,8 +204,12 @@ void h2o_db_mysql_connect(h2o_db_mysql_conn_t *c)
 
     /* where to connect: host names are resolved here, not by the connector (it would block) */
     const char *host = url->mysql.host;
+    char err[512];
     if (url->mysql.unix_socket != NULL) {
-        /* the socket */
+        if (!unix_socket_reachable(url->mysql.unix_socket, err, sizeof(err))) {
+            h2o_db_mysql_fail_later(c, "08001", err);
+            return;
+        }
     } else if (host == NULL || strcmp(host, "localhost") == 0) {
         c->address = strdup("127.0.0.1"); /* TCP, as aiomysql and pymysql do */
     } else if (h2o_db_is_numeric_host(host)) {
@@ -329,7 +354,9 @@ static void run_cancel(uv_work_t *work)
     set_options(mysql, url, 0);
     const char *host = url->mysql.unix_socket != NULL ? "localhost" : cw->address != NULL ? cw->address : url->mysql.host;
     const char *password = cw->bind->password != NULL ? cw->bind->password : url->mysql.password;
-    if (mysql_real_connect(mysql, host, url->mysql.user, password, NULL, url->mysql.port, url->mysql.unix_socket, 0) != NULL) {
+    char err[512];
+    if ((url->mysql.unix_socket == NULL || unix_socket_reachable(url->mysql.unix_socket, err, sizeof(err))) &&
+        mysql_real_connect(mysql, host, url->mysql.user, password, NULL, url->mysql.port, url->mysql.unix_socket, 0) != NULL) {
         char sql[64];
         snprintf(sql, sizeof(sql), "KILL QUERY %lu", cw->thread_id);
         mysql_query(mysql, sql); /* (it may have ended meanwhile: nothing to do then) */
@@ -451,6 +478,12 @@ int h2o_db_mysql_run_script(h2o_db_bind_t *bind, const char *sql, char *err, siz
                        : url->mysql.host == NULL || strcmp(url->mysql.host, "localhost") == 0 ? "127.0.0.1"
                                                                                               : url->mysql.host;
     const char *password = bind->password != NULL ? bind->password : url->mysql.password;
+    char why[512];
+    if (url->mysql.unix_socket != NULL && !unix_socket_reachable(url->mysql.unix_socket, why, sizeof(why))) {
+        snprintf(err, errsz, "cannot connect to %s: %s", url->display, why);
+        mysql_close(mysql);
+        return -1;
+    }
     if (mysql_real_connect(mysql, host, url->mysql.user, password, url->mysql.database, url->mysql.port, url->mysql.unix_socket,
                            CLIENT_MULTI_STATEMENTS | CLIENT_FOUND_ROWS) == NULL) {
         snprintf(err, errsz, "cannot connect to %s: %s", url->display, mysql_error(mysql));

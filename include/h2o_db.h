@@ -95,6 +95,30 @@ typedef struct st_h2o_db_statement_t {
 typedef void (*h2o_db_batch_cb)(h2o_db_result_t *result, size_t index, void *data);
 int h2o_db_query_batch(h2o_db_session_t *s, const h2o_db_statement_t *stmts, size_t n, h2o_db_batch_cb cb, void *data);
 
+/* Streaming (docs/streaming.md): one statement whose rows are handed over one at a time as they
+ * arrive, so that memory stays bounded whatever the result's size. on_row sees one row
+ * (h2o_db_result_rows(row) == 1, valid during the call only) and returns 0 to go on, 1 to pause
+ * (nothing more is delivered until h2o_db_resume(s)), -1 to stop (the rest is discarded and the
+ * statement cancelled where the backend allows it). on_done runs exactly once, after the last
+ * row, with the final status (rows 0; after a stop: H2O_DB_OK unless the connection failed); an
+ * error may follow rows already delivered. A streamed statement runs on a connection of its own
+ * (never a shared one), pinned to the session until on_done; inside begin … commit it runs on the
+ * transaction's connection. Return values as h2o_db_query (on_row and on_done must not be NULL).
+ * The event loop's thread only, like every h2o_db_* call. */
+typedef int (*h2o_db_row_cb)(const h2o_db_result_t *row, void *data);
+int h2o_db_query_rows(h2o_db_session_t *s, const char *sql, size_t nparams, const char *const *params, h2o_db_row_cb on_row,
+                      h2o_db_cb on_done, void *data);
+/* Continues a stream paused by on_row returning 1; the next row comes later, never from inside
+ * this call. Returns 0, or -1 when nothing of s is paused. */
+int h2o_db_resume(h2o_db_session_t *s);
+
+/* Read replicas (docs/replicas.md): marks s read-only before its first statement. Its statements
+ * then go to a healthy replica of the bind (the primary when the bind has none, or with
+ * replica.fallback ON when none is healthy), h2o_db_begin begins a READ ONLY transaction, and a
+ * write fails with SQLSTATE 25006 (never re-sent elsewhere). Returns 0, or -1 when s already ran
+ * a statement (or is NULL). */
+int h2o_db_session_read_only(h2o_db_session_t *s);
+
 int h2o_db_begin(h2o_db_session_t *s, h2o_db_cb cb, void *data);  /* error if already begun */
 int h2o_db_commit(h2o_db_session_t *s, h2o_db_cb cb, void *data); /* error if not begun, and if the
                                                                     transaction had failed */

@@ -873,7 +873,8 @@ static void cancelled_cb(h2o_db_pipe_t *pipe)
     conn_progress(conn);
 }
 
-static const h2o_db_pipe_cbs_t pipe_cbs = {connected_cb, failed_cb, result_cb, cancelled_cb};
+static const h2o_db_pipe_cbs_t pipe_cbs = {
+    .connected = connected_cb, .failed = failed_cb, .result = result_cb, .cancelled = cancelled_cb};
 
 /* ---- places ---- */
 

@@ -724,3 +724,21 @@ static void on_deadline(h2o_timeout_entry_t *entry)
     h2o_db_pool_count_timeout(s->pool);
     h2o_db_session_abort(s, H2O_DB_TIMEOUT, "57014", "the request waited too long for the database (pool.request-timeout)");
 }
+
+/* ---- streaming (not built yet: the contract only) ---- */
+
+int h2o_db_query_rows(h2o_db_session_t *s, const char *sql, size_t nparams, const char *const *params, h2o_db_row_cb on_row,
+                      h2o_db_cb on_done, void *data)
+{
+    return -1;
+}
+
+int h2o_db_resume(h2o_db_session_t *s)
+{
+    return -1;
+}
+
+int h2o_db_session_read_only(h2o_db_session_t *s)
+{
+    return -1;
+}

@@ -13,8 +13,16 @@
  *            close is called, and no callback comes afterwards; the driver frees its memory
  *            when its handles are closed
  *   cancel   (optional) interrupts the statement running on a pinned connection whose request
- *            ended, so that its ROLLBACK comes sooner; reports with cbs->cancelled, later (also
- *            when there was nothing to cancel)
+ *            ended (or whose stream was stopped), so that its ROLLBACK comes sooner; reports with
+ *            cbs->cancelled, later (also when there was nothing to cancel)
+ *   resume   continues a streamed statement (wire.stream) paused by cbs->row returning 1
+ *
+ * A streamed statement (wire.stream = 1) is sent only on a connection with nothing else in
+ * flight (the pool pins one to it); the driver hands its rows over one at a time through
+ * cbs->row as they arrive, keeping at most a bounded amount read ahead, then the end through
+ * cbs->result (rows 0; an error after some rows is possible). When cbs->row returns 1 the driver
+ * delivers nothing more on that connection (and reads no further, so that the database feels the
+ * back-pressure) until resume; a cancel or close may come meanwhile.
  *
  * Never re-entrant: open, send, cancel and close never call back before they return. Whatever
  * they find out at once (libpq refusing a connect on the spot, a send that fails) is reported
@@ -48,6 +56,10 @@ typedef struct st_h2o_db_pipe_cbs_t {
     /* the oldest statement sent has its result (valid during the call only). Returns 0 to go on,
      * -1 when the pool stopped using the connection (it is closing it). */
     int (*result)(h2o_db_pipe_t *pipe, h2o_db_result_t *result);
+    /* one row of the oldest statement sent, a streamed one (wire.stream): result->rows == 1, valid
+     * during the call only. Returns 0 to go on, 1 to pause (nothing more until resume), -1 when
+     * the pool stopped using the connection. */
+    int (*row)(h2o_db_pipe_t *pipe, h2o_db_result_t *row);
     /* the cancel asked for is over (whether it stopped anything or not) */
     void (*cancelled)(h2o_db_pipe_t *pipe);
 } h2o_db_pipe_cbs_t;
@@ -81,6 +93,8 @@ typedef struct st_h2o_db_wire_t {
     size_t nparams;
     const char *const *params; /* NUL-terminated; NULL = SQL NULL */
     int no_cache;              /* one-off SQL: not for a statement cache */
+    int stream;                /* QUERY: rows one at a time through cbs->row, then the end */
+    int read_only;             /* BEGIN: a READ ONLY transaction (a read-only session's) */
 } h2o_db_wire_t;
 
 /* The text to send for w; `begin` is the backend's BEGIN. */
@@ -112,6 +126,9 @@ struct st_h2o_db_driver_t {
     /* optional: stops what runs on a pinned connection whose request ended (never called for a
      * shared one); when done (also on failure), the driver calls cbs->cancelled */
     void (*cancel)(h2o_db_pipe_t *pipe);
+    /* continues a stream paused by cbs->row returning 1: rows come again later, never from inside
+     * resume (a driver whose send ignores wire.stream may leave it NULL) */
+    void (*resume)(h2o_db_pipe_t *pipe);
     /* start-up: connects once, runs `sql` (several statements allowed), disconnects */
     int (*run_script)(h2o_db_bind_t *bind, const char *sql, char *err, size_t errsz);
     /* start-up: whatever the backend keeps per bind (SQLite: the in-memory database's keeper) */

@@ -112,11 +112,11 @@ int h2o_db_query_rows(h2o_db_session_t *s, const char *sql, size_t nparams, cons
  * this call. Returns 0, or -1 when nothing of s is paused. */
 int h2o_db_resume(h2o_db_session_t *s);
 
-/* Read replicas (docs/replicas.md): marks s read-only before its first statement. Its statements
- * then go to a healthy replica of the bind (the primary when the bind has none, or with
- * replica.fallback ON when none is healthy), h2o_db_begin begins a READ ONLY transaction, and a
- * write fails with SQLSTATE 25006 (never re-sent elsewhere). Returns 0, or -1 when s already ran
- * a statement (or is NULL). */
+/* Read replicas (docs/replicas.md): marks s read-only before its first statement. On a bind with
+ * `replicas:` its statements then go to a healthy replica (or, with replica.fallback ON when none
+ * is healthy, to the primary), h2o_db_begin begins a READ ONLY transaction, and a write fails with
+ * SQLSTATE 25006 (never re-sent elsewhere). On a bind without replicas it changes nothing.
+ * Returns 0, or -1 when s already ran a statement (or is NULL). */
 int h2o_db_session_read_only(h2o_db_session_t *s);
 
 int h2o_db_begin(h2o_db_session_t *s, h2o_db_cb cb, void *data);  /* error if already begun */

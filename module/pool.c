@@ -45,6 +45,12 @@ static void conn_close(h2o_db_conn_t *conn);
 static void on_statement_timeout(h2o_timeout_entry_t *entry);
 static void abandon_pinned(h2o_db_place_t *s);
 
+/* Whether op needs a connection with nothing else on it: a BEGIN, a streamed autocommit statement. */
+static int needs_own_conn(const h2o_db_stmt_t *op)
+{
+    return op->kind == H2O_DB_OP_BEGIN || (op->stream && !op->in_txn);
+}
+
 /* Whether op ends its session's transaction. */
 static int ends_txn(const h2o_db_stmt_t *op)
 {
@@ -95,16 +101,6 @@ static void answer_later(h2o_db_stmt_t *op, h2o_db_status_t status, const char *
     settle(s, op, status);
     s->cbs->answer_later(op, status, sqlstate, message);
 }
-
-/* Every call into the driver goes through these: the driver reports what happens later, never
- * before the call returns (driver.h), and its callbacks check it. */
-#define DRIVER_CALL(pool, call)                                                                                                    \
-    do {                                                                                                                           \
-        ++(pool)->in_driver;                                                                                                       \
-        call;                                                                                                                      \
-        --(pool)->in_driver;                                                                                                       \
-    } while (0)
-#define ASSERT_NOT_IN_DRIVER(pool) assert((pool)->in_driver == 0 && "a driver called back from inside open/send/cancel/close")
 
 /* ---- connections ---- */
 
@@ -215,7 +211,7 @@ static void conn_send(h2o_db_conn_t *conn, h2o_db_stmt_t *op)
                                                    [H2O_DB_OP_BEGIN] = H2O_DB_WIRE_BEGIN,
                                                    [H2O_DB_OP_COMMIT] = H2O_DB_WIRE_COMMIT,
                                                    [H2O_DB_OP_ROLLBACK] = H2O_DB_WIRE_ROLLBACK};
-        op->wire = (h2o_db_wire_t){kinds[op->kind], op->sql, op->sql_len, op->nparams, op->params, op->no_cache};
+        op->wire = (h2o_db_wire_t){kinds[op->kind], op->sql, op->sql_len, op->nparams, op->params, op->no_cache, op->stream};
         if (op->kind == H2O_DB_OP_COMMIT && op->failed_commit)
             op->wire.kind = H2O_DB_WIRE_ROLLBACK, op->wire.sql = NULL;
     }
@@ -279,7 +275,7 @@ static int start_waiting(h2o_db_place_t *s, h2o_linklist_t *list)
     H2O_DB_INC(pool->num_waiting);
     if (list == &pool->waiting) {
         s->waits_any = 1;
-        s->waits_begin = head_op(s)->kind == H2O_DB_OP_BEGIN;
+        s->waits_begin = needs_own_conn(head_op(s));
         pool->num_waiting_any += 1;
         pool->num_waiting_begin += s->waits_begin;
     }
@@ -419,8 +415,8 @@ static int place_autocommit(h2o_db_place_t *s, h2o_db_stmt_t *op)
     return 0;
 }
 
-/* BEGIN: pin a connection with nothing in flight. */
-static int place_begin(h2o_db_place_t *s, h2o_db_stmt_t *op)
+/* BEGIN, or a streamed autocommit statement: pin a connection with nothing in flight. */
+static int place_own(h2o_db_place_t *s, h2o_db_stmt_t *op)
 {
     h2o_db_pool_t *pool = s->pool;
     h2o_db_conn_t *conn = find_idle(pool);
@@ -440,7 +436,10 @@ static int place_begin(h2o_db_place_t *s, h2o_db_stmt_t *op)
     s->pinned_at = h2o_db_now(pool->thread);
     s->txn_lost = 0;
     H2O_DB_INC(pool->num_pinned);
-    s->begin_in_flight = 1;
+    if (op->kind == H2O_DB_OP_BEGIN)
+        s->begin_in_flight = 1;
+    else
+        s->stream_pin = 1;
     conn_send(conn, op);
     return 1;
 }
@@ -480,6 +479,8 @@ void h2o_db_pool_pump(h2o_db_place_t *s)
                 }
                 continue;
             }
+            if (op->stream && s->outstanding != 0)
+                return; /* a stream starts on a connection with nothing else in flight */
             if (!conn_has_room(s->pinned)) {
                 if (s->pinned->state == H2O_DB_CONN_READY)
                     start_waiting(s, &s->pinned->waiters);
@@ -491,10 +492,10 @@ void h2o_db_pool_pump(h2o_db_place_t *s)
             conn_send(s->pinned, op);
             continue;
         }
-        if (op->kind == H2O_DB_OP_BEGIN) {
+        if (needs_own_conn(op)) {
             if (s->outstanding != 0 || s->pinned != NULL)
                 return; /* earlier statements first; then a connection of its own */
-            if (!place_begin(s, op))
+            if (!place_own(s, op))
                 return;
             stop_waiting(s);
             continue;
@@ -590,6 +591,17 @@ static void lose_transaction(h2o_db_place_t *s, const char *sqlstate)
     s->cbs->txn_lost(s, sqlstate);
 }
 
+/* The connection pinned to s broke: its transaction is lost (a stream's pin just ends). */
+static void lose_pin(h2o_db_place_t *s, const char *sqlstate)
+{
+    if (s->stream_pin) {
+        unpin(s);
+        s->stream_pin = 0;
+        return;
+    }
+    lose_transaction(s, sqlstate);
+}
+
 /* Logs why a connection failed: "cannot connect" while connecting (not again while the pool is
  * down), "connection ... lost" otherwise; nothing while the pool closes. */
 static void failed_cb(h2o_db_pipe_t *pipe, const char *sqlstate, const char *message)
@@ -644,7 +656,7 @@ void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *m
         if (s->outstanding == 0 && s->conn == conn)
             s->conn = NULL;
         if (s->pinned == conn)
-            lose_transaction(s, sqlstate);
+            lose_pin(s, sqlstate);
         H2O_DB_INC(pool->stats.errors);
         int alive = answer(op, &err) == 0;
         /* what waited behind its statements (a BEGIN, a BARRIER) goes on */
@@ -653,7 +665,7 @@ void h2o_db_conn_failed(h2o_db_conn_t *conn, const char *sqlstate, const char *m
     }
     if (conn->pinned != NULL) {
         h2o_db_place_t *s = conn->pinned;
-        lose_transaction(s, sqlstate);
+        lose_pin(s, sqlstate);
         if (!h2o_linklist_is_empty(&s->pending))
             h2o_db_pool_pump(s);
     }
@@ -701,6 +713,7 @@ static void conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
     conn->ring.ops[conn->ring.head] = NULL;
     conn->ring.head = (conn->ring.head + 1) % conn->ring.capacity;
     --conn->ring.count;
+    conn->paused = 0;
 
     if (op == &cleanup_op) {
         /* the ROLLBACK after a request ended inside a transaction; one that did not succeed (the
@@ -719,11 +732,19 @@ static void conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
         --s->outstanding;
         if (s->outstanding == 0 && s->conn == conn && s->pinned != conn)
             s->conn = NULL;
-        if ((ends_txn(op) || (op->kind == H2O_DB_OP_BEGIN && result->status != H2O_DB_OK)) && s->pinned == conn) {
-            /* the transaction ended, or never began */
+        if ((ends_txn(op) || (op->kind == H2O_DB_OP_BEGIN && result->status != H2O_DB_OK) || (op->stream && s->stream_pin)) &&
+            s->pinned == conn) {
+            /* the transaction ended, or never began; the stream is over */
             unpin(s);
+            s->stream_pin = 0;
             if (s->outstanding == 0)
                 s->conn = NULL;
+        }
+        h2o_db_result_t ok;
+        if (op->stopped && result->status != H2O_DB_UNAVAILABLE) {
+            /* its end after the stop (the cancel's 57014, or the statement ended first) */
+            h2o_db_result_init_ok(&ok, 0);
+            result = &ok;
         }
         if (result->status != H2O_DB_OK || op->failed_commit)
             H2O_DB_INC(pool->stats.errors);
@@ -798,7 +819,8 @@ static void on_statement_timeout(h2o_timeout_entry_t *entry)
     --s->outstanding;
     if (s->outstanding == 0 && s->conn == conn && s->pinned != conn)
         s->conn = NULL;
-    if (ends_txn(op) && s->pinned == conn) {
+    h2o_db_pool_drain(conn);
+    if ((ends_txn(op) || (op->stream && s->stream_pin)) && s->pinned == conn) {
         abandon_pinned(s); /* the end of the transaction will not be heard of: roll back, unpin */
         if (s->outstanding == 0)
             s->conn = NULL;
@@ -831,6 +853,7 @@ void h2o_db_pool_detach(h2o_db_place_t *s, h2o_linklist_t *in_flight, h2o_linkli
                 op->conn = NULL;
                 --s->outstanding;
                 h2o_linklist_insert(in_flight, &op->link);
+                h2o_db_pool_drain(conn);
             }
         }
     }
@@ -840,7 +863,7 @@ void h2o_db_pool_detach(h2o_db_place_t *s, h2o_linklist_t *in_flight, h2o_linkli
         abandon_pinned(s);
     h2o_linklist_insert_list(queued, &s->pending);
     s->num_pending = 0;
-    s->begin_in_flight = s->txn_failed = s->txn_lost = 0;
+    s->begin_in_flight = s->txn_failed = s->txn_lost = s->stream_pin = 0;
 }
 
 /* The session lets go of its transaction's connection without hearing how it ended (its request
@@ -848,14 +871,18 @@ void h2o_db_pool_detach(h2o_db_place_t *s, h2o_linklist_t *in_flight, h2o_linkli
  * transaction rolled back, and then the connection is clean again. */
 static void abandon_pinned(h2o_db_place_t *s)
 {
-    h2o_db_pool_t *pool = s->pool;
+    int stream = s->stream_pin;
     h2o_db_conn_t *conn = unpin(s);
+    s->stream_pin = 0;
     if (conn->state != H2O_DB_CONN_READY)
         return;
     /* only this session's statements can run there */
-    if (conn->ring.count != 0 && pool->bind->driver->cancel != NULL && !conn->cancelling) {
-        conn->cancelling = 1;
-        DRIVER_CALL(pool, pool->bind->driver->cancel(conn->pipe));
+    if (conn->ring.count != 0)
+        h2o_db_pool_cancel(conn);
+    if (stream) {
+        /* no transaction to roll back: clean once what was in flight is over */
+        conn->cleaning = conn->ring.count != 0 || conn->cancelling;
+        return;
     }
     conn->cleaning = 1;
     conn_send(conn, &cleanup_op);
@@ -874,7 +901,7 @@ static void cancelled_cb(h2o_db_pipe_t *pipe)
 }
 
 static const h2o_db_pipe_cbs_t pipe_cbs = {
-    .connected = connected_cb, .failed = failed_cb, .result = result_cb, .cancelled = cancelled_cb};
+    .connected = connected_cb, .failed = failed_cb, .result = result_cb, .row = h2o_db_pool_row_cb, .cancelled = cancelled_cb};
 
 /* ---- places ---- */
 

@@ -40,6 +40,8 @@ struct st_h2o_db_stmt_t {
     unsigned no_cache : 1;      /* one-off SQL (PREPARE TRANSACTION '...'): not for the statement cache */
     unsigned after_commit : 1;  /* queued while a commit across partitions runs (see `hold`) */
     unsigned failed_commit : 1; /* pool: a COMMIT of a failed transaction, sent as ROLLBACK, answered as 25P02 */
+    unsigned stream : 1;        /* QUERY: rows one at a time through the place's `row` (on a connection of its own) */
+    unsigned stopped : 1;       /* pool: the stream was stopped; the rest of its rows are dropped */
     const char *sql;
     size_t sql_len;
     size_t nparams;
@@ -55,6 +57,10 @@ typedef struct st_h2o_db_place_cbs_t {
      * statement-timeout ran out). Returns 0 if the place may still be used, -1 if its owner is
      * gone (the pool then touches neither again). */
     int (*answer)(h2o_db_stmt_t *stmt, h2o_db_result_t *result);
+    /* one row of a streamed stmt (valid during the call only). Returns 0 to go on, 1 to pause (until
+     * h2o_db_pool_resume), -1 to stop it (the pool cancels it and drops the rest; its answer comes
+     * as usual). */
+    int (*row)(h2o_db_stmt_t *stmt, h2o_db_result_t *row);
     /* stmt, taken off the queue, is answered without the database (BUSY, UNAVAILABLE, an ended
      * transaction's COMMIT/ROLLBACK); may run inside any h2o_db_pool_* call: the layer above
      * delivers it later, in order */
@@ -84,6 +90,7 @@ struct st_h2o_db_place_t {
     unsigned txn_failed : 1;      /* a statement of the transaction failed: its COMMIT goes as ROLLBACK */
     unsigned txn_lost : 1;        /* the transaction's connection broke */
     unsigned leak_reported : 1;
+    unsigned stream_pin : 1;  /* `pinned` holds a streamed autocommit statement, not a transaction */
     unsigned waits_any : 1;   /* it waits in pool->waiting (for any connection) */
     unsigned waits_begin : 1; /* ... with a BEGIN (for a connection of its own) */
     /* waiting for a connection: in pool->waiting or in a conn's waiters */
@@ -107,6 +114,7 @@ struct st_h2o_db_conn_t {
     /* after its request ended inside a transaction: rolling back, then back to the pool */
     int cleaning;
     int cancelling; /* the driver's cancel is under way: not back to the pool before it is done */
+    int paused;     /* the stream at the head of the ring is paused (the driver reads no further) */
     /* statements sent, oldest first; an entry is NULL once nobody waits for its result
      * (its request ended, or it timed out locally): the result is then dropped */
     struct {
@@ -186,6 +194,8 @@ static inline int h2o_db_place_idle(const h2o_db_place_t *place)
  * what can be sent. A place holding more than max(queue, pipeline-depth) statements answers this
  * one BUSY (through answer_later). The callbacks may run before it returns. */
 void h2o_db_pool_enqueue(h2o_db_place_t *place, h2o_db_stmt_t *stmt, int urgent);
+/* Continues the place's paused stream. Returns 0, or -1 when nothing of place is paused. */
+int h2o_db_pool_resume(h2o_db_place_t *place);
 /* Sends what it can of the place's queued statements, or makes it wait. */
 void h2o_db_pool_pump(h2o_db_place_t *place);
 /* The place's owner is done with it (request ended, or everything is answered at once): it stops
@@ -199,7 +209,18 @@ void h2o_db_pool_count_timeout(h2o_db_pool_t *pool);
 /* Milliseconds a connection's oldest statement has been in flight (0 when none). */
 uint64_t h2o_db_conn_oldest_age(h2o_db_conn_t *conn, uint64_t now);
 
-/* Between pool.c (placement, driver callbacks) and pool_housekeeping.c (the pool over time). */
+/* Between pool.c (placement, driver callbacks), pool_stream.c (streamed statements) and
+ * pool_housekeeping.c (the pool over time). */
+
+/* Every call into the driver goes through these: the driver reports what happens later, never
+ * before the call returns (driver.h), and its callbacks check it. */
+#define DRIVER_CALL(pool, call)                                                                                                    \
+    do {                                                                                                                           \
+        ++(pool)->in_driver;                                                                                                       \
+        call;                                                                                                                      \
+        --(pool)->in_driver;                                                                                                       \
+    } while (0)
+#define ASSERT_NOT_IN_DRIVER(pool) assert((pool)->in_driver == 0 && "a driver called back from inside open/send/cancel/close")
 
 /* pool.c: whether the pool may open one more connection (max, max-total) */
 int h2o_db_pool_can_open(h2o_db_pool_t *pool);
@@ -217,6 +238,13 @@ void h2o_db_conn_retire(h2o_db_conn_t *conn, uint64_t *counter);
 void h2o_db_pool_serve_waiting(h2o_db_pool_t *pool);
 /* pool.c: fails every statement waiting for a connection of this pool */
 void h2o_db_pool_fail_waiting(h2o_db_pool_t *pool, h2o_db_status_t status, const char *sqlstate, const char *message);
+/* pool_stream.c: the driver's cbs->row */
+int h2o_db_pool_row_cb(h2o_db_pipe_t *pipe, h2o_db_result_t *row);
+/* pool_stream.c: a paused stream on conn nobody will resume (its statement was abandoned) reads on,
+ * so that its end comes */
+void h2o_db_pool_drain(h2o_db_conn_t *conn);
+/* pool_stream.c: cancels what runs on a pinned conn (once; no-op for a driver without cancel) */
+void h2o_db_pool_cancel(h2o_db_conn_t *conn);
 /* pool_housekeeping.c: after a failure, retries (ensure min, serve who waits) when needed: at once,
  * or after the back-off while the database is down */
 void h2o_db_pool_retry_later(h2o_db_pool_t *pool);

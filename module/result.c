@@ -20,6 +20,36 @@ void h2o_db_result_init_ok(h2o_db_result_t *r, uint64_t affected)
     r->affected = affected;
 }
 
+static const char *view_column_name(const h2o_db_result_t *r, size_t col)
+{
+    const h2o_db_row_view_t *v = r->impl;
+    return v->src->cls->column_name(v->src, col);
+}
+
+static const char *view_value(const h2o_db_result_t *r, size_t row, size_t col, size_t *len)
+{
+    const h2o_db_row_view_t *v = r->impl;
+    return v->src->cls->value(v->src, v->row + row, col, len);
+}
+
+static h2o_db_type_t view_type(const h2o_db_result_t *r, size_t row, size_t col)
+{
+    const h2o_db_row_view_t *v = r->impl;
+    return v->src->cls->type(v->src, v->row + row, col);
+}
+
+static const h2o_db_result_class_t view_class = {view_column_name, view_value, view_type};
+
+void h2o_db_result_row_view(h2o_db_result_t *dst, h2o_db_row_view_t *view, const h2o_db_result_t *src, size_t row)
+{
+    *dst = *src;
+    view->src = src;
+    view->row = row;
+    dst->rows = 1;
+    dst->cls = &view_class;
+    dst->impl = view;
+}
+
 h2o_db_status_t h2o_db_status_for_sqlstate(const char *sqlstate)
 {
     if (sqlstate == NULL)

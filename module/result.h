@@ -41,6 +41,14 @@ void h2o_db_result_init_error(h2o_db_result_t *r, h2o_db_status_t status, const 
 /* A success without rows. */
 void h2o_db_result_init_ok(h2o_db_result_t *r, uint64_t affected);
 
+/* One row of another result, seen as a result of one row (a buffered result's rows handed over one
+ * at a time): dst reads row `row` of src through view; both must live no longer than src. */
+typedef struct st_h2o_db_row_view_t {
+    const h2o_db_result_t *src;
+    size_t row;
+} h2o_db_row_view_t;
+void h2o_db_result_row_view(h2o_db_result_t *dst, h2o_db_row_view_t *view, const h2o_db_result_t *src, size_t row);
+
 /* The type of a value (H2O_DB_TYPE_NULL for SQL NULL). */
 h2o_db_type_t h2o_db_result_type(const h2o_db_result_t *r, size_t row, size_t col);
 

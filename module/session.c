@@ -559,6 +559,85 @@ int h2o_db_rollback(h2o_db_session_t *s, h2o_db_cb cb, void *data)
 
 /* ---- answers ---- */
 
+/* While a handler's callback runs: whether it ended its request (the session was released). */
+typedef struct st_delivery_t {
+    void *saved;
+    int saved_gone;
+} delivery_t;
+
+static void delivery_begin(h2o_db_thread_t *thread, h2o_db_session_t *s, delivery_t *d)
+{
+    d->saved = thread->delivering;
+    d->saved_gone = thread->delivering_gone;
+    thread->delivering = s;
+    thread->delivering_gone = 0;
+}
+
+/* Returns non-zero when the request ended inside the callback. */
+static int delivery_end(h2o_db_thread_t *thread, delivery_t *d)
+{
+    int gone = thread->delivering_gone;
+    thread->delivering = d->saved;
+    thread->delivering_gone = d->saved_gone;
+    return gone;
+}
+
+static void stream_stopped(h2o_db_session_t *s, const h2o_db_stmt_t *stmt)
+{
+    /* the database's transaction fails with the cancel: its COMMIT is refused */
+    if (stmt->in_txn && !s->txn_failed) {
+        s->txn_failed = 1;
+        s->txn_status = H2O_DB_TIMEOUT;
+        snprintf(s->txn_sqlstate, sizeof(s->txn_sqlstate), "57014");
+    }
+}
+
+/* One row of a streamed statement (the pool's `row`): 0 go on, 1 pause, -1 stop. */
+static int row_cb(h2o_db_stmt_t *stmt, h2o_db_result_t *row)
+{
+    h2o_db_op_t *op = H2O_STRUCT_FROM_MEMBER(h2o_db_op_t, stmt, stmt);
+    h2o_db_session_t *s = op->session;
+    h2o_db_thread_t *thread = s->pool->thread;
+    if (s->released)
+        return -1;
+    if (h2o_timeout_is_linked(&s->deadline)) {
+        /* rows arrive: request-timeout bounds a wait at a stretch, not the whole stream */
+        h2o_timeout_unlink(&s->deadline);
+        h2o_timeout_link(thread->loop, &s->pool->request_timeout, &s->deadline);
+    }
+    delivery_t d;
+    delivery_begin(thread, s, &d);
+    int ret = op->row_cb(row, op->data);
+    if (delivery_end(thread, &d))
+        return -1;
+    if (ret < 0)
+        stream_stopped(s, stmt);
+    return ret > 0 ? 1 : ret < 0 ? -1 : 0;
+}
+
+/* A driver that answered a streamed statement with all its rows at once: they are handed over one
+ * by one (a pause cannot hold rows already read: it is ignored). Returns -1 if the request ended. */
+static int rows_at_once(h2o_db_op_t *op, h2o_db_result_t *result)
+{
+    h2o_db_session_t *s = op->session;
+    h2o_db_thread_t *thread = s->pool->thread;
+    for (size_t i = 0; i < result->rows; ++i) {
+        h2o_db_result_t one;
+        h2o_db_row_view_t view;
+        h2o_db_result_row_view(&one, &view, result, i);
+        delivery_t d;
+        delivery_begin(thread, s, &d);
+        int ret = op->row_cb(&one, op->data);
+        if (delivery_end(thread, &d))
+            return -1;
+        if (ret < 0) {
+            stream_stopped(s, &op->stmt);
+            break;
+        }
+    }
+    return 0;
+}
+
 /* The pool handed the statement back with its result: runs the callback, keeps the transaction's
  * state. Returns 0 if the session may be used afterwards, -1 if the callback ended its request. */
 static int answer_cb(h2o_db_stmt_t *stmt, h2o_db_result_t *result)
@@ -583,17 +662,23 @@ static int answer_cb(h2o_db_stmt_t *stmt, h2o_db_result_t *result)
     if (session_idle(s))
         became_idle(s); /* before the callback: it may answer the request */
 
-    void *saved = thread->delivering;
-    int saved_gone = thread->delivering_gone;
-    thread->delivering = s;
-    thread->delivering_gone = 0;
+    h2o_db_result_t end;
+    if (op->row_cb != NULL && result->status == H2O_DB_OK && result->rows != 0) {
+        if (rows_at_once(op, result) != 0) {
+            if (op->heap)
+                free(op);
+            return -1;
+        }
+        h2o_db_result_init_ok(&end, result->rows);
+        result = &end;
+    }
+    delivery_t d;
+    delivery_begin(thread, s, &d);
     if (op->batch_cb != NULL)
         op->batch_cb(result, op->index, op->data);
     else
         op->cb(result, op->data);
-    int gone = thread->delivering_gone;
-    thread->delivering = saved;
-    thread->delivering_gone = saved_gone;
+    int gone = delivery_end(thread, &d);
     if (op->heap)
         free(op);
     if (gone)
@@ -679,7 +764,12 @@ static void leaked_cb(h2o_db_place_t *place, uint64_t held_ms)
     }
 }
 
-static const h2o_db_place_cbs_t place_cbs = {answer_cb, answer_later_cb, hold_cb, txn_lost_cb, leaked_cb};
+static const h2o_db_place_cbs_t place_cbs = {.answer = answer_cb,
+                                             .row = row_cb,
+                                             .answer_later = answer_later_cb,
+                                             .hold = hold_cb,
+                                             .txn_lost = txn_lost_cb,
+                                             .leaked = leaked_cb};
 
 /* ---- answering everything at once: the client left, or request-timeout ran out ---- */
 
@@ -725,17 +815,28 @@ static void on_deadline(h2o_timeout_entry_t *entry)
     h2o_db_session_abort(s, H2O_DB_TIMEOUT, "57014", "the request waited too long for the database (pool.request-timeout)");
 }
 
-/* ---- streaming (not built yet: the contract only) ---- */
+/* ---- streaming ---- */
 
 int h2o_db_query_rows(h2o_db_session_t *s, const char *sql, size_t nparams, const char *const *params, h2o_db_row_cb on_row,
                       h2o_db_cb on_done, void *data)
 {
-    return -1;
+    if (!usable(s) || on_row == NULL || on_done == NULL || !valid_statement(sql, nparams, params))
+        return -1;
+    if (s->parent != NULL)
+        join_root_transaction(s);
+    h2o_db_op_t *op = new_op(s, H2O_DB_OP_QUERY, sql, nparams, params, on_done, data);
+    op->row_cb = on_row;
+    op->stmt.stream = 1;
+    op->stmt.no_cache = 1; /* unnamed: a stream's first result must be its own (single-row mode) */
+    enqueue(s, op);
+    return 0;
 }
 
 int h2o_db_resume(h2o_db_session_t *s)
 {
-    return -1;
+    if (!usable(s))
+        return -1;
+    return h2o_db_pool_resume(&s->place);
 }
 
 int h2o_db_session_read_only(h2o_db_session_t *s)

@@ -23,6 +23,7 @@ struct st_h2o_db_op_t {
     unsigned heap : 1;     /* malloc'd (a session outside a request): freed once answered or dropped */
     h2o_db_cb cb;
     h2o_db_batch_cb batch_cb; /* instead of cb, for a statement of a batch */
+    h2o_db_row_cb row_cb;     /* a streamed statement's rows (cb: its end) */
     size_t index;             /* ... its index in the batch */
     void *data;
     /* an answer made without the database (BUSY, UNAVAILABLE, ...) */

@@ -31,6 +31,7 @@ static void on_poll(uv_poll_t *poll, int status, int events);
 static void process_results(h2o_db_pg_conn_t *c);
 static void on_flush(h2o_db_flusher_t *flusher);
 static void on_evict(void *ctx, h2o_db_cached_t *stmt);
+static void on_resume_later(h2o_db_later_t *later);
 
 /* ---- results ---- */
 
@@ -203,6 +204,7 @@ static h2o_db_pipe_t *pg_open(const h2o_db_pipe_t *proto)
     c->super = *proto;
     c->fail_later.cb = on_fail_later;
     c->cancelled_later.cb = on_cancelled_later;
+    c->resume_later.cb = on_resume_later;
     c->flusher.cb = on_flush;
     c->seg_capacity = 16;
     c->segs = malloc(sizeof(*c->segs) * c->seg_capacity);
@@ -221,10 +223,10 @@ static void flush(h2o_db_pg_conn_t *c)
         return;
     switch (PQflush(c->pg)) {
     case 0:
-        h2o_db_pg_watch(c, UV_READABLE);
+        h2o_db_pg_watch(c, c->paused ? 0 : UV_READABLE);
         break;
     case 1:
-        h2o_db_pg_watch(c, UV_READABLE | UV_WRITABLE);
+        h2o_db_pg_watch(c, (c->paused ? 0 : UV_READABLE) | UV_WRITABLE);
         break;
     default:
         h2o_db_pg_fail_from_libpq(c, "08006");
@@ -331,9 +333,16 @@ static void send_statement(h2o_db_pg_conn_t *c, const h2o_db_wire_t *op, const c
         ok = (!prepare || PQsendPrepare(c->pg, name, op->sql, (int)op->nparams, NULL)) &&
              PQsendQueryPrepared(c->pg, name, (int)op->nparams, op->params, NULL, NULL, 0) && PQpipelineSync(c->pg);
     } else {
-    Unnamed:
-        push_segment(c)->commit = op->kind == H2O_DB_WIRE_COMMIT && op->sql == NULL;
-        ok = PQsendQueryParams(c->pg, sql, (int)op->nparams, NULL, op->params, NULL, NULL, 0) && PQpipelineSync(c->pg);
+    Unnamed : {
+        h2o_db_pg_segment_t *seg = push_segment(c);
+        seg->commit = op->kind == H2O_DB_WIRE_COMMIT && op->sql == NULL;
+        ok = PQsendQueryParams(c->pg, sql, (int)op->nparams, NULL, op->params, NULL, NULL, 0);
+        /* single-row mode takes only the statement at the head of the pipeline: the pool sends a
+         * stream alone on its connection; should libpq refuse, the rows come in one result */
+        if (ok && op->stream)
+            seg->stream = PQsetSingleRowMode(c->pg);
+        ok = ok && PQpipelineSync(c->pg);
+    }
     }
     if (!ok) {
         send_failed(c);
@@ -390,11 +399,28 @@ static void finish_segment(h2o_db_pg_conn_t *c)
     PQclear(kept);
 }
 
+/* One row of a stream (single-row mode): up at once; the pool may pause the stream. */
+static void deliver_row(h2o_db_pg_conn_t *c, PGresult *res)
+{
+    h2o_db_result_t r;
+    result_from_pg(&r, res);
+    r.affected = 0;
+    int ret = c->super.cbs->row(&c->super, &r);
+    PQclear(res);
+    if (ret < 0) {
+        c->stopped = 1;
+    } else if (ret > 0) {
+        /* stop reading: the server feels it once the socket's buffers are full */
+        c->paused = 1;
+        h2o_db_pg_watch(c, c->poll_events & UV_WRITABLE);
+    }
+}
+
 /* Reads every result that has arrived and hands each statement's over, in order. */
 static void process_results(h2o_db_pg_conn_t *c)
 {
     int nulls = 0;
-    while (c->phase == H2O_DB_PG_READY && !c->stopped && c->seg_count != 0 && !PQisBusy(c->pg)) {
+    while (c->phase == H2O_DB_PG_READY && !c->stopped && !c->paused && c->seg_count != 0 && !PQisBusy(c->pg)) {
         PGresult *res = PQgetResult(c->pg);
         if (res == NULL) {
             /* the end of one command's results; two in a row: nothing more has arrived */
@@ -410,6 +436,10 @@ static void process_results(h2o_db_pg_conn_t *c)
             continue;
         }
         h2o_db_pg_segment_t *seg = c->segs + c->seg_head;
+        if (st == PGRES_SINGLE_TUPLE && seg->stream) {
+            deliver_row(c, res);
+            continue;
+        }
         if (is_error(st) && seg->prepared && seg->results == 0)
             seg->prepare_failed = 1;
         ++seg->results;
@@ -451,7 +481,7 @@ static void on_poll(uv_poll_t *poll, int status, int events)
     case H2O_DB_PG_READY:
         if ((events & UV_WRITABLE) != 0)
             flush(c);
-        if ((events & UV_READABLE) != 0) {
+        if ((events & UV_READABLE) != 0 && !c->paused) {
             if (!PQconsumeInput(c->pg)) {
                 h2o_db_pg_fail_from_libpq(c, "08006");
                 return;
@@ -471,6 +501,27 @@ static void on_poll(uv_poll_t *poll, int status, int events)
     default:
         return;
     }
+}
+
+/* ---- resume a paused stream ---- */
+
+static void on_resume_later(h2o_db_later_t *later)
+{
+    h2o_db_pg_conn_t *c = H2O_STRUCT_FROM_MEMBER(h2o_db_pg_conn_t, resume_later, later);
+    if (c->phase != H2O_DB_PG_READY || c->paused)
+        return;
+    process_results(c); /* rows libpq has read already come first */
+    if (c->phase == H2O_DB_PG_READY && !c->paused)
+        h2o_db_pg_watch(c, c->poll_events | UV_READABLE);
+}
+
+static void pg_resume(h2o_db_pipe_t *conn)
+{
+    h2o_db_pg_conn_t *c = (h2o_db_pg_conn_t *)conn;
+    if (!c->paused)
+        return;
+    c->paused = 0;
+    h2o_db_later(conn->thread, &c->resume_later); /* never from inside resume() */
 }
 
 /* ---- cancel (pinned connections only: the pool never cancels a shared one) ---- */
@@ -554,6 +605,7 @@ static void pg_close(h2o_db_pipe_t *conn)
     }
     h2o_db_later_cancel(&c->fail_later);
     h2o_db_later_cancel(&c->cancelled_later);
+    h2o_db_later_cancel(&c->resume_later);
     if (h2o_linklist_is_linked(&c->flusher.link))
         h2o_linklist_unlink(&c->flusher.link);
     if (c->kept != NULL) {
@@ -597,6 +649,7 @@ const h2o_db_driver_t h2o_db_driver_postgres = {
     .send = pg_send,
     .close = pg_close,
     .cancel = pg_cancel,
+    .resume = pg_resume,
     .run_script = h2o_db_pg_run_script,
     .prepare_bind = pg_prepare_bind,
     .dispose_bind = pg_dispose_bind,

@@ -23,6 +23,7 @@ typedef struct st_h2o_db_pg_segment_t {
     h2o_db_cached_t *stmt; /* the cached statement it executes (NULL once evicted) */
     int prepared;          /* it also sends the PREPARE of stmt */
     int prepare_failed;
+    int stream;       /* its rows go up one at a time (single-row mode) */
     unsigned results; /* results seen so far */
 } h2o_db_pg_segment_t;
 
@@ -55,6 +56,8 @@ typedef struct st_h2o_db_pg_conn_t {
     char fail_message[256];
     h2o_db_later_t cancelled_later;
     int stopped; /* the pool stopped reading from it (its result callback returned -1) */
+    int paused;  /* a stream is paused: nothing is read until resume */
+    h2o_db_later_t resume_later;
     int handles_open;
     struct cancel_work *cancel; /* under way on the thread pool */
 } h2o_db_pg_conn_t;

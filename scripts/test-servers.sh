@@ -3,6 +3,9 @@
 #   h2o_db_start_postgres   sets H2O_DB_TEST_PG, H2O_DB_TEST_PG2 (URLs of two databases), and
 #                           H2O_DB_TEST_PG_RESTARTABLE with H2O_DB_TEST_PG_CTL/PGDATA/PG_LOG
 #                           (another cluster, which the fault tests stop and start)
+#   h2o_db_start_pgbouncer  sets H2O_DB_TEST_PGBOUNCER (the URL of h2o_test through a PgBouncer in
+#                           transaction pooling mode in front of the shared cluster) and
+#                           H2O_DB_TEST_PGBOUNCER_PORT (its admin console: dbname=pgbouncer)
 #   h2o_db_start_mariadb    sets H2O_DB_TEST_MYSQL (a user with a password) and H2O_DB_TEST_MYSQL_CTL
 #   h2o_db_stop_servers
 
@@ -70,6 +73,47 @@ h2o_db_start_postgres() {
     export H2O_DB_TEST_PGDATA="$pgdata"
     export H2O_DB_TEST_PG_LOG="$H2O_DB_SERVERS_DIR/pg-restartable.log"
     echo "h2o-db: a restartable PostgreSQL for the fault tests at $H2O_DB_TEST_PG_RESTARTABLE"
+}
+
+# A PgBouncer (Debian's pgbouncer) in front of the shared cluster, in transaction pooling mode, on
+# a free loopback port: every database name goes to the same name there (`*`), 2 server
+# connections per database and user (so that a test can tell which one a statement gets), trust
+# as the cluster, the user postgres may use the admin console. Needs h2o_db_start_postgres first.
+h2o_db_start_pgbouncer() {
+    bdir="$H2O_DB_SERVERS_DIR/pgbouncer"
+    mkdir -p "$bdir"
+    H2O_DB_PGBOUNCER_PORT=$(h2o_db_free_port)
+    echo '"postgres" ""' >"$bdir/users.txt"
+    cat >"$bdir/pgbouncer.ini" <<CONF
+[databases]
+* = host=127.0.0.1 port=$H2O_DB_PG_PORT
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $H2O_DB_PGBOUNCER_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $bdir/users.txt
+admin_users = postgres
+pool_mode = transaction
+default_pool_size = 2
+max_client_conn = 1000
+logfile = $bdir/pgbouncer.log
+pidfile = $bdir/pgbouncer.pid
+CONF
+    [ "$(id -u)" -eq 0 ] && chown -R postgres "$bdir"
+    # it refuses to run as root; -d: it daemonizes once it listens
+    h2o_db_as_postgres pgbouncer -q -d "$bdir/pgbouncer.ini" || {
+        cat "$bdir/pgbouncer.log" >&2
+        return 1
+    }
+    H2O_DB_PGBOUNCER_DIR=$bdir
+    for i in $(seq 1 100); do
+        "$H2O_DB_PG_BIN/psql" -q -h 127.0.0.1 -p "$H2O_DB_PGBOUNCER_PORT" -U postgres -d h2o_test -c "SELECT 1" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    export H2O_DB_TEST_PGBOUNCER="postgresql://postgres@127.0.0.1:$H2O_DB_PGBOUNCER_PORT/h2o_test"
+    export H2O_DB_TEST_PGBOUNCER_PORT=$H2O_DB_PGBOUNCER_PORT
+    echo "h2o-db: PgBouncer (transaction pooling) for the tests at $H2O_DB_TEST_PGBOUNCER"
 }
 
 # A MariaDB of the tests' own: mariadb-install-db into the temporary folder, mariadbd on a free
@@ -145,6 +189,10 @@ h2o_db_stop_servers() {
         "$H2O_DB_MYSQL_DIR/ctl" stop >/dev/null 2>&1 || true
     fi
     H2O_DB_MYSQL_DIR=""
+    if [ -n "${H2O_DB_PGBOUNCER_DIR:-}" ] && [ -f "$H2O_DB_PGBOUNCER_DIR/pgbouncer.pid" ]; then
+        kill -TERM "$(cat "$H2O_DB_PGBOUNCER_DIR/pgbouncer.pid")" 2>/dev/null || true
+    fi
+    H2O_DB_PGBOUNCER_DIR=""
     for d in "${H2O_DB_PGDATA:-}" "${H2O_DB_PGDATA_RESTARTABLE:-}"; do
         [ -n "$d" ] && h2o_db_as_postgres "$H2O_DB_PG_BIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
     done

@@ -209,6 +209,7 @@ static h2o_db_pipe_t *pg_open(const h2o_db_pipe_t *proto)
     c->seg_capacity = 16;
     c->segs = malloc(sizeof(*c->segs) * c->seg_capacity);
     h2o_db_stmt_cache_init(&c->cache, proto->bind->pool.statement_cache, on_evict, c);
+    c->cache.next_id = h2o_db_pg_first_stmt_id(); /* names unique behind a pooler too (postgres_pooler.c) */
     c->in_call = 1;
     h2o_db_pg_connect(c); /* libpq may refuse at once (a missing socket, a bad hostaddr): reported later */
     c->in_call = 0;
@@ -370,6 +371,7 @@ static void finish_segment(h2o_db_pg_conn_t *c)
         return;
     }
     const char *sqlstate = kept != NULL && is_error(PQresultStatus(kept)) ? PQresultErrorField(kept, PG_DIAG_SQLSTATE) : NULL;
+    int pooler = h2o_db_pg_is_pooler_error(sqlstate, seg.stmt != NULL, seg.prepared);
     if (seg.stmt != NULL && (seg.prepare_failed || (sqlstate != NULL && strcmp(sqlstate, "26000") == 0))) {
         /* the server does not have it */
         c->quiet_evict = 1;
@@ -394,6 +396,9 @@ static void finish_segment(h2o_db_pg_conn_t *c)
         result_from_pg(&r, kept);
     else
         h2o_db_result_init_ok(&r, 0);
+    char hint[512];
+    if (pooler)
+        r.error = h2o_db_pg_pooler_message(c, r.error, hint, sizeof(hint)); /* (postgres_pooler.c) */
     if (c->super.cbs->result(&c->super, &r) != 0)
         c->stopped = 1;
     PQclear(kept);
@@ -627,11 +632,16 @@ static void pg_close(h2o_db_pipe_t *conn)
 
 static int pg_prepare_bind(h2o_db_bind_t *bind, char *err, size_t errsz)
 {
+    if (h2o_db_pg_pooler_prepare_bind(bind) != 0) {
+        snprintf(err, errsz, "out of memory");
+        return -1;
+    }
     return 0;
 }
 
 static void pg_dispose_bind(h2o_db_bind_t *bind)
 {
+    h2o_db_pg_pooler_dispose_bind(bind);
 }
 
 static const char *pg_version(void)

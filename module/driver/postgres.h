@@ -3,6 +3,7 @@
  *   postgres.c          the connection in use: send, results, the statement cache, flush,
  *                       cancel, close (see there for a connection's life)
  *   postgres_connect.c  resolve, connect, setup; the blocking start-up helpers
+ *   postgres_pooler.c   the statement cache's errors behind a pooler (PgBouncer), explained
  */
 #ifndef h2o_db_driver_postgres_h
 #define h2o_db_driver_postgres_h
@@ -26,6 +27,11 @@ typedef struct st_h2o_db_pg_segment_t {
     int stream;       /* its rows go up one at a time (single-row mode) */
     unsigned results; /* results seen so far */
 } h2o_db_pg_segment_t;
+
+/* What the driver keeps per bind (bind->driver_data), from prepare_bind to dispose_bind. */
+typedef struct st_h2o_db_pg_bind_t {
+    int pooler_logged; /* (atomic) the pooler's error was logged for this bind */
+} h2o_db_pg_bind_t;
 
 typedef struct st_h2o_db_pg_conn_t {
     h2o_db_pipe_t super;
@@ -86,5 +92,20 @@ void h2o_db_pg_poll_connect(h2o_db_pg_conn_t *c);
 void h2o_db_pg_continue_setup(h2o_db_pg_conn_t *c, int events);
 /* Start-up (blocking): connects once, runs `sql`, disconnects. */
 int h2o_db_pg_run_script(h2o_db_bind_t *bind, const char *sql, char *err, size_t errsz);
+
+/* postgres_pooler.c */
+
+/* prepare_bind, dispose_bind: the bind's h2o_db_pg_bind_t (main thread); 0, or -1 out of memory. */
+int h2o_db_pg_pooler_prepare_bind(h2o_db_bind_t *bind);
+void h2o_db_pg_pooler_dispose_bind(h2o_db_bind_t *bind);
+/* Where a connection starts numbering its prepared statements (cache.next_id): random, so that no
+ * two connections (of any thread or process) name two statements alike. Any thread. */
+uint64_t h2o_db_pg_first_stmt_id(void);
+/* Whether a statement's error is the cache's behind a pooler: `cached` when it ran a statement of
+ * the cache, `prepared` when it also prepared it (26000 on any, 42P05 on a prepared one). */
+int h2o_db_pg_is_pooler_error(const char *sqlstate, int cached, int prepared);
+/* The message the handler sees for such an error: the server's `message` and what to do, in buf
+ * (returned); the first of the bind is also logged to stderr, naming the bind. Any thread. */
+const char *h2o_db_pg_pooler_message(h2o_db_pg_conn_t *c, const char *message, char *buf, size_t size);
 
 #endif

@@ -17,6 +17,11 @@
  *             as text (mysql_stmt.c); its rows are stored (so that fetching them is memory
  *             only) and turned into PostgreSQL-like text with types (mysql_rows.c).
  *             BEGIN/COMMIT/ROLLBACK go as text queries.
+ *   streamed  (wire.stream) the rows are not stored: each is fetched (mysql_stmt_fetch, from the
+ *             connector's read buffer or the socket), turned into text and handed over before
+ *             the next is fetched; a pause stops fetching and watching the socket, so the
+ *             server blocks once the socket's buffers are full. What cannot be prepared (text
+ *             protocol) is answered stored, all rows at once.
  *
  * A connection whose socket breaks, or that reports a client-side (CR_*) error, is failed and
  * closed; it is never reused.
@@ -43,9 +48,11 @@ enum {
     STEP_STMT_STORE,  /* mysql_stmt_store_result */
     STEP_STMT_NEXT,   /* mysql_stmt_next_result (a CALL's further results: dropped) */
     STEP_STMT_STORE_MORE /* mysql_stmt_store_result of such a further result */,
-    STEP_TEXT_QUERY, /* mysql_real_query (BEGIN, COMMIT, ROLLBACK, what cannot be prepared) */
-    STEP_TEXT_STORE, /* mysql_store_result */
-    STEP_TEXT_NEXT   /* mysql_next_result */
+    STEP_TEXT_QUERY,   /* mysql_real_query (BEGIN, COMMIT, ROLLBACK, what cannot be prepared) */
+    STEP_TEXT_STORE,   /* mysql_store_result */
+    STEP_TEXT_NEXT,    /* mysql_next_result */
+    STEP_STREAM_FETCH, /* mysql_stmt_fetch of a streamed statement's next row (unbuffered) */
+    STEP_STREAM_PAUSED /* ... not called: the stream is paused until resume */
 };
 
 /* ---- the FIFO of statements sent ---- */
@@ -72,6 +79,7 @@ static h2o_db_mysql_job_t *push_job(h2o_db_mysql_conn_t *c)
     job->text = 0;
     job->no_cache = 0;
     job->commit_as_rollback = 0;
+    job->stream = 0;
     return job;
 }
 
@@ -104,6 +112,7 @@ static void my_send(h2o_db_pipe_t *conn, const h2o_db_wire_t *op)
         job->kind = op->kind;
         job->text = text;
         job->no_cache = op->no_cache;
+        job->stream = op->kind == H2O_DB_WIRE_QUERY && op->stream;
         size_t len = text ? strlen(sql) : op->sql_len;
         ok = buf_add(&job->sql, sql, len) == 0 && buf_add(&job->sql, "", 1) == 0;
         job->sql.len = len;
@@ -344,6 +353,67 @@ static int after_mysql_error(h2o_db_mysql_conn_t *c)
     return next_step(c);
 }
 
+/* ---- streamed rows ---- */
+
+/* The streamed statement executed and has rows: fetch them one at a time. */
+static int start_stream(h2o_db_mysql_conn_t *c)
+{
+    if (h2o_db_mysql_stream_begin(&c->rows, c->current->stmt) != 0) {
+        h2o_db_mysql_fail(c, "53200", "out of memory"); /* (its rows cannot be skipped without reading them) */
+        return -1;
+    }
+    c->streamed = 0;
+    c->step = STEP_STREAM_FETCH;
+    return 0;
+}
+
+/* A row of the stream was fetched (or its end, or an error): hand it over. Returns as step_done. */
+static int stream_fetched(h2o_db_mysql_conn_t *c)
+{
+    MYSQL_STMT *stmt = c->current->stmt;
+    if (c->ret_int == 1) /* (after rows, maybe); an error the server sent mid-result is the connection's */
+        return mysql_stmt_errno(stmt) != 0 ? after_stmt_error(c) : after_mysql_error(c);
+    if (c->ret_int == MYSQL_NO_DATA) {
+        mysql_stmt_free_result(stmt); /* read to its end: no I/O */
+        h2o_db_result_init_ok(&c->result, c->streamed);
+        return stmt_more(c);
+    }
+    h2o_db_result_t r; /* a row (MYSQL_DATA_TRUNCATED too: such a value is fetched whole) */
+    if (h2o_db_mysql_stream_row(&c->rows, stmt, &r) != 0) {
+        h2o_db_mysql_fail(c, r.sqlstate, r.error);
+        return -1;
+    }
+    ++c->streamed;
+    int ret = c->super.cbs->row(&c->super, &r);
+    if (ret < 0)
+        c->stopped = 1;
+    if (c->phase != H2O_DB_MYSQL_READY || c->stopped)
+        return -1;
+    if (ret > 0) {
+        c->step = STEP_STREAM_PAUSED;
+        h2o_db_mysql_unwatch(c);
+        return -1;
+    }
+    return 0; /* the next row */
+}
+
+static void on_resume_later(h2o_db_later_t *later)
+{
+    h2o_db_mysql_conn_t *c = H2O_STRUCT_FROM_MEMBER(h2o_db_mysql_conn_t, resume_later, later);
+    if (c->phase != H2O_DB_MYSQL_READY || c->stopped || c->step != STEP_STREAM_PAUSED)
+        return;
+    c->step = STEP_STREAM_FETCH;
+    h2o_db_mysql_drive(c, 0);
+}
+
+/* Continues a paused stream, on the next iteration (never from inside resume). */
+static void my_resume(h2o_db_pipe_t *conn)
+{
+    h2o_db_mysql_conn_t *c = (h2o_db_mysql_conn_t *)conn;
+    if (c->phase == H2O_DB_MYSQL_READY && c->step == STEP_STREAM_PAUSED)
+        h2o_db_later(conn->thread, &c->resume_later);
+}
+
 /* ---- connecting ---- */
 
 static int enter_ready(h2o_db_mysql_conn_t *c)
@@ -449,6 +519,8 @@ static int call(h2o_db_mysql_conn_t *c, int ready)
                           : mysql_stmt_store_result_start(&c->ret_int, stmt);
     case STEP_STMT_NEXT:
         return ready != 0 ? mysql_stmt_next_result_cont(&c->ret_int, stmt, ready) : mysql_stmt_next_result_start(&c->ret_int, stmt);
+    case STEP_STREAM_FETCH:
+        return ready != 0 ? mysql_stmt_fetch_cont(&c->ret_int, stmt, ready) : mysql_stmt_fetch_start(&c->ret_int, stmt);
     default:
         return 0;
     }
@@ -518,6 +590,8 @@ static int step_done(h2o_db_mysql_conn_t *c)
         if (c->ret_int != 0)
             return after_stmt_error(c);
         if (mysql_stmt_field_count(p->stmt) > 0) {
+            if (current_job(c)->stream)
+                return start_stream(c);
             c->step = STEP_STMT_STORE;
             return 0;
         }
@@ -562,6 +636,8 @@ static int step_done(h2o_db_mysql_conn_t *c)
         mysql_free_result(c->ret_res); /* stored: no I/O */
         c->ret_res = NULL;
         return text_more(c);
+    case STEP_STREAM_FETCH:
+        return stream_fetched(c);
     case STEP_TEXT_NEXT:
         if (c->ret_int > 0)
             return after_mysql_error(c);
@@ -622,6 +698,7 @@ static h2o_db_pipe_t *my_open(const h2o_db_pipe_t *proto)
     h2o_db_mysql_conn_t *c = calloc(1, sizeof(*c));
     c->super = *proto;
     c->flusher.cb = on_flush;
+    c->resume_later.cb = on_resume_later;
     h2o_db_stmt_cache_init(&c->cache, proto->bind->pool.statement_cache, h2o_db_mysql_prepared_evicted, c);
     h2o_db_mysql_connect(c);
     return &c->super;
@@ -687,6 +764,7 @@ const h2o_db_driver_t h2o_db_driver_mysql = {
     .send = my_send,
     .close = h2o_db_mysql_close,
     .cancel = h2o_db_mysql_cancel,
+    .resume = my_resume,
     .run_script = h2o_db_mysql_run_script,
     .prepare_bind = my_prepare_bind,
     .dispose_bind = my_dispose_bind,

@@ -7,7 +7,8 @@
  *   mysql_stmt.c          prepared statements: made, cached, bound, closed between jobs
  *   mysql_errors.c        MySQL's errors in PostgreSQL's terms
  *   mysql_placeholders.c  PostgreSQL's $1..$n rewritten to MySQL's ?
- *   mysql_rows.c          rows of both protocols as PostgreSQL-like text with types
+ *   mysql_rows.c          rows of both protocols as PostgreSQL-like text with types (a stored
+ *                         result, or a streamed one row by row)
  */
 #ifndef h2o_db_driver_mysql_h
 #define h2o_db_driver_mysql_h
@@ -47,6 +48,7 @@ typedef struct st_h2o_db_mysql_job_t {
     int text;               /* a text query (BEGIN, COMMIT, ROLLBACK) rather than a prepared statement */
     int no_cache;           /* one-off SQL: not for the statement cache */
     int commit_as_rollback; /* a COMMIT of a transaction that failed here: sent as ROLLBACK, answered 25P02 */
+    int stream;             /* wire.stream: its rows are fetched one at a time and handed over as they come */
     struct buf sql;
     size_t nparams;
     struct buf params; /* h2o_db_mysql_param_t[nparams] */
@@ -92,6 +94,8 @@ typedef struct st_h2o_db_mysql_conn_t {
     struct buf psql;                  /* its SQL with ? (while preparing) */
     int drop_rows;                    /* a further result of a text query: dropped */
     h2o_db_result_t result;           /* its answer, kept while further results are drained */
+    uint64_t streamed;                /* a streamed job's rows handed over so far */
+    h2o_db_later_t resume_later;      /* a paused stream fetches again on the next iteration */
     /* the transaction, as PostgreSQL keeps it: after an error inside it, statements are refused
      * (25P02) and COMMIT rolls back, also when they were sent before the error was known */
     int in_txn, txn_failed;
@@ -134,6 +138,8 @@ void h2o_db_mysql_connect(h2o_db_mysql_conn_t *c);
 void h2o_db_mysql_wait_for(h2o_db_mysql_conn_t *c, int status);
 /* Nothing runs: watch the socket, as a readable one now means the server is closing it. */
 void h2o_db_mysql_watch_idle(h2o_db_mysql_conn_t *c);
+/* A stream is paused: nothing is read (the server feels it), nor taken for the server closing. */
+void h2o_db_mysql_unwatch(h2o_db_mysql_conn_t *c);
 /* Fails the connection (once) and tells the pool why. */
 void h2o_db_mysql_fail(h2o_db_mysql_conn_t *c, const char *sqlstate, const char *message);
 /* The same with the connector's error (fallback_sqlstate while connecting, unless it says 08xxx). */
@@ -189,6 +195,12 @@ int h2o_db_mysql_rewrite_placeholders(const char *sql, size_t len, struct buf *o
 int h2o_db_mysql_read_stmt_rows(h2o_db_mysql_rows_t *rs, MYSQL_STMT *stmt, h2o_db_result_t *r);
 /* The same for a stored result of the text protocol. */
 int h2o_db_mysql_read_text_rows(h2o_db_mysql_rows_t *rs, MYSQL_RES *res, h2o_db_result_t *r);
+/* A streamed result of an executed statement (binary protocol, not stored): its columns into rs,
+ * the fetch buffers bound. Returns 0, or -1 when out of memory. */
+int h2o_db_mysql_stream_begin(h2o_db_mysql_rows_t *rs, MYSQL_STMT *stmt);
+/* The row just fetched into rs (alone), and r pointing at it (r->rows == 1). Returns 0, or -1 with
+ * r an error. */
+int h2o_db_mysql_stream_row(h2o_db_mysql_rows_t *rs, MYSQL_STMT *stmt, h2o_db_result_t *r);
 /* Empties rs once its result is delivered. */
 void h2o_db_mysql_rows_reset(h2o_db_mysql_rows_t *rs);
 void h2o_db_mysql_rows_free(h2o_db_mysql_rows_t *rs);

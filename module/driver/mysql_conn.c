@@ -291,6 +291,15 @@ void h2o_db_mysql_watch_idle(h2o_db_mysql_conn_t *c)
     watch(c, UV_READABLE);
 }
 
+void h2o_db_mysql_unwatch(h2o_db_mysql_conn_t *c)
+{
+    uv_timer_stop(&c->io_timer);
+    if (c->poll != NULL && c->poll_events != 0) {
+        uv_poll_stop(c->poll);
+        c->poll_events = 0;
+    }
+}
+
 static void on_idle_readable(h2o_db_mysql_conn_t *c)
 {
     unsigned char buf[512];
@@ -448,6 +457,7 @@ void h2o_db_mysql_close(h2o_db_pipe_t *conn)
     h2o_db_later_cancel(&c->start_later);
     h2o_db_later_cancel(&c->fail_later);
     h2o_db_later_cancel(&c->cancelled_later);
+    h2o_db_later_cancel(&c->resume_later);
     if (h2o_linklist_is_linked(&c->flusher.link))
         h2o_linklist_unlink(&c->flusher.link);
     if (c->poll != NULL) {

@@ -220,9 +220,14 @@ static const h2o_db_result_class_t my_result_class = {my_column_name, my_value, 
 
 /* ---- the binary protocol ---- */
 
+/* Room for a string value of a streamed result (whose longest value is not known): a longer one
+ * is fetched whole on its own (add_binary_value). */
+#define STREAM_STRING_ROOM 1024
+
 /* How a column is fetched: integers as LONGLONG, FLOAT and DOUBLE as themselves, dates and times
- * as MYSQL_TIME, everything else as a string; *size is the room its value needs. */
-static enum enum_field_types fetch_type(const MYSQL_FIELD *f, size_t *size)
+ * as MYSQL_TIME, everything else as a string; *size is the room its value needs (the longest of a
+ * stored result; for a streamed one, up to STREAM_STRING_ROOM). */
+static enum enum_field_types fetch_type(const MYSQL_FIELD *f, size_t *size, int streamed)
 {
     switch (f->type) {
     case MYSQL_TYPE_TINY:
@@ -244,12 +249,12 @@ static enum enum_field_types fetch_type(const MYSQL_FIELD *f, size_t *size)
         *size = sizeof(MYSQL_TIME);
         return f->type;
     default:
-        *size = f->max_length + 1;
+        *size = (streamed ? (f->length < STREAM_STRING_ROOM ? f->length : STREAM_STRING_ROOM) : f->max_length) + 1;
         return MYSQL_TYPE_STRING;
     }
 }
 
-static int bind_results(h2o_db_mysql_rows_t *rs, MYSQL_STMT *stmt, size_t ncols, const MYSQL_FIELD *fields)
+static int bind_results(h2o_db_mysql_rows_t *rs, MYSQL_STMT *stmt, size_t ncols, const MYSQL_FIELD *fields, int streamed)
 {
     if (ncols > rs->binds_cap) {
         MYSQL_BIND *b = realloc(rs->binds, sizeof(*b) * ncols);
@@ -261,7 +266,7 @@ static int bind_results(h2o_db_mysql_rows_t *rs, MYSQL_STMT *stmt, size_t ncols,
     /* room: per column its metadata and its buffer (8-byte aligned) */
     size_t need = 0, size;
     for (size_t i = 0; i < ncols; ++i) {
-        fetch_type(fields + i, &size);
+        fetch_type(fields + i, &size, streamed);
         need += (size + 7) / 8 * 8;
     }
     rs->meta.len = 0;
@@ -273,7 +278,7 @@ static int bind_results(h2o_db_mysql_rows_t *rs, MYSQL_STMT *stmt, size_t ncols,
     memset(rs->binds, 0, sizeof(MYSQL_BIND) * ncols);
     for (size_t i = 0; i < ncols; ++i) {
         MYSQL_BIND *b = rs->binds + i;
-        b->buffer_type = fetch_type(fields + i, &size);
+        b->buffer_type = fetch_type(fields + i, &size, streamed);
         b->is_unsigned = b->buffer_type == MYSQL_TYPE_LONGLONG && (fields[i].flags & UNSIGNED_FLAG) != 0;
         b->buffer = data;
         b->buffer_length = (unsigned long)size;
@@ -371,7 +376,7 @@ int h2o_db_mysql_read_stmt_rows(h2o_db_mysql_rows_t *rs, MYSQL_STMT *stmt, h2o_d
     size_t ncols = mysql_stmt_field_count(stmt);
     const MYSQL_FIELD *fields = stmt->fields;
     h2o_db_mysql_rows_reset(rs);
-    if (add_names(rs, fields, ncols) != 0 || bind_results(rs, stmt, ncols, fields) != 0)
+    if (add_names(rs, fields, ncols) != 0 || bind_results(rs, stmt, ncols, fields, 0) != 0)
         return rows_failed(rs, r);
     for (;;) {
         int ret = mysql_stmt_fetch(stmt); /* from the stored result: no I/O */
@@ -387,6 +392,28 @@ int h2o_db_mysql_read_stmt_rows(h2o_db_mysql_rows_t *rs, MYSQL_STMT *stmt, h2o_d
         ++rs->rows;
     }
     return rows_done(rs, ncols, r);
+}
+
+/* ---- a streamed result of the binary protocol ---- */
+
+int h2o_db_mysql_stream_begin(h2o_db_mysql_rows_t *rs, MYSQL_STMT *stmt)
+{
+    size_t ncols = mysql_stmt_field_count(stmt);
+    h2o_db_mysql_rows_reset(rs);
+    return add_names(rs, stmt->fields, ncols) != 0 || bind_results(rs, stmt, ncols, stmt->fields, 1) != 0 ? -1 : 0;
+}
+
+int h2o_db_mysql_stream_row(h2o_db_mysql_rows_t *rs, MYSQL_STMT *stmt, h2o_db_result_t *r)
+{
+    rs->rows = 0;
+    rs->cells.len = rs->text.len = 0;
+    for (size_t i = 0; i < rs->columns; ++i)
+        if (add_binary_value(rs, stmt, stmt->fields + i, i) != 0)
+            return rows_failed(rs, r);
+    rs->rows = 1;
+    rows_done(rs, rs->columns, r);
+    r->affected = 0;
+    return 0;
 }
 
 /* ---- the text protocol ---- */

@@ -232,8 +232,7 @@ static int is_json_number(const char *v, size_t n)
     return n != 0 && (v[0] == '-' || (v[0] >= '0' && v[0] <= '9')) && !(n >= 4 && strncmp(v, "-Inf", 4) == 0);
 }
 
-/* One value; returns the length (writes when dst != NULL). */
-static size_t json_value(char *dst, const h2o_db_result_t *r, size_t row, size_t col)
+size_t h2o_db_json_value(char *dst, const h2o_db_result_t *r, size_t row, size_t col)
 {
     size_t n;
     const char *v = r->cls->value(r, row, col, &n);
@@ -284,7 +283,7 @@ static size_t json_rows(char *dst, const h2o_db_result_t *r)
             const char *name = r->cls->column_name(r, col);
             out += h2o_db_json_string(dst != NULL ? dst + out : NULL, name, strlen(name), 0);
             PUTS(":", 1);
-            out += json_value(dst != NULL ? dst + out : NULL, r, row, col);
+            out += h2o_db_json_value(dst != NULL ? dst + out : NULL, r, row, col);
         }
         PUTS("}", 1);
     }

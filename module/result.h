@@ -58,6 +58,11 @@ h2o_db_type_t h2o_db_result_type(const h2o_db_result_t *r, size_t row, size_t co
  * become \u2028 and \u2029 (JSON that may be read as JavaScript). */
 size_t h2o_db_json_string(char *dst, const char *src, size_t n, int escape_separators);
 
+/* Writes the typed JSON of value (row, col) of r (a row of rows with cls set) into dst (when dst !=
+ * NULL), as h2o_db_result_json writes it: null, true/false, numbers as written (NaN and the infinities
+ * as strings), json/jsonb as is, everything else a string; returns its length. */
+size_t h2o_db_json_value(char *dst, const h2o_db_result_t *r, size_t row, size_t col);
+
 /* SQLSTATE → status: class 08 and 57P01..57P03 are UNAVAILABLE, 57014 TIMEOUT, 53300 BUSY. */
 h2o_db_status_t h2o_db_status_for_sqlstate(const char *sqlstate);
 

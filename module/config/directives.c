@@ -21,6 +21,7 @@
 #include "driver/driver.h"
 #include "h2o_db.h"
 #include "pool.h"
+#include "query/query.h"
 #include "status.h"
 
 struct use_entry {
@@ -641,4 +642,5 @@ void h2o_db_register_configurator(h2o_globalconf_t *conf)
                                     on_db_use);
     h2o_configurator_define_command(&c->super, "db.status", H2O_CONFIGURATOR_FLAG_PATH | H2O_CONFIGURATOR_FLAG_EXPECT_SCALAR,
                                     on_db_status);
+    h2o_db_query_configurator(conf); /* db.query (module/config/query.c): after this one, see there */
 }

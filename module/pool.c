@@ -214,6 +214,7 @@ static void conn_send(h2o_db_conn_t *conn, h2o_db_stmt_t *op)
         op->wire = (h2o_db_wire_t){kinds[op->kind], op->sql, op->sql_len, op->nparams, op->params, op->no_cache, op->stream};
         if (op->kind == H2O_DB_OP_COMMIT && op->failed_commit)
             op->wire.kind = H2O_DB_WIRE_ROLLBACK, op->wire.sql = NULL;
+        op->wire.read_only = op->read_only;
     }
     DRIVER_CALL(pool, pool->bind->driver->send(conn->pipe, &op->wire));
 }

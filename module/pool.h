@@ -42,6 +42,7 @@ struct st_h2o_db_stmt_t {
     unsigned failed_commit : 1; /* pool: a COMMIT of a failed transaction, sent as ROLLBACK, answered as 25P02 */
     unsigned stream : 1;        /* QUERY: rows one at a time through the place's `row` (on a connection of its own) */
     unsigned stopped : 1;       /* pool: the stream was stopped; the rest of its rows are dropped */
+    unsigned read_only : 1;     /* BEGIN: of a read-only session (wire.read_only: BEGIN READ ONLY) */
     const char *sql;
     size_t sql_len;
     size_t nparams;

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "config/config.h"
+#include "replica.h"
 #include "result.h"
 #include "session.h"
 
@@ -268,7 +269,7 @@ h2o_db_session_t *h2o_db_session_open(h2o_context_t *ctx, const char *key)
                                                       : NULL;
     for (size_t i = 0; config != NULL && i < config->binds.size; ++i) {
         h2o_db_bind_t *b = config->binds.entries[i];
-        if (strcmp(b->scope, "global") == 0 && strcmp(b->key, key) == 0)
+        if (b->primary == NULL && strcmp(b->scope, "global") == 0 && strcmp(b->key, key) == 0)
             bind = b;
     }
     if (bind == NULL)
@@ -419,10 +420,16 @@ static void to_done(h2o_db_op_t *op, h2o_db_status_t status, const char *sqlstat
 
 static void enqueue(h2o_db_session_t *s, h2o_db_op_t *op)
 {
+    s->issued = 1;
+    /* a read-only session picks its pool (a replica's, or the primary's read-only one): replica.c */
+    int no_pool = s->read_only && !s->aborted && h2o_db_replica_place(s, op) != 0;
     if (session_idle(s))
         became_busy(s);
-    if (s->aborted) {
-        to_done(op, s->abort_status, s->abort_sqlstate, s->abort_message);
+    if (s->aborted || no_pool) {
+        if (no_pool)
+            to_done(op, H2O_DB_UNAVAILABLE, "08001", "no read replica is healthy (replica.fallback: OFF)");
+        else
+            to_done(op, s->abort_status, s->abort_sqlstate, s->abort_message);
         return;
     }
     /* while a commit across partitions runs, its own steps go before what the handler issued
@@ -837,9 +844,4 @@ int h2o_db_resume(h2o_db_session_t *s)
     if (!usable(s))
         return -1;
     return h2o_db_pool_resume(&s->place);
-}
-
-int h2o_db_session_read_only(h2o_db_session_t *s)
-{
-    return -1;
 }

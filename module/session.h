@@ -60,6 +60,8 @@ struct st_h2o_db_session_t {
     h2o_db_status_t abort_status;
     const char *abort_sqlstate, *abort_message;
     h2o_timeout_entry_t deadline; /* request-timeout, armed while the session waits for the database */
+    unsigned issued : 1;          /* it has queued a statement */
+    unsigned read_only : 1;       /* h2o_db_session_read_only on a bind with replicas (replica.c places it) */
 };
 
 /* A request's sessions: allocated in the request's pool, found through the thread's table. */

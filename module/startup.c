@@ -72,15 +72,18 @@ int h2o_db_check(h2o_globalconf_t *conf, int connect)
     h2o_db_config_t *config = h2o_db_config_of(conf);
     for (size_t i = 0; config != NULL && i < config->binds.size; ++i) {
         h2o_db_bind_t *bind = config->binds.entries[i];
+        const char *role = bind->primary != NULL ? "replica " : "";
+        if (bind->primary != NULL && bind == bind->primary->read_only_primary)
+            continue; /* the primary's own URL again */
         if (!connect) {
-            printf("h2o-db: bind `%s` (%s): %s\n", bind->key, bind->scope, bind->url.display);
+            printf("h2o-db: bind `%s` (%s): %s%s\n", bind->key, bind->scope, role, bind->url.display);
             continue;
         }
         if (bind->driver->run_script(bind, NULL, err, sizeof(err)) != 0) {
             fprintf(stderr, "%s:%zu:%zu: db.bind `%s`: %s\n", bind->filename, bind->line + 1, bind->column + 1, bind->key, err);
             ret = -1;
         } else {
-            printf("h2o-db: bind `%s` (%s): %s: connected\n", bind->key, bind->scope, bind->url.display);
+            printf("h2o-db: bind `%s` (%s): %s%s: connected\n", bind->key, bind->scope, role, bind->url.display);
         }
     }
     return ret;

@@ -17,6 +17,7 @@
 #include <string.h>
 #include "config/config.h"
 #include "pool.h"
+#include "replica.h"
 #include "status.h"
 #include "thread.h"
 
@@ -147,7 +148,14 @@ struct row {
     h2o_db_bind_t *bind;
     unsigned thread;
     struct snapshot s;
+    h2o_db_replica_health_t health; /* for a replica's pool */
 };
+
+/* a replica's pool (not the primary's read-only one) */
+static int is_replica(const h2o_db_bind_t *bind)
+{
+    return bind->primary != NULL && bind != bind->primary->read_only_primary;
+}
 
 static size_t collect(h2o_db_config_t *config, h2o_db_thread_t *const *threads, size_t num_threads, struct row **rows)
 {
@@ -162,19 +170,90 @@ static size_t collect(h2o_db_config_t *config, h2o_db_thread_t *const *threads, 
             (*rows)[n].bind = bind;
             (*rows)[n].thread = threads[t]->index;
             take(pool, &(*rows)[n].s);
+            if (is_replica(bind))
+                h2o_db_replica_health(threads[t], bind, pool, &(*rows)[n].health);
             ++n;
         }
     }
     return n;
 }
 
+/* "threads":[...] of one bind's pools */
+static void render_threads(struct out *o, h2o_db_bind_t *bind, const struct row *rows, size_t n)
+{
+    outf(o, ",\"connections_all_threads\":%u,\"threads\":[", LOAD(bind->total_conns));
+    int first = 1;
+    for (size_t i = 0; i < n; ++i) {
+        const struct row *r = rows + i;
+        if (r->bind != bind)
+            continue;
+        outf(o,
+             "%s{\"thread\":%u,\"connections\":{\"total\":%zu,\"idle\":%zu,\"busy\":%zu,\"connecting\":%zu,\"pinned\":%zu},"
+             "\"waiting\":%zu,\"down\":%s,\"oldest_ms\":%llu",
+             first ? "" : ",", r->thread, r->s.total, r->s.idle, r->s.busy, r->s.connecting, r->s.pinned, r->s.waiting,
+             r->s.down ? "true" : "false", (unsigned long long)r->s.oldest_ms);
+        for (size_t c = 0; c < sizeof(counters) / sizeof(counters[0]); ++c)
+            outf(o, ",\"%s\":%llu", counters[c].name, (unsigned long long)counter_value(&r->s, c));
+        if (is_replica(bind)) {
+            const h2o_db_replica_health_t *h = &r->health;
+            outf(o, ",\"healthy\":%s,\"lag\":", h->healthy ? "true" : "false");
+            if (h->measured)
+                outf(o, "%.3f,\"lag_measured_ms\":%llu", h->lag_ms / 1000.0, (unsigned long long)h->measured_ms);
+            else
+                outf(o, "null,\"lag_measured_ms\":null");
+            outf(o, ",\"probes\":%llu,\"probe_failures\":%llu", (unsigned long long)h->probes,
+                 (unsigned long long)h->probe_failures);
+        }
+        outf(o, "}");
+        first = 0;
+    }
+    outf(o, "]");
+}
+
+/* ,"replica":{...},"replicas":[...],"read_only_primary":{...} of a bind with replicas */
+static void render_replicas(struct out *o, h2o_db_bind_t *bind, const struct row *rows, size_t n)
+{
+    outf(o, ",\"replica\":{\"max_lag\":%g,\"fallback\":%s},\"replicas\":[", bind->max_lag / 1000.0,
+         bind->fallback ? "true" : "false");
+    for (size_t i = 0; i < bind->replicas.size; ++i) {
+        h2o_db_bind_t *r = bind->replicas.entries[i];
+        /* healthy on some thread; the newest lag any thread measured */
+        int healthy = 0;
+        const h2o_db_replica_health_t *newest = NULL;
+        for (size_t j = 0; j < n; ++j) {
+            if (rows[j].bind != r)
+                continue;
+            healthy |= rows[j].health.healthy;
+            if (rows[j].health.measured && (newest == NULL || rows[j].health.measured_ms < newest->measured_ms))
+                newest = &rows[j].health;
+        }
+        outf(o, "%s{\"url\":", i != 0 ? "," : "");
+        out_json_string(o, r->url.display);
+        outf(o, ",\"healthy\":%s,\"lag\":", healthy ? "true" : "false");
+        if (newest != NULL)
+            outf(o, "%.3f", newest->lag_ms / 1000.0);
+        else
+            outf(o, "null");
+        render_threads(o, r, rows, n);
+        outf(o, "}");
+    }
+    outf(o, "],\"read_only_primary\":{\"url\":");
+    out_json_string(o, bind->read_only_primary->url.display);
+    render_threads(o, bind->read_only_primary, rows, n);
+    outf(o, "}");
+}
+
 static void render_json(struct out *o, h2o_db_config_t *config, const struct row *rows, size_t n, size_t num_threads)
 {
     outf(o, "{\"threads\":%zu,\"binds\":[", num_threads);
+    int first = 1;
     for (size_t b = 0; b < config->binds.size; ++b) {
         h2o_db_bind_t *bind = config->binds.entries[b];
         h2o_db_pool_config_t *cfg = &bind->pool;
-        outf(o, "%s{\"key\":", b != 0 ? "," : "");
+        if (bind->primary != NULL)
+            continue; /* listed under its primary */
+        outf(o, "%s{\"key\":", first ? "" : ",");
+        first = 0;
         out_json_string(o, bind->key);
         outf(o, ",\"scope\":");
         out_json_string(o, bind->scope);
@@ -188,37 +267,64 @@ static void render_json(struct out *o, h2o_db_config_t *config, const struct row
              cfg->max, cfg->min, cfg->max_total, cfg->queue, cfg->pipeline_depth, cfg->statement_cache,
              cfg->acquire_timeout / 1000.0, cfg->idle_timeout / 1000.0, cfg->max_lifetime / 1000.0, cfg->statement_timeout / 1000.0,
              cfg->request_timeout / 1000.0, cfg->leak_threshold / 1000.0);
-        outf(o, ",\"connections_all_threads\":%u,\"threads\":[", LOAD(bind->total_conns));
-        int first = 1;
-        for (size_t i = 0; i < n; ++i) {
-            const struct row *r = rows + i;
-            if (r->bind != bind)
-                continue;
-            outf(o,
-                 "%s{\"thread\":%u,\"connections\":{\"total\":%zu,\"idle\":%zu,\"busy\":%zu,\"connecting\":%zu,\"pinned\":%zu},"
-                 "\"waiting\":%zu,\"down\":%s,\"oldest_ms\":%llu",
-                 first ? "" : ",", r->thread, r->s.total, r->s.idle, r->s.busy, r->s.connecting, r->s.pinned, r->s.waiting,
-                 r->s.down ? "true" : "false", (unsigned long long)r->s.oldest_ms);
-            for (size_t c = 0; c < sizeof(counters) / sizeof(counters[0]); ++c)
-                outf(o, ",\"%s\":%llu", counters[c].name, (unsigned long long)counter_value(&r->s, c));
-            outf(o, "}");
-            first = 0;
-        }
-        outf(o, "]}");
+        render_threads(o, bind, rows, n);
+        if (bind->replicas.size != 0)
+            render_replicas(o, bind, rows, n);
+        outf(o, "}");
     }
     outf(o, "]}\n");
 }
 
-/* NAME{key="…",scope="…",thread="N"EXTRA} VALUE — label values escape \ " and newline */
+static void prom_label(struct out *o, const char *s)
+{
+    for (const char *p = s; *p; ++p)
+        outf(o, *p == '"' || *p == '\\' ? "\\%c" : *p == '\n' ? "\\n" : "%c", *p);
+}
+
+/* NAME{key="…",scope="…",thread="N"EXTRA} VALUE — label values escape \ " and newline; the pools of a
+ * bind's replicas add role="replica",url="…", its read-only pool role="read_only_primary" */
 static void prom_series(struct out *o, const char *name, const struct row *r, const char *extra, unsigned long long value)
 {
     outf(o, "%s{key=\"", name);
-    for (const char *p = r->bind->key; *p; ++p)
-        outf(o, *p == '"' || *p == '\\' ? "\\%c" : "%c", *p);
+    prom_label(o, r->bind->key);
     outf(o, "\",scope=\"");
-    for (const char *p = r->bind->scope; *p; ++p)
-        outf(o, *p == '"' || *p == '\\' ? "\\%c" : *p == '\n' ? "\\n" : "%c", *p);
-    outf(o, "\",thread=\"%u\"%s} %llu\n", r->thread, extra, value);
+    prom_label(o, r->bind->scope);
+    outf(o, "\",thread=\"%u\"", r->thread);
+    if (is_replica(r->bind)) {
+        outf(o, ",role=\"replica\",url=\"");
+        prom_label(o, r->bind->url.display);
+        outf(o, "\"");
+    } else if (r->bind->primary != NULL) {
+        outf(o, ",role=\"read_only_primary\"");
+    }
+    outf(o, "%s} %llu\n", extra, value);
+}
+
+static void render_prometheus_replicas(struct out *o, const struct row *rows, size_t n)
+{
+    static const char *const heads[] = {
+        "# HELP h2o_db_replica_healthy 1 while the replica would be chosen (up, lag measured and within max-lag).\n"
+        "# TYPE h2o_db_replica_healthy gauge\n",
+        "# HELP h2o_db_replica_lag_milliseconds The replay lag last measured (absent before the first measurement).\n"
+        "# TYPE h2o_db_replica_lag_milliseconds gauge\n",
+        "# HELP h2o_db_replica_probes_total Lag measurements answered.\n# TYPE h2o_db_replica_probes_total counter\n",
+        "# HELP h2o_db_replica_probe_failures_total Lag measurements that failed.\n"
+        "# TYPE h2o_db_replica_probe_failures_total counter\n"};
+    static const char *const names[] = {"h2o_db_replica_healthy", "h2o_db_replica_lag_milliseconds", "h2o_db_replica_probes_total",
+                                        "h2o_db_replica_probe_failures_total"};
+    int any = 0;
+    for (size_t i = 0; i < n; ++i)
+        any |= is_replica(rows[i].bind);
+    for (size_t m = 0; any && m < 4; ++m) {
+        outf(o, "%s", heads[m]);
+        for (size_t i = 0; i < n; ++i) {
+            const h2o_db_replica_health_t *h = &rows[i].health;
+            if (!is_replica(rows[i].bind) || (m == 1 && !h->measured))
+                continue;
+            unsigned long long v = m == 0 ? h->healthy : m == 1 ? h->lag_ms : m == 2 ? h->probes : h->probe_failures;
+            prom_series(o, names[m], rows + i, "", v);
+        }
+    }
 }
 
 static void render_prometheus(struct out *o, const struct row *rows, size_t n)
@@ -248,6 +354,7 @@ static void render_prometheus(struct out *o, const struct row *rows, size_t n)
         for (size_t i = 0; i < n; ++i)
             prom_series(o, name, rows + i, "", counter_value(&rows[i].s, c));
     }
+    render_prometheus_replicas(o, rows, n);
 }
 
 static int wants_prometheus(h2o_req_t *req)

@@ -65,6 +65,7 @@ typedef struct st_h2o_db_thread_t {
     void *delivering;
     int delivering_gone;
     int closing;
+    void *replicas; /* replica.c: what this thread measured of each read replica (made at first use) */
 } h2o_db_thread_t;
 
 /* Set (after printing why) by a handler's on_context_init that cannot start on the calling

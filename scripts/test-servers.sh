@@ -7,6 +7,8 @@
 #                           transaction pooling mode in front of the shared cluster) and
 #                           H2O_DB_TEST_PGBOUNCER_PORT (its admin console: dbname=pgbouncer)
 #   h2o_db_start_mariadb    sets H2O_DB_TEST_MYSQL (a user with a password) and H2O_DB_TEST_MYSQL_CTL
+#   h2o_db_start_pg_standby sets H2O_DB_TEST_PG_STANDBY_PORT and H2O_DB_TEST_PG_STANDBY_PGDATA: a streaming
+#                           standby of the shared cluster (the replica tests stop, start and pause it)
 #   h2o_db_stop_servers
 
 h2o_db_free_port() {
@@ -184,6 +186,37 @@ CTL
     echo "h2o-db: MariaDB for the tests at mysql://h2o:***@127.0.0.1:$H2O_DB_MYSQL_PORT/h2o_test"
 }
 
+# A streaming standby of the shared cluster (after h2o_db_start_postgres): pg_basebackup -R copies
+# it and writes standby.signal and primary_conninfo; it listens on another loopback port and its
+# socket is in a folder of its own (the primary's initdb allows local replication connections).
+h2o_db_start_pg_standby() {
+    sbdata="$H2O_DB_SERVERS_DIR/pg-standby"
+    sbsock="$H2O_DB_SERVERS_DIR/pg-standby-socket"
+    mkdir -p "$sbsock"
+    [ "$(id -u)" -eq 0 ] && chown postgres "$sbsock"
+    h2o_db_as_postgres "$H2O_DB_PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$H2O_DB_PG_PORT" -U postgres -D "$sbdata" -R -X stream \
+        >"$H2O_DB_SERVERS_DIR/pg-standby-backup.log" 2>&1 || {
+        cat "$H2O_DB_SERVERS_DIR/pg-standby-backup.log" >&2
+        return 1
+    }
+    sbport=$(h2o_db_free_port)
+    cat >> "$sbdata/postgresql.conf" <<CONF
+port = $sbport
+unix_socket_directories = '$sbsock'
+hot_standby = on
+hot_standby_feedback = on
+CONF
+    h2o_db_as_postgres "$H2O_DB_PG_BIN/pg_ctl" -D "$sbdata" -l "$H2O_DB_SERVERS_DIR/pg-standby.log" -w start >/dev/null || {
+        cat "$H2O_DB_SERVERS_DIR/pg-standby.log" >&2
+        return 1
+    }
+    H2O_DB_PGDATA_STANDBY=$sbdata
+    export H2O_DB_TEST_PG_STANDBY_PORT=$sbport
+    export H2O_DB_TEST_PG_STANDBY_PGDATA=$sbdata
+    export H2O_DB_TEST_PG_STANDBY_LOG="$H2O_DB_SERVERS_DIR/pg-standby.log"
+    echo "h2o-db: a streaming standby of it at postgresql://postgres@127.0.0.1:$sbport"
+}
+
 h2o_db_stop_servers() {
     if [ -n "${H2O_DB_MYSQL_DIR:-}" ]; then
         "$H2O_DB_MYSQL_DIR/ctl" stop >/dev/null 2>&1 || true
@@ -193,11 +226,12 @@ h2o_db_stop_servers() {
         kill -TERM "$(cat "$H2O_DB_PGBOUNCER_DIR/pgbouncer.pid")" 2>/dev/null || true
     fi
     H2O_DB_PGBOUNCER_DIR=""
-    for d in "${H2O_DB_PGDATA:-}" "${H2O_DB_PGDATA_RESTARTABLE:-}"; do
+    for d in "${H2O_DB_PGDATA_STANDBY:-}" "${H2O_DB_PGDATA:-}" "${H2O_DB_PGDATA_RESTARTABLE:-}"; do
         [ -n "$d" ] && h2o_db_as_postgres "$H2O_DB_PG_BIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
     done
     [ -n "${H2O_DB_SERVERS_DIR:-}" ] && rm -rf "$H2O_DB_SERVERS_DIR"
     H2O_DB_PGDATA=""
     H2O_DB_PGDATA_RESTARTABLE=""
+    H2O_DB_PGDATA_STANDBY=""
     H2O_DB_SERVERS_DIR=""
 }

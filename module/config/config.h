@@ -59,6 +59,15 @@ struct st_h2o_db_bind_t {
     unsigned total_conns;
     /* backend-wide state, e.g. SQLite's keeper connection of an in-memory database */
     void *driver_data;
+    /* read replicas (replicas: and replica: of a PostgreSQL bind; config/replicas.c, docs/replicas.md).
+     * A primary owns its children: one bind per replica URL and one for its own read-only pool, each
+     * with the primary's key, scope and pool options, in config->binds (so every thread has a pool
+     * for each) but attached to no path and found by no key. */
+    H2O_VECTOR(h2o_db_bind_t *) replicas;
+    h2o_db_bind_t *read_only_primary; /* the primary's URL, every connection read-only */
+    h2o_db_bind_t *primary;           /* a child's primary; NULL for a bind of its own */
+    uint64_t max_lag;                 /* replica.max-lag, milliseconds */
+    int fallback;                     /* replica.fallback */
 };
 
 struct st_h2o_db_thread_t;

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "config/config.h"
+#include "config/replicas.h"
 #include "config/util.h"
 #include "driver/driver.h"
 #include "h2o_db.h"
@@ -131,6 +132,10 @@ void h2o_db_bind_free(h2o_db_bind_t *bind)
         free(bind->partitions.entries[i].where);
     }
     free(bind->partitions.entries);
+    for (size_t i = 0; i < bind->replicas.size; ++i)
+        h2o_db_bind_free(bind->replicas.entries[i]);
+    free(bind->replicas.entries);
+    h2o_db_bind_free(bind->read_only_primary);
     free(bind->scope);
     free(bind->filename);
     free(bind);
@@ -276,7 +281,7 @@ static h2o_db_bind_t *parse_bind(h2o_configurator_command_t *cmd, h2o_configurat
     if (h2o_db_config_unique_keys(cmd, node) != 0)
         return NULL;
     yoml_t *url = NULL, *key = NULL, *middleware = NULL, *pool = NULL, *on_connect = NULL, *schema = NULL, *binds = NULL,
-           *twophase = NULL, *password_file = NULL;
+           *twophase = NULL, *password_file = NULL, *replicas = NULL, *replica = NULL;
     for (size_t i = 0; i < node->data.mapping.size; ++i) {
         yoml_t *k = node->data.mapping.elements[i].key, *v = node->data.mapping.elements[i].value;
         const char *name = k->type == YOML_TYPE_SCALAR ? k->data.scalar : "";
@@ -289,11 +294,13 @@ static h2o_db_bind_t *parse_bind(h2o_configurator_command_t *cmd, h2o_configurat
                         : strcmp(name, "binds") == 0         ? &binds
                         : strcmp(name, "twophase") == 0      ? &twophase
                         : strcmp(name, "password-file") == 0 ? &password_file
+                        : strcmp(name, "replicas") == 0      ? &replicas
+                        : strcmp(name, "replica") == 0       ? &replica
                                                              : NULL;
         if (slot == NULL) {
             h2o_configurator_errprintf(cmd, k,
                                        "unknown attribute `%s` (known: url, key, middleware, pool, on-connect, schema, binds, "
-                                       "twophase, password-file)",
+                                       "twophase, password-file, replicas, replica)",
                                        name);
             return NULL;
         }
@@ -378,6 +385,8 @@ static h2o_db_bind_t *parse_bind(h2o_configurator_command_t *cmd, h2o_configurat
                                    bind->url.display);
         goto Error;
     }
+    if (h2o_db_config_replicas(cmd, bind, replicas, replica) != 0)
+        goto Error;
     return bind;
 Error:
     h2o_db_bind_free(bind);
@@ -404,6 +413,7 @@ static int add_bind(h2o_configurator_command_t *cmd, h2o_configurator_context_t 
     bind->id = config->binds.size;
     h2o_vector_reserve(NULL, &config->binds, config->binds.size + 1);
     config->binds.entries[config->binds.size++] = bind;
+    h2o_db_config_add_replicas(config, bind);
     return 0;
 }
 
@@ -605,7 +615,8 @@ static int on_level_exit(h2o_configurator_t *_self, h2o_configurator_context_t *
 void h2o_db_config_release(h2o_db_config_t *config)
 {
     for (size_t i = 0; i < config->binds.size; ++i)
-        h2o_db_bind_free(config->binds.entries[i]);
+        if (config->binds.entries[i]->primary == NULL) /* (a primary frees its replicas) */
+            h2o_db_bind_free(config->binds.entries[i]);
     free(config->binds.entries);
     free(config->threads.entries);
     memset(&config->binds, 0, sizeof(config->binds));

@@ -303,7 +303,7 @@ static void send_statement(h2o_db_pg_conn_t *c, const h2o_db_wire_t *op, const c
 static void pg_send(h2o_db_pipe_t *conn, const h2o_db_wire_t *op)
 {
     h2o_db_pg_conn_t *c = (h2o_db_pg_conn_t *)conn;
-    const char *sql = h2o_db_wire_sql(op, "BEGIN");
+    const char *sql = h2o_db_wire_sql(op, op->read_only ? "BEGIN READ ONLY" : "BEGIN");
     if (c->phase != H2O_DB_PG_READY)
         return; /* failing already: the pool answers everything in flight */
     c->in_call = 1;

@@ -388,6 +388,15 @@ static mrb_value session_for(mrb_state *mrb, mrb_value self)
     return s == sd->session ? self : session_new(vm, sd->id, s);
 }
 
+/* Session#read_only: h2o_db_session_read_only (docs/replicas.md); self, for chaining. */
+static mrb_value session_read_only(mrb_state *mrb, mrb_value self)
+{
+    session_data_t *sd = live_session(mrb, self);
+    if (h2o_db_session_read_only(sd->session) != 0)
+        mrb_raise(mrb, vm_of(mrb)->error_class, "read_only must come before the session's first statement");
+    return self;
+}
+
 /* A String that ends with a NUL (Fiber-yielded, then read by C). */
 static mrb_value c_string(mrb_state *mrb, mrb_value s, const char *what, mrb_int index)
 {
@@ -472,6 +481,7 @@ void h2o_db_mruby_define_db(h2o_db_mruby_vm_t *vm)
     MRB_SET_INSTANCE_TT(vm->session_class, MRB_TT_DATA);
     mrb_undef_class_method(mrb, vm->session_class, "new");
     mrb_define_method(mrb, vm->session_class, "for", session_for, MRB_ARGS_REQ(1));
+    mrb_define_method(mrb, vm->session_class, "read_only", session_read_only, MRB_ARGS_NONE());
     mrb_define_method(mrb, vm->session_class, "__prepare", session_prepare, MRB_ARGS_ARG(1, 2));
 }
 

@@ -1,0 +1,338 @@
+/*
+ * Read replicas (replicas: on a PostgreSQL db.bind, docs/replicas.md) against the real h2o-db
+ * binary, the suite's PostgreSQL (the primary) and the streaming standby of it that scripts/test
+ * starts (H2O_DB_TEST_PG_STANDBY_PORT; this suite stops, starts and pauses it: no other suite uses
+ * it). Where a statement ran is asked of the database that answered: pg_is_in_recovery() is true
+ * on the standby only. Every wait is on a fact (an answer, the status page), bounded.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "harness.h"
+
+static th_server_t server;
+
+static const char *const handlers =
+    "hosts:\n"
+    "  default:\n"
+    "    paths:\n"
+    "      /ro:\n"
+    "        mruby.handler: |\n"
+    "          proc {|env|\n"
+    "            db = H2O::DB.session(env).read_only\n"
+    "            r = db.query(\"SELECT pg_is_in_recovery() AS r\")[0][\"r\"]\n"
+    "            [200, {}, [r ? \"standby\" : \"primary\"]] }\n"
+    "      /rw:\n"
+    "        mruby.handler: |\n"
+    "          proc {|env|\n"
+    "            r = H2O::DB.session(env).query(\"SELECT pg_is_in_recovery() AS r\")[0][\"r\"]\n"
+    "            [200, {}, [r ? \"standby\" : \"primary\"]] }\n"
+    "      /write:\n"
+    "        mruby.handler: |\n"
+    "          proc {|env|\n"
+    "            db = H2O::DB.session(env).read_only\n"
+    "            begin\n"
+    "              db.execute(\"INSERT INTO rt_writes VALUES ($1)\", [env[\"QUERY_STRING\"]])\n"
+    "              [200, {}, [\"written\"]]\n"
+    "            rescue H2O::DB::Error => e\n"
+    "              [500, {}, [e.sqlstate.to_s]]\n"
+    "            end }\n"
+    "      /txn:\n"
+    "        mruby.handler: |\n"
+    "          proc {|env|\n"
+    "            db = H2O::DB.session(env).read_only\n"
+    "            row = nil\n"
+    "            db.transaction { row = db.query(\"SELECT current_setting('transaction_read_only') AS ro, \"\\\n"
+    "                                            \"pg_is_in_recovery() AS r\")[0] }\n"
+    "            [200, {}, [\"#{row['ro']} #{row['r'] ? 'standby' : 'primary'}\"]] }\n"
+    "      /late:\n"
+    "        mruby.handler: |\n"
+    "          proc {|env|\n"
+    "            db = H2O::DB.session(env)\n"
+    "            db.query(\"SELECT 1\")\n"
+    "            begin\n"
+    "              db.read_only\n"
+    "              [200, {}, [\"accepted\"]]\n"
+    "            rescue H2O::DB::Error => e\n"
+    "              [200, {}, [\"refused\"]]\n"
+    "            end }\n"
+    "      /status:\n"
+    "        db.status: ON\n";
+
+static char *standby_url(void)
+{
+    const char *pg = th_pg_url(), *port = getenv("H2O_DB_TEST_PG_STANDBY_PORT");
+    ck_assert_msg(pg != NULL && port != NULL, "no standby: run the suite through scripts/test");
+    /* postgresql://postgres@127.0.0.1:PORT/DB -> the same with the standby's port */
+    const char *colon = strrchr(pg, ':'), *slash = strchr(colon, '/');
+    return th_fmt("%.*s:%s%s", (int)(colon - pg), pg, port, slash);
+}
+
+/* pg_ctl ACTION (start, stop, status) on the standby, as postgres when root */
+static int standby_ctl(const char *action)
+{
+    const char *extra = strcmp(action, "start") == 0 ? " -w -t 60 -l " : strcmp(action, "stop") == 0 ? " -w -t 60 -m fast" : "";
+    char *cmd = th_fmt("%s%s %s -D %s%s%s >/dev/null 2>&1", geteuid() == 0 ? "runuser -u postgres -- " : "",
+                       getenv("H2O_DB_TEST_PG_CTL"), action, getenv("H2O_DB_TEST_PG_STANDBY_PGDATA"), extra,
+                       strcmp(action, "start") == 0 ? getenv("H2O_DB_TEST_PG_STANDBY_LOG") : "");
+    int status = system(cmd);
+    free(cmd);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void start(const char *bind_options)
+{
+    char *sb = standby_url();
+    char *conf =
+        th_fmt("listen: @PORT@\nnum-threads: 2\ndb.bind:\n  url: @PG@\n  replicas: [%s]\n%s%s", sb, bind_options, handlers);
+    int ret = th_server_start(&server, conf);
+    ck_assert_msg(ret == 0, "the server did not start; log:\n%s", th_server_log(&server));
+    free(conf);
+    free(sb);
+}
+
+static void stop(void)
+{
+    int status = th_server_stop(&server, 15000);
+    ck_assert_msg(status == 0, "exit status %d; log:\n%s", status, th_server_log(&server));
+}
+
+/* GET path; the status in *status, the body returned (malloc'd) */
+static char *get(const char *path, long *status)
+{
+    th_response_t res;
+    char *url = th_url(&server, path);
+    int ret = th_http(&res, TH_HTTP1, NULL, url, NULL);
+    ck_assert_msg(ret == 0, "GET %s: curl error %d", path, res.curl_error);
+    char *body = strdup(res.body != NULL ? res.body : "");
+    *status = res.status;
+    th_response_free(&res);
+    free(url);
+    return body;
+}
+
+/* polled: GET path answers `status` with `body` */
+struct expect {
+    const char *path, *body;
+    long status;
+};
+
+static int answers(void *arg)
+{
+    struct expect *e = arg;
+    long status;
+    char *body = get(e->path, &status);
+    int ok = status == e->status && (e->body == NULL || strcmp(body, e->body) == 0);
+    free(body);
+    return ok;
+}
+
+static void wait_answer(const char *path, long status, const char *body, int timeout_ms)
+{
+    struct expect e = {path, body, status};
+    ck_assert_msg(th_wait_until(answers, &e, timeout_ms), "GET %s never answered %ld %s in %d ms", path, status,
+                  body != NULL ? body : "", timeout_ms);
+}
+
+static void expect(const char *path, long status, const char *body)
+{
+    long got;
+    char *text = get(path, &got);
+    ck_assert_msg(got == status && strcmp(text, body) == 0, "GET %s: %ld %s (expected %ld %s)", path, got, text, status, body);
+    free(text);
+}
+
+static int standby_has_table(void *arg)
+{
+    char *sb = standby_url(), *v = th_pg_on(sb, "SELECT to_regclass('rt_writes') IS NOT NULL");
+    int ok = v != NULL && strcmp(v, "t") == 0;
+    free(v);
+    free(sb);
+    return ok;
+}
+
+static void restore_standby(void);
+
+static void setup(void)
+{
+    th_require_pg();
+    restore_standby();
+    th_pg("DROP TABLE IF EXISTS rt_writes");
+    th_pg("CREATE TABLE rt_writes (v text)");
+    ck_assert_msg(th_wait_until(standby_has_table, NULL, 10000), "the standby never replayed CREATE TABLE");
+}
+
+/* the standby runs and replays, whatever an earlier test did to it (a failed test skips teardown) */
+static void restore_standby(void)
+{
+    if (standby_ctl("status") != 0)
+        standby_ctl("start");
+    char *sb = standby_url();
+    PGconn *c = th_pg_connect(sb);
+    if (PQstatus(c) == CONNECTION_OK)
+        PQclear(PQexec(c, "SELECT pg_wal_replay_resume()"));
+    PQfinish(c);
+    free(sb);
+}
+
+/* polled: after a read (so that the thread serving it measures the replica), the status page says
+ * that the replica is healthy ("true": on some thread) or not ("false": on any thread) */
+static int replica_healthy_is(void *arg)
+{
+    long status;
+    free(get("/ro", &status));
+    char *body = get("/status", &status), *want = th_fmt("\"replicas\":[{\"url\":");
+    const char *replicas = strstr(body, want), *healthy = replicas != NULL ? strstr(replicas, "\"healthy\":") : NULL;
+    int ok = status == 200 && healthy != NULL && strncmp(healthy + 10, (const char *)arg, strlen(arg)) == 0;
+    free(want);
+    free(body);
+    return ok;
+}
+
+static void wait_replica_healthy(const char *value)
+{
+    ck_assert_msg(th_wait_until(replica_healthy_is, (void *)value, 10000), "the status page never said the replica's healthy is %s",
+                  value);
+}
+
+START_TEST(read_only_sessions_read_on_the_standby_and_never_write)
+{
+    start("  replica: {max-lag: 5, fallback: ON}\n");
+    /* the first read of each thread may go to the primary while the lag is first measured */
+    wait_answer("/ro", 200, "standby", 10000);
+    for (int i = 0; i < 10; ++i)
+        expect("/rw", 200, "primary");
+    /* a read-only transaction: READ ONLY, on the standby */
+    wait_answer("/txn", 200, "on standby", 10000);
+    /* a write in a read-only session: 25006, never re-sent to the primary */
+    for (int i = 0; i < 10; ++i)
+        expect("/write?x", 500, "25006");
+    ck_assert_int_eq(th_pg_count("SELECT count(*) FROM rt_writes"), 0);
+    /* read_only after the first statement is refused */
+    expect("/late", 200, "refused");
+    stop();
+}
+END_TEST
+
+START_TEST(reads_fall_back_to_the_primary_and_return_to_the_standby)
+{
+    start("  replica: {max-lag: 5, fallback: ON}\n");
+    wait_answer("/ro", 200, "standby", 10000);
+    ck_assert_int_eq(standby_ctl("stop"), 0);
+    /* (a read that was placed on the replica before it was known down fails: never re-sent) */
+    wait_replica_healthy("false");
+    expect("/ro", 200, "primary");
+    /* on the primary too, a read-only session cannot write */
+    for (int i = 0; i < 5; ++i)
+        expect("/write?y", 500, "25006");
+    expect("/txn", 200, "on primary");
+    ck_assert_int_eq(th_pg_count("SELECT count(*) FROM rt_writes"), 0);
+    ck_assert_int_eq(standby_ctl("start"), 0);
+    double t0 = th_now_ms();
+    wait_answer("/ro", 200, "standby", 10000);
+    fprintf(stderr, "replicas: reads returned to the restarted standby %.0f ms after it accepted connections\n", th_now_ms() - t0);
+    stop();
+}
+END_TEST
+
+START_TEST(without_fallback_reads_answer_503_while_the_standby_is_down)
+{
+    start("  replica: {max-lag: 5, fallback: OFF}\n");
+    wait_answer("/ro", 200, "standby", 10000);
+    ck_assert_int_eq(standby_ctl("stop"), 0);
+    wait_replica_healthy("false");
+    for (int i = 0; i < 5; ++i) {
+        long status;
+        free(get("/ro", &status));
+        ck_assert_msg(status == 503, "a read answered %ld with no replica up and fallback OFF", status);
+    }
+    expect("/rw", 200, "primary");
+    ck_assert_int_eq(standby_ctl("start"), 0);
+    wait_answer("/ro", 200, "standby", 10000);
+    stop();
+}
+END_TEST
+
+START_TEST(a_replica_whose_replay_lags_is_skipped_until_it_catches_up)
+{
+    start("  replica: {max-lag: 1, fallback: ON}\n");
+    wait_answer("/ro", 200, "standby", 10000);
+    char *sb = standby_url();
+    free(th_pg_on(sb, "SELECT pg_wal_replay_pause()"));
+    th_pg("INSERT INTO rt_writes VALUES ('behind')");
+    /* the lag measured exceeds max-lag: the replica is unhealthy, reads go to the primary */
+    wait_replica_healthy("false");
+    for (int i = 0; i < 10; ++i)
+        expect("/ro", 200, "primary");
+    free(th_pg_on(sb, "SELECT pg_wal_replay_resume()"));
+    wait_answer("/ro", 200, "standby", 10000);
+    wait_replica_healthy("true");
+    free(sb);
+    stop();
+}
+END_TEST
+
+START_TEST(the_status_page_lists_each_replica_with_health_and_lag)
+{
+    start("  replica: {max-lag: 5, fallback: ON}\n");
+    wait_answer("/ro", 200, "standby", 10000);
+    long status;
+    char *sb = standby_url(), *body = get("/status", &status);
+    ck_assert_int_eq(status, 200);
+    char *entry = th_fmt("\"replicas\":[{\"url\":\"%s\",\"healthy\":true,\"lag\":", sb);
+    ck_assert_msg(strstr(body, entry) != NULL, "no %s in %s", entry, body);
+    ck_assert_msg(strstr(body, "\"replica\":{\"max_lag\":5,\"fallback\":true}") != NULL, "%s", body);
+    ck_assert_msg(strstr(body, "\"read_only_primary\":{\"url\":") != NULL, "%s", body);
+    ck_assert_msg(strstr(body, "\"lag_measured_ms\":") != NULL, "%s", body);
+    /* one bind: the replicas are listed under it, not as binds of their own */
+    int binds = 0;
+    for (const char *p = body; (p = strstr(p, "{\"key\":")) != NULL; ++p)
+        ++binds;
+    ck_assert_msg(binds == 1, "%d binds listed: %s", binds, body);
+    free(body);
+    body = get("/status?format=prometheus", &status);
+    char *series = th_fmt("h2o_db_replica_healthy{key=\"sa_main\",scope=\"global\",thread=\"0\",role=\"replica\",url=\"%s\"}", sb);
+    ck_assert_msg(strstr(body, series) != NULL, "no %s in %s", series, body);
+    ck_assert_msg(strstr(body, "h2o_db_replica_lag_milliseconds{") != NULL, "%s", body);
+    ck_assert_msg(strstr(body, "h2o_db_connections{key=\"sa_main\",scope=\"global\",thread=\"0\",state=\"idle\"}") != NULL, "%s",
+                  body);
+    free(series);
+    free(body);
+    free(entry);
+    free(sb);
+    stop();
+}
+END_TEST
+
+START_TEST(the_check_lists_replicas_without_their_passwords)
+{
+    char *out = NULL;
+    int status = th_run_h2o_db("-t",
+                               "listen: @PORT@\ndb.bind:\n  url: @PG@\n"
+                               "  replicas: [postgresql://app:s3cretpw@127.0.0.1:1/app]\n"
+                               "hosts: {default: {paths: {/: {db.status: ON}}}}\n",
+                               &out);
+    ck_assert_msg(status == 0, "-t: %d %s", status, out);
+    ck_assert_msg(strstr(out, "replica postgresql://app:***@127.0.0.1:1/app") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "s3cretpw") == NULL, "the password was printed: %s", out);
+    free(out);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("replicas");
+    TCase *tc = tcase_create("replicas");
+    tcase_set_timeout(tc, 120);
+    tcase_add_checked_fixture(tc, setup, restore_standby);
+    tcase_add_test(tc, read_only_sessions_read_on_the_standby_and_never_write);
+    tcase_add_test(tc, reads_fall_back_to_the_primary_and_return_to_the_standby);
+    tcase_add_test(tc, without_fallback_reads_answer_503_while_the_standby_is_down);
+    tcase_add_test(tc, a_replica_whose_replay_lags_is_skipped_until_it_catches_up);
+    tcase_add_test(tc, the_status_page_lists_each_replica_with_health_and_lag);
+    tcase_add_test(tc, the_check_lists_replicas_without_their_passwords);
+    suite_add_tcase(s, tc);
+    return th_run_suite(s);
+}

@@ -29,6 +29,8 @@ struct entry {
     char sql[192];
     char param[128];
     int kind, in_txn;
+    int stream;         /* rows one at a time (FD_STREAM_ROWS of them) before its end */
+    unsigned rows_sent; /* ... so far */
     uint64_t due;
 };
 
@@ -43,6 +45,7 @@ struct fd_conn {
     char fail_sqlstate[6];
     uint64_t due;
     int cancel_pending, cancel_stalled, cancel_fail;
+    int paused; /* a stream's rows wait for resume */
     uint64_t cancel_due, free_due;
     struct entry *q;
     size_t count, cap;
@@ -280,6 +283,32 @@ static void fail(struct fd_conn *c, const char *sqlstate, const char *message)
 }
 
 /* Answers the oldest statement; returns 0 to go on with the next one. */
+/* The rows of the stream at the head of the queue, one at a time; returns 1 when the stream paused
+ * or the pool stopped using the connection (nothing more now), 0 when its end is due. */
+static int stream_rows(struct fd_conn *c)
+{
+    struct entry *e = c->q;
+    while (e->rows_sent < FD_STREAM_ROWS) {
+        struct rows one = {.n = 1, .column = "v", .values = {e->sql + (strncmp(e->sql, "SELECT ", 7) == 0 ? 7 : 0)}};
+        h2o_db_result_t r;
+        h2o_db_result_init_ok(&r, 0);
+        r.rows = r.columns = 1;
+        r.cls = &rows_class;
+        r.impl = &one;
+        ++e->rows_sent;
+        int ret = c->super.cbs->row(&c->super, &r);
+        if (ret < 0 && c->phase == PH_READY) {
+            c->phase = PH_FAILED;
+            drop_all(c, FD_FATE_DROPPED, NULL);
+        }
+        if (ret != 0 || c->closed || c->phase != PH_READY) {
+            c->paused = ret > 0;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static int answer(struct fd_conn *c)
 {
     struct entry e;
@@ -292,6 +321,8 @@ static int answer(struct fd_conn *c)
         return -1;
     }
     const char *err = e.outcome == FD_FAIL ? e.sqlstate : run(c, &e, &rows);
+    if (e.stream)
+        rows.n = 0, rows.column = NULL; /* its rows went one at a time */
     if (e.outcome == FD_FAIL && c->txn == TXN_OPEN && e.kind != H2O_DB_WIRE_BEGIN)
         c->txn = TXN_ABORTED;
     if (e.outcome == FD_FAIL &&
@@ -326,6 +357,13 @@ static int answer(struct fd_conn *c)
  * request); one that is about to answer anyway, or a ROLLBACK, is not hit. */
 static void interrupt(struct fd_conn *c)
 {
+    if (c->count != 0 && c->q[0].stream && c->q[0].outcome == FD_OK) {
+        /* a stream: the rows not sent yet never come */
+        c->q[0].outcome = FD_FAIL;
+        snprintf(c->q[0].sqlstate, sizeof(c->q[0].sqlstate), "57014");
+        c->q[0].rows_sent = FD_STREAM_ROWS;
+        return;
+    }
     for (size_t i = 0; i < c->count; ++i) {
         if (c->q[i].outcome == FD_STALL) {
             c->q[i].outcome = FD_FAIL;
@@ -400,8 +438,9 @@ static void on_timer(uv_timer_t *timer)
                 interrupt(c);
             c->super.cbs->cancelled(&c->super);
         }
-        while (c->phase == PH_READY && !c->closed && c->count != 0 && c->q[0].outcome != FD_STALL && c->q[0].due <= now)
-            if (answer(c) != 0)
+        while (c->phase == PH_READY && !c->closed && !c->paused && c->count != 0 && c->q[0].outcome != FD_STALL &&
+               c->q[0].due <= now)
+            if ((c->q[0].stream && stream_rows(c) != 0) || answer(c) != 0)
                 break;
     }
     if (!c->closed && c->phase != PH_FAILED)
@@ -422,7 +461,7 @@ static void schedule(struct fd_conn *c)
     } else if (c->phase == PH_READY) {
         if (c->cancel_pending && !c->cancel_stalled)
             due = c->cancel_due;
-        if (c->count != 0 && c->q[0].outcome != FD_STALL && c->q[0].due < due)
+        if (c->count != 0 && c->q[0].outcome != FD_STALL && !c->paused && c->q[0].due < due)
             due = c->q[0].due;
     }
     if (due == UINT64_MAX) {
@@ -515,8 +554,11 @@ static void fd_send(h2o_db_pipe_t *pipe, const h2o_db_wire_t *w)
         c->cap = c->cap == 0 ? 8 : c->cap * 2;
         c->q = realloc(c->q, sizeof(*c->q) * c->cap);
     }
+    if (w->stream && c->count != 0)
+        violation("a streamed statement sent behind %zu others on connection %u", c->count, c->id);
     struct entry *e = c->q + c->count++;
     memset(e, 0, sizeof(*e));
+    e->stream = w->stream;
     snprintf(e->sql, sizeof(e->sql), "%s", h2o_db_wire_sql(w, "BEGIN"));
     if (w->nparams != 0 && w->params[0] != NULL)
         snprintf(e->param, sizeof(e->param), "%s", w->params[0]);
@@ -572,6 +614,17 @@ static void fd_cancel(h2o_db_pipe_t *conn)
     schedule(c);
 }
 
+static void fd_resume(h2o_db_pipe_t *conn)
+{
+    struct fd_conn *c = (struct fd_conn *)conn;
+    if (!check_usable(c, "resume"))
+        return;
+    if (!c->paused)
+        violation("resume of connection %u, which is not paused", c->id);
+    c->paused = 0;
+    schedule(c); /* the next row comes from the timer, never from inside resume */
+}
+
 static const char *fd_version(void)
 {
     return "fault 1";
@@ -584,9 +637,10 @@ const h2o_db_driver_t fd_driver = {.name = "fault",
                                    .send = fd_send,
                                    .close = fd_close,
                                    .cancel = fd_cancel,
+                                   .resume = fd_resume,
                                    .version = fd_version};
 const h2o_db_driver_t fd_driver_nocancel = {
-    .name = "fault", .open = fd_open, .send = fd_send, .close = fd_close, .version = fd_version};
+    .name = "fault", .open = fd_open, .send = fd_send, .close = fd_close, .resume = fd_resume, .version = fd_version};
 
 /* ---- for the tests ---- */
 

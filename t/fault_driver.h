@@ -5,7 +5,8 @@
  * statement it was sent and what became of it, counts connections, and checks the pool's side of
  * the contract (close once, no send on a connection that is not ready, ...).
  *
- * Its statements answer like a tiny PostgreSQL: `SELECT tag` (no FROM) gives one row {v: tag};
+ * Its statements answer like a tiny PostgreSQL: `SELECT tag` (no FROM) gives one row {v: tag}
+ * (streamed: FD_STREAM_ROWS rows, one at a time, pausing when the pool says so);
  * PREPARE TRANSACTION / COMMIT PREPARED / ROLLBACK PREPARED, the decision table and
  * pg_prepared_xacts are simulated so that two-phase commits and their resolver can be checked.
  */
@@ -55,8 +56,9 @@ typedef struct {
     int stalled;
 } fd_log_t;
 
-#define FD_LOG_MAX   1024
-#define FD_MAX_RULES 4
+#define FD_LOG_MAX     1024
+#define FD_STREAM_ROWS 5 /* a streamed `SELECT tag` gives its tag this many times, one row at a time */
+#define FD_MAX_RULES   4
 
 typedef struct {
     unsigned opens, closes, frees, cancels, connected, failed;

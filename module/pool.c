@@ -34,7 +34,6 @@
 /* a shared connection takes more statements only while its oldest one is this young; lower, a
  * backend merely descheduled on a busy machine looks slow, and the extra connections opened for
  * it make the contention worse (docs/architecture.md) */
-#define YOUNG_MS       50
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 250
 
@@ -134,30 +133,6 @@ static void conn_free(h2o_db_conn_t *conn)
     free(conn);
 }
 
-uint64_t h2o_db_conn_oldest_age(h2o_db_conn_t *conn, uint64_t now)
-{
-    if (conn->ring.count == 0)
-        return 0;
-    uint64_t at = conn->ring.sent_at[conn->ring.head];
-    return now > at ? now - at : 0;
-}
-
-int h2o_db_conn_is_idle(h2o_db_conn_t *conn)
-{
-    return conn->state == H2O_DB_CONN_READY && conn->ring.count == 0 && conn->pinned == NULL && !conn->cleaning &&
-           !conn->cancelling;
-}
-
-int h2o_db_pool_can_open(h2o_db_pool_t *pool)
-{
-    h2o_db_bind_t *bind = pool->bind;
-    if (pool->closing || pool->num_conns >= bind->pool.max)
-        return 0;
-    if (bind->pool.max_total != 0 && __atomic_load_n(&bind->total_conns, __ATOMIC_RELAXED) >= bind->pool.max_total)
-        return 0;
-    return 1;
-}
-
 h2o_db_conn_t *h2o_db_pool_open_conn(h2o_db_pool_t *pool)
 {
     h2o_db_bind_t *bind = pool->bind;
@@ -217,11 +192,6 @@ static void conn_send(h2o_db_conn_t *conn, h2o_db_stmt_t *op)
         op->wire.read_only = op->read_only;
     }
     DRIVER_CALL(pool, pool->bind->driver->send(conn->pipe, &op->wire));
-}
-
-static int conn_has_room(h2o_db_conn_t *conn)
-{
-    return conn->state == H2O_DB_CONN_READY && conn->ring.count < conn->pool->bind->pool.pipeline_depth;
 }
 
 /* ---- waiting ---- */
@@ -304,77 +274,6 @@ void h2o_db_pool_fail_waiting(h2o_db_pool_t *pool, h2o_db_status_t status, const
 }
 
 /* ---- placement ---- */
-
-static h2o_db_conn_t *find_idle(h2o_db_pool_t *pool)
-{
-    for (h2o_linklist_t *n = pool->conns.next; n != &pool->conns; n = n->next) {
-        h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, n);
-        if (h2o_db_conn_is_idle(conn))
-            return conn;
-    }
-    return NULL;
-}
-
-/* A shared connection that can take one more statement now: not pinned, below pipeline-depth, its
- * oldest statement young (nothing slow to wait behind). `first`: the first such connection in the
- * order they were opened, idle or not, so that the load stays on few connections; else the one
- * with the fewest statements in flight. */
-static h2o_db_conn_t *find_shared(h2o_db_pool_t *pool, int first)
-{
-    uint64_t now = h2o_db_now(pool->thread);
-    h2o_db_conn_t *best = NULL;
-    for (h2o_linklist_t *n = pool->conns.next; n != &pool->conns; n = n->next) {
-        h2o_db_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_db_conn_t, link, n);
-        if (conn->pinned != NULL || conn->cleaning || conn->cancelling || !conn_has_room(conn) ||
-            h2o_db_conn_oldest_age(conn, now) > YOUNG_MS)
-            continue;
-        if (first)
-            return conn;
-        if (best == NULL || conn->ring.count < best->ring.count)
-            best = conn;
-    }
-    return best;
-}
-
-/* Where a session with nothing in flight sends its next autocommit statement, or NULL (it waits,
- * and a connection may be opened). A driver that pipelines (PostgreSQL; SQLite, whose worker runs
- * its queue back to back) carries more statements on an open connection for less than a new
- * connection costs the database: open connections are filled before another is opened, and those
- * beyond need fall idle and retire after idle-timeout. A driver that runs one statement at a time
- * per connection (MySQL) gets its parallelism from connections: idle first, then a new one, and
- * only at `max` the shared one with the fewest in flight. */
-static h2o_db_conn_t *choose_conn(h2o_db_pool_t *pool)
-{
-    if (pool->bind->driver->pipelines)
-        return find_shared(pool, 1);
-    h2o_db_conn_t *conn = find_idle(pool);
-    if (conn == NULL && !h2o_db_pool_can_open(pool))
-        conn = find_shared(pool, 0);
-    return conn;
-}
-
-/* Starts a connect for a waiting statement, honouring the back-off while the database is down.
- * Returns -1 when the statement should fail fast instead. */
-static int maybe_connect(h2o_db_pool_t *pool)
-{
-    /* enough connects under way for everybody waiting for any connection: one per BEGIN, and one
-     * per pipeline-depth autocommit statements when the driver pipelines (else one each) */
-    size_t autocommit = pool->num_waiting_any - pool->num_waiting_begin, depth = pool->bind->pool.pipeline_depth;
-    if (pool->num_connecting >=
-        pool->num_waiting_begin + (pool->bind->driver->pipelines ? (autocommit + depth - 1) / depth : autocommit))
-        return 0;
-    if (!h2o_db_pool_can_open(pool))
-        return 0;
-    if (pool->down) {
-        if (pool->num_connecting != 0)
-            return 0; /* an attempt is under way: wait for its outcome */
-        if (h2o_db_now(pool->thread) - pool->last_failure_at < pool->backoff_ms)
-            return -1;
-    }
-    h2o_db_pool_open_conn(pool);
-    return 0;
-}
-
 static void fail_down(h2o_db_place_t *s)
 {
     h2o_db_pool_t *pool = s->pool;
@@ -391,25 +290,25 @@ static int place_autocommit(h2o_db_place_t *s, h2o_db_stmt_t *op)
 
     if (s->outstanding != 0) {
         conn = s->conn;
-        if (conn_has_room(conn)) {
+        if (h2o_db_conn_has_room(conn)) {
             conn_send(conn, op);
             return 1;
         }
         start_waiting(s, &conn->waiters);
         return 0;
     }
-    if ((conn = choose_conn(pool)) != NULL) {
+    if ((conn = h2o_db_pool_choose_conn(pool)) != NULL) {
         conn_send(conn, op);
         return 1;
     }
-    if (pool->down && pool->num_connecting == 0 && find_shared(pool, 0) == NULL &&
+    if (pool->down && pool->num_connecting == 0 && h2o_db_pool_find_shared(pool, 0) == NULL &&
         h2o_db_now(pool->thread) - pool->last_failure_at < pool->backoff_ms) {
         fail_down(s);
         return 0;
     }
     if (start_waiting(s, &pool->waiting) != 0)
         return 0;
-    if (maybe_connect(pool) != 0) {
+    if (h2o_db_pool_maybe_connect(pool) != 0) {
         stop_waiting(s);
         fail_down(s);
     }
@@ -420,13 +319,13 @@ static int place_autocommit(h2o_db_place_t *s, h2o_db_stmt_t *op)
 static int place_own(h2o_db_place_t *s, h2o_db_stmt_t *op)
 {
     h2o_db_pool_t *pool = s->pool;
-    h2o_db_conn_t *conn = find_idle(pool);
+    h2o_db_conn_t *conn = h2o_db_pool_find_idle(pool);
     if (conn == NULL) {
         if (pool->down && pool->num_connecting == 0 && h2o_db_now(pool->thread) - pool->last_failure_at < pool->backoff_ms) {
             fail_down(s);
             return 0;
         }
-        if (start_waiting(s, &pool->waiting) == 0 && maybe_connect(pool) != 0) {
+        if (start_waiting(s, &pool->waiting) == 0 && h2o_db_pool_maybe_connect(pool) != 0) {
             stop_waiting(s);
             fail_down(s);
         }
@@ -482,7 +381,7 @@ void h2o_db_pool_pump(h2o_db_place_t *s)
             }
             if (op->stream && s->outstanding != 0)
                 return; /* a stream starts on a connection with nothing else in flight */
-            if (!conn_has_room(s->pinned)) {
+            if (!h2o_db_conn_has_room(s->pinned)) {
                 if (s->pinned->state == H2O_DB_CONN_READY)
                     start_waiting(s, &s->pinned->waiters);
                 return;
@@ -504,7 +403,7 @@ void h2o_db_pool_pump(h2o_db_place_t *s)
         /* autocommit */
         if (s->pinned != NULL) {
             /* the COMMIT/ROLLBACK is still in flight there: keep the order */
-            if (!conn_has_room(s->pinned))
+            if (!h2o_db_conn_has_room(s->pinned))
                 return;
             conn_send(s->pinned, op);
             continue;
@@ -523,12 +422,12 @@ void h2o_db_pool_serve_waiting(h2o_db_pool_t *pool)
         h2o_linklist_t *next = n->next;
         h2o_db_place_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_place_t, wait_link, n);
         h2o_db_pool_pump(s);
-        if (find_shared(pool, 1) == NULL)
+        if (h2o_db_pool_find_shared(pool, 1) == NULL)
             break; /* no connection can take anything now */
         n = next;
     }
     if (!h2o_linklist_is_empty(&pool->waiting))
-        maybe_connect(pool);
+        h2o_db_pool_maybe_connect(pool);
 }
 
 /* A connection made progress: give its room to who waits for it. */
@@ -539,7 +438,7 @@ static void conn_progress(h2o_db_conn_t *conn)
         return;
     if (conn->ring.count == 0)
         h2o_db_pool_changed(pool);
-    while (!h2o_linklist_is_empty(&conn->waiters) && conn_has_room(conn)) {
+    while (!h2o_linklist_is_empty(&conn->waiters) && h2o_db_conn_has_room(conn)) {
         h2o_db_place_t *s = H2O_STRUCT_FROM_MEMBER(h2o_db_place_t, wait_link, conn->waiters.next);
         stop_waiting(s);
         h2o_db_pool_pump(s);

@@ -239,6 +239,20 @@ void h2o_db_conn_retire(h2o_db_conn_t *conn, uint64_t *counter);
 void h2o_db_pool_serve_waiting(h2o_db_pool_t *pool);
 /* pool.c: fails every statement waiting for a connection of this pool */
 void h2o_db_pool_fail_waiting(h2o_db_pool_t *pool, h2o_db_status_t status, const char *sqlstate, const char *message);
+/* pool_place.c: whether conn is ready and below pipeline-depth */
+int h2o_db_conn_has_room(h2o_db_conn_t *conn);
+/* pool_place.c: a connection with nothing on it (ready, not pinned, nothing to clean), or NULL */
+h2o_db_conn_t *h2o_db_pool_find_idle(h2o_db_pool_t *pool);
+/* pool_place.c: a shared connection that can take one more statement now (not pinned, below
+ * pipeline-depth, its oldest statement young): with `first`, the first such in open order, else
+ * the one with the fewest in flight; NULL when none can */
+h2o_db_conn_t *h2o_db_pool_find_shared(h2o_db_pool_t *pool, int first);
+/* pool_place.c: where a session with nothing in flight sends its next autocommit statement, or
+ * NULL (it waits, and a connection may be opened) */
+h2o_db_conn_t *h2o_db_pool_choose_conn(h2o_db_pool_t *pool);
+/* pool_place.c: opens a connection for who waits when the counts say so, honouring the back-off
+ * while the database is down; -1 when the waiting statement should fail fast instead */
+int h2o_db_pool_maybe_connect(h2o_db_pool_t *pool);
 /* pool_stream.c: the driver's cbs->row */
 int h2o_db_pool_row_cb(h2o_db_pipe_t *pipe, h2o_db_result_t *row);
 /* pool_stream.c: a paused stream on conn nobody will resume (its statement was abandoned) reads on,

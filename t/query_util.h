@@ -174,6 +174,12 @@ static void start(void)
         "        db.query: {key: sa_slow, GET: {sql: SELECT pg_sleep(5), result: none}}\n"
         "      /forbidden:\n"
         "        db.query: {GET: {sql: \"DO $$BEGIN RAISE EXCEPTION 'no $1' USING ERRCODE = '42501'; END$$\", result: none}}\n"
+        "      /cut:\n"
+        "        db.query:\n"
+        "          GET:\n"
+        "            sql: SELECT g, CASE WHEN g < $1 THEN 'ok' ELSE (1 / (g - g))::text END AS t FROM generate_series(1, 100000) "
+        "AS g\n"
+        "            params: [query:at]\n"
         "      /badint:\n"
         "        db.query: {GET: {sql: 'SELECT $1::int AS v', params: [query:v], result: value}}\n",
         my != NULL ? th_fmt("  - {url: '%s', key: sa_my, schema: my.sql}\n", my) : "", th_free_port(),

@@ -104,10 +104,7 @@ static void flush(h2o_db_query_stream_t *st)
     h2o_iovec_t buf = h2o_iovec_init(st->sending.base, st->sending.len);
     if (st->ended) { /* (the request may end in there: st is not touched afterwards) */
         st->in_flight = 1;
-        if (st->broken)
-            h2o_send(st->req, NULL, 0, H2O_SEND_STATE_ERROR);
-        else
-            h2o_send(st->req, &buf, buf.len != 0, H2O_SEND_STATE_FINAL);
+        h2o_send(st->req, &buf, buf.len != 0, st->broken ? H2O_SEND_STATE_ERROR : H2O_SEND_STATE_FINAL);
         return;
     }
     if (buf.len == 0)
@@ -217,8 +214,7 @@ void h2o_db_query_stream_finish(h2o_db_query_stream_t *st, const h2o_db_result_t
         h2o_req_log_error(st->req, "h2o-db", "db.query: the answer was cut short after %zu rows: %s (SQLSTATE %s)", st->count,
                           h2o_db_result_error(failed) != NULL ? h2o_db_result_error(failed) : "database error",
                           h2o_db_result_sqlstate(failed) != NULL ? h2o_db_result_sqlstate(failed) : "XX000");
-        st->broken = 1;
-        st->pending.len = 0;
+        st->broken = 1; /* (the rows formatted so far go out first) */
         flush(st);
         return;
     }

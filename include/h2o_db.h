@@ -151,6 +151,31 @@ h2o_iovec_t h2o_db_result_json(h2o_mem_pool_t *pool, const h2o_db_result_t *r); 
  *   CLIENT_GONE -> 499 (nobody reads it; it lets the request end)   SQL_ERROR -> 500 */
 void h2o_db_send_error(h2o_req_t *req, const h2o_db_result_t *r);
 
+/* ---- LISTEN/NOTIFY (docs/c-api.md, docs/directives/db.listen.md) ---- */
+
+/* A subscription to one PostgreSQL channel on the calling worker thread. Every thread has one
+ * LISTEN connection per bind (outside the pool's max), opened by the first subscription and
+ * shared by all of them (db.listen paths included). Events, on the subscribing thread:
+ *   READY        the LISTEN is in effect (once, before any NOTIFY of this subscription)
+ *   NOTIFY       channel and payload of one NOTIFY, in the order PostgreSQL sent them
+ *   LOST         the connection broke: NOTIFYs sent from now until RECONNECTED are lost
+ *   RECONNECTED  a new connection LISTENs again (after the pool's back-off, at most 250 ms apart)
+ * channel and payload are valid during the call only (payload NULL but for NOTIFY). */
+typedef struct st_h2o_db_listen_t h2o_db_listen_t;
+typedef enum { H2O_DB_LISTEN_READY, H2O_DB_LISTEN_NOTIFY, H2O_DB_LISTEN_LOST, H2O_DB_LISTEN_RECONNECTED } h2o_db_listen_event_t;
+typedef void (*h2o_db_listen_cb)(h2o_db_listen_t *handle, h2o_db_listen_event_t event, const char *channel, const char *payload,
+                                 void *data);
+
+/* Subscribes cb to `channel` (1..63 bytes, no control characters; quoted as an identifier, so
+ * "Orders" and "orders" differ) of the PostgreSQL bind KEY at global level (NULL: sa_main), on
+ * the calling worker thread (ctx: its context). Returns the handle, or NULL when no global
+ * PostgreSQL bind has that key or the channel name is invalid. cb never runs from inside this
+ * call. The worker thread only; the handle lives until h2o_db_unlisten or the thread stops. */
+h2o_db_listen_t *h2o_db_listen(h2o_context_t *ctx, const char *key, const char *channel, h2o_db_listen_cb cb, void *data);
+/* Ends a subscription (UNLISTEN once a channel has no subscriber left): no callback of it runs
+ * afterwards. Allowed inside its own callback. Owner thread. */
+void h2o_db_unlisten(h2o_db_listen_t *handle);
+
 #ifdef __cplusplus
 }
 #endif

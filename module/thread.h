@@ -58,6 +58,7 @@ typedef struct st_h2o_db_thread_t {
     uv_idle_t later_idle;
     h2o_linklist_t flushers;
     h2o_linklist_t disposers;
+    struct st_h2o_db_listeners_t *listeners; /* module/listen: the LISTEN connections, made on first use */
     uv_check_t flush_check;
     uv_prepare_t flush_prepare;
     /* set while a user callback runs, so that a dispose inside it (h2o_send → dispose)

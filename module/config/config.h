@@ -85,6 +85,9 @@ typedef struct st_h2o_db_config_t {
 
 /* The module's state of a globalconf that h2o_db_register_configurator was called for, or NULL. */
 h2o_db_config_t *h2o_db_config_of(h2o_globalconf_t *conf);
+/* While a config is applied (a command's callback): the bind KEY visible at the level being read
+ * (its own and the enclosing levels'), or NULL. Main thread. */
+h2o_db_bind_t *h2o_db_config_visible(h2o_globalconf_t *conf, const char *key);
 /* Frees the binds of a config no thread serves any more (also done by h2o_config_dispose; twice is
  * harmless). Main thread. */
 void h2o_db_config_release(h2o_db_config_t *config);

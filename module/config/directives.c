@@ -23,6 +23,7 @@
 #include "h2o_db.h"
 #include "pool.h"
 #include "query/query.h"
+#include "listen/listen.h"
 #include "status.h"
 
 struct use_entry {
@@ -639,6 +640,16 @@ h2o_db_config_t *h2o_db_config_of(h2o_globalconf_t *conf)
     return NULL;
 }
 
+h2o_db_bind_t *h2o_db_config_visible(h2o_globalconf_t *conf, const char *key)
+{
+    for (h2o_linklist_t *n = conf->configurators.next; n != &conf->configurators; n = n->next) {
+        h2o_configurator_t *c = H2O_STRUCT_FROM_MEMBER(h2o_configurator_t, _link, n);
+        if (c->dispose == on_dispose)
+            return find_visible((struct db_configurator *)c, key, ((struct db_configurator *)c)->depth);
+    }
+    return NULL;
+}
+
 void h2o_db_register_configurator(h2o_globalconf_t *conf)
 {
     struct db_configurator *c = (void *)h2o_configurator_create(conf, sizeof(*c));
@@ -654,4 +665,5 @@ void h2o_db_register_configurator(h2o_globalconf_t *conf)
     h2o_configurator_define_command(&c->super, "db.status", H2O_CONFIGURATOR_FLAG_PATH | H2O_CONFIGURATOR_FLAG_EXPECT_SCALAR,
                                     on_db_status);
     h2o_db_query_configurator(conf); /* db.query (module/config/query.c): after this one, see there */
+    h2o_db_listen_register_directive(conf);
 }

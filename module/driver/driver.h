@@ -62,6 +62,9 @@ typedef struct st_h2o_db_pipe_cbs_t {
     int (*row)(h2o_db_pipe_t *pipe, h2o_db_result_t *row);
     /* the cancel asked for is over (whether it stopped anything or not) */
     void (*cancelled)(h2o_db_pipe_t *pipe);
+    /* optional (NULL: ignored): a NOTIFY on a channel this connection LISTENs to (PostgreSQL),
+     * in the order the server sent them; the strings are valid during the call only */
+    void (*notify)(h2o_db_pipe_t *pipe, const char *channel, const char *payload);
 } h2o_db_pipe_cbs_t;
 
 /* Counters that drivers keep, per pool (one thread writes them, with H2O_DB_INC; the status page

@@ -462,6 +462,16 @@ static void process_results(h2o_db_pg_conn_t *c)
         h2o_db_pg_fail_from_libpq(c, "08006");
 }
 
+/* NOTIFYs that arrived (a LISTEN connection's), before the results read with them */
+static void deliver_notifies(h2o_db_pg_conn_t *c)
+{
+    PGnotify *n;
+    while (c->super.cbs->notify != NULL && c->phase == H2O_DB_PG_READY && !c->stopped && (n = PQnotifies(c->pg)) != NULL) {
+        c->super.cbs->notify(&c->super, n->relname, n->extra);
+        PQfreemem(n);
+    }
+}
+
 static void on_poll(uv_poll_t *poll, int status, int events)
 {
     h2o_db_pg_conn_t *c = poll->data;
@@ -491,6 +501,7 @@ static void on_poll(uv_poll_t *poll, int status, int events)
                 h2o_db_pg_fail_from_libpq(c, "08006");
                 return;
             }
+            deliver_notifies(c);
             if (c->seg_count == 0) {
                 /* an idle connection has something to say: the server is closing it */
                 PGresult *res;

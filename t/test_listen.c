@@ -1,0 +1,382 @@
+/*
+ * db.listen (docs/directives/db.listen.md): NOTIFYs from the suite's PostgreSQL reach SSE
+ * clients of the real h2o-db over HTTP/1.1 and HTTP/2 — every client every NOTIFY, in order, over
+ * one LISTEN connection per thread (pg_stat_activity); multi-line payloads; ?channel= narrowing;
+ * max-clients; a client that stops reading is dropped at max-backlog while the others go on; a
+ * killed LISTEN backend is replaced and clients hear `reconnected`; heartbeats; a stop that does
+ * not wait for the streams; config errors with file:line.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "harness.h"
+#include "sse_client.h"
+
+static th_server_t server;
+
+static void kill_server(void)
+{
+    if (server.pid > 0) {
+        kill(server.pid, SIGKILL);
+        server.pid = 0;
+    }
+}
+
+static void setup(void)
+{
+    th_require_pg();
+    memset(&server, 0, sizeof(server));
+}
+
+static void teardown(void)
+{
+    kill_server();
+}
+
+/* A server whose /events listens to `channels` with `options`, its bind named by application_name. */
+static void start(const char *app, int threads, const char *channels, const char *options)
+{
+    char *conf = th_fmt("listen: @PORT@\n"
+                        "num-threads: %d\n"
+                        "shutdown-timeout: 30\n"
+                        "db.bind:\n"
+                        "  url: \"@PG@?application_name=%s_@PORT@\"\n"
+                        "hosts:\n"
+                        "  default:\n"
+                        "    paths:\n"
+                        "      /events:\n"
+                        "        db.listen: {channels: [%s]%s%s}\n",
+                        threads, app, channels, options[0] != '\0' ? ", " : "", options);
+    ck_assert_msg(th_server_start(&server, conf) == 0, "server did not start: %s", th_server_log(&server));
+    free(conf);
+}
+
+/* backends of this server that LISTEN (their last statement was a LISTEN) */
+static long listen_backends(const char *app)
+{
+    return th_pg_countf("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s_%d' AND query LIKE 'LISTEN %%'", app,
+                        server.port);
+}
+
+struct backends {
+    const char *app;
+    long want;
+};
+
+static int have_backends(void *arg)
+{
+    struct backends *b = arg;
+    return listen_backends(b->app) == b->want;
+}
+
+static int all_have(sse_t *cs, size_t n, void *needle)
+{
+    for (size_t i = 0; i < n; ++i) {
+        size_t from = 0;
+        if (!sse_find(cs + i, &from, needle))
+            return 0;
+    }
+    return 1;
+}
+
+static void wait_listening(sse_t *cs, size_t n)
+{
+    ck_assert_msg(sse_wait(cs, n, all_have, ": listening\n\n", 10000), "not every client was told `: listening`");
+    for (size_t i = 0; i < n; ++i)
+        ck_assert_int_eq(cs[i].status, 200);
+}
+
+static void notify(PGconn *pg, const char *channel, const char *payload)
+{
+    const char *params[] = {channel, payload};
+    PGresult *r = PQexecParams(pg, "SELECT pg_notify($1, $2)", 2, NULL, params, NULL, NULL, 0);
+    ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "pg_notify: %s", PQerrorMessage(pg));
+    PQclear(r);
+}
+
+#define FANOUT_CLIENTS  100
+#define FANOUT_NOTIFIES 1000
+
+START_TEST(every_client_gets_every_notify_in_order_over_one_listen_connection_per_thread)
+{
+    start("fan", 2, "orders, stock", "heartbeat: 0");
+    sse_t cs[FANOUT_CLIENTS + 4];
+    for (size_t i = 0; i < FANOUT_CLIENTS; ++i)
+        sse_open_http1(cs + i, server.port, "/events", 0);
+    for (size_t i = FANOUT_CLIENTS; i < FANOUT_CLIENTS + 4; ++i)
+        sse_open_http2(cs + i, server.port, "/events");
+    size_t n = FANOUT_CLIENTS + 4;
+    wait_listening(cs, n);
+    /* 104 clients on 2 threads: one LISTEN connection each */
+    struct backends b = {"fan", 2};
+    ck_assert_msg(th_wait_until(have_backends, &b, 5000), "want 2 LISTEN backends, have %ld", listen_backends("fan"));
+    PGconn *pg = th_pg_connect(th_pg_url());
+    char payload[32];
+    for (int i = 0; i < FANOUT_NOTIFIES; ++i) {
+        snprintf(payload, sizeof(payload), "n%d", i);
+        notify(pg, i % 10 == 9 ? "stock" : "orders", payload);
+    }
+    char last[64];
+    snprintf(last, sizeof(last), "data: n%d\n\n", FANOUT_NOTIFIES - 1);
+    ck_assert_msg(sse_wait(cs, n, all_have, last, 30000), "not every client got the last NOTIFY");
+    for (size_t c = 0; c < n; ++c) {
+        size_t from = 0;
+        for (int i = 0; i < FANOUT_NOTIFIES; ++i) {
+            char ev[64];
+            snprintf(ev, sizeof(ev), "event: %s\ndata: n%d\n\n", i % 10 == 9 ? "stock" : "orders", i);
+            ck_assert_msg(sse_find(cs + c, &from, ev), "client %zu: NOTIFY %d missing or out of order", c, i);
+        }
+    }
+    ck_assert_int_eq(listen_backends("fan"), 2);
+    PQfinish(pg);
+    for (size_t i = 0; i < n; ++i)
+        sse_close(cs + i);
+}
+END_TEST
+
+START_TEST(multi_line_payloads_and_channel_narrowing)
+{
+    start("nar", 1, "orders, stock", "");
+    sse_t cs[3];
+    sse_open_http1(cs + 0, server.port, "/events", 0);
+    sse_open_http1(cs + 1, server.port, "/events?channel=stock", 0);
+    sse_open_http2(cs + 2, server.port, "/events?channel=orders");
+    wait_listening(cs, 3);
+    th_response_t res;
+    ck_assert_int_eq(th_http(&res, TH_HTTP1, NULL, th_url(&server, "/events?channel=nope"), NULL), 0);
+    ck_assert_int_eq(res.status, 400);
+    th_response_free(&res);
+    ck_assert_int_eq(th_http(&res, TH_HTTP1, "POST", th_url(&server, "/events"), "x"), 0);
+    ck_assert_int_eq(res.status, 405);
+    th_response_free(&res);
+    PGconn *pg = th_pg_connect(th_pg_url());
+    notify(pg, "orders", "line one\nline two\r\nline three");
+    notify(pg, "stock", "");
+    notify(pg, "orders", "end");
+    ck_assert(sse_wait(cs, 1, all_have, "data: end\n\n", 10000));
+    ck_assert(sse_wait(cs + 1, 1, all_have, "event: stock\ndata: \n\n", 10000));
+    ck_assert(sse_wait(cs + 2, 1, all_have, "data: end\n\n", 10000));
+    size_t from = 0;
+    ck_assert(sse_find(cs + 0, &from, "event: orders\ndata: line one\ndata: line two\ndata: line three\n\n"));
+    ck_assert(sse_find(cs + 0, &from, "event: stock\ndata: \n\n"));
+    ck_assert(sse_find(cs + 0, &from, "event: orders\ndata: end\n\n"));
+    /* narrowed: nothing of the other channel */
+    ck_assert_ptr_null(strstr(cs[1].body, "event: orders"));
+    ck_assert_ptr_null(strstr(cs[2].body, "event: stock"));
+    from = 0;
+    ck_assert(sse_find(cs + 2, &from, "data: line one\ndata: line two\ndata: line three\n\n"));
+    PQfinish(pg);
+    for (size_t i = 0; i < 3; ++i)
+        sse_close(cs + i);
+}
+END_TEST
+
+START_TEST(beyond_max_clients_is_503)
+{
+    start("max", 1, "orders", "max-clients: 2");
+    sse_t cs[2];
+    sse_open_http1(cs + 0, server.port, "/events", 0);
+    sse_open_http2(cs + 1, server.port, "/events");
+    wait_listening(cs, 2);
+    th_response_t res;
+    ck_assert_int_eq(th_http(&res, TH_HTTP1, NULL, th_url(&server, "/events"), NULL), 0);
+    ck_assert_int_eq(res.status, 503);
+    th_response_free(&res);
+    /* a client that leaves frees its place (its hang-up is noticed) */
+    sse_close(cs + 0);
+    sse_t again;
+    double deadline = th_now_ms() + 10000 * th_time_factor();
+    for (;;) {
+        sse_open_http1(&again, server.port, "/events", 0);
+        while (!again.header_done && !again.closed && th_now_ms() < deadline)
+            sse_pump(&again, 1, 20);
+        if (again.status == 200 || th_now_ms() > deadline)
+            break;
+        sse_close(&again);
+        usleep(50000); /* (retry pacing, not a wait for a fact) */
+    }
+    th_http(&res, TH_HTTP1, NULL, th_url(&server, "/events?channel=zz"), NULL);
+    ck_assert_msg(again.status == 200, "status %ld closed %d: %s; log: %s; now %ld", again.status, again.closed, again.body,
+                  th_server_log(&server), res.status);
+    sse_close(&again);
+    sse_close(cs + 1);
+}
+END_TEST
+
+static int dropped_in_log(void *arg)
+{
+    char *log = th_server_log(&server);
+    int found = strstr(log, "max-backlog") != NULL;
+    free(log);
+    return found;
+}
+
+START_TEST(a_client_that_stops_reading_is_dropped_and_the_others_keep_everything)
+{
+    start("slow", 1, "orders", "max-backlog: 65536, heartbeat: 0");
+    sse_t cs[3];
+    sse_open_http1(cs + 0, server.port, "/events", 0);
+    sse_open_http2(cs + 1, server.port, "/events");
+    sse_open_http1(cs + 2, server.port, "/events", 2048); /* never read after the greeting */
+    wait_listening(cs, 3);
+    PGconn *pg = th_pg_connect(th_pg_url());
+    char payload[4001];
+    int sent = 0;
+    /* the slow one's kernel buffers fill first, then its backlog passes 16 KiB */
+    while (!dropped_in_log(NULL) && sent < 5000) {
+        for (int i = 0; i < 50; ++i, ++sent) {
+            memset(payload, 'a' + sent % 26, 4000);
+            snprintf(payload, sizeof(payload), "%06d", sent);
+            payload[6] = ' ';
+            payload[4000] = '\0';
+            notify(pg, "orders", payload);
+            sse_pump(cs, 2, 0); /* the readers keep reading */
+        }
+    }
+    ck_assert_msg(dropped_in_log(NULL), "the client that did not read was never dropped (%d NOTIFYs of 4 kB)", sent);
+    char last[32];
+    snprintf(last, sizeof(last), "data: %06d ", sent - 1);
+    ck_assert_msg(sse_wait(cs, 2, all_have, last, 30000),
+                  "the readers did not get all %d NOTIFYs (%zu and %zu bytes; closed %d %d): %s", sent, cs[0].body_len,
+                  cs[1].body_len, cs[0].closed, cs[1].closed, th_server_log(&server));
+    for (size_t c = 0; c < 2; ++c) {
+        size_t from = 0;
+        for (int i = 0; i < sent; ++i) {
+            char ev[32];
+            snprintf(ev, sizeof(ev), "data: %06d ", i);
+            ck_assert_msg(sse_find(cs + c, &from, ev), "client %zu lost NOTIFY %d", c, i);
+        }
+    }
+    /* the slow one's connection was closed: reading it now ends */
+    double deadline = th_now_ms() + 10000 * th_time_factor();
+    while (!cs[2].closed && th_now_ms() < deadline)
+        sse_pump(cs + 2, 1, 20);
+    ck_assert_msg(cs[2].closed, "the dropped client's connection stayed open");
+    PQfinish(pg);
+    for (size_t i = 0; i < 3; ++i)
+        sse_close(cs + i);
+}
+END_TEST
+
+START_TEST(a_killed_listen_backend_is_replaced_and_clients_hear_reconnected)
+{
+    start("kill", 2, "orders", "heartbeat: 0");
+    sse_t cs[6];
+    for (size_t i = 0; i < 4; ++i)
+        sse_open_http1(cs + i, server.port, "/events", 0);
+    sse_open_http2(cs + 4, server.port, "/events");
+    sse_open_http2(cs + 5, server.port, "/events");
+    wait_listening(cs, 6);
+    long before = listen_backends("kill");
+    ck_assert(before >= 1 && before <= 2);
+    char *sql = th_fmt("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'kill_%d' AND "
+                       "query LIKE 'LISTEN %%'",
+                       server.port);
+    free(th_pg(sql));
+    free(sql);
+    double t0 = th_now_ms();
+    ck_assert_msg(sse_wait(cs, 6, all_have, "event: reconnected\ndata: \n\n", 10000),
+                  "no `reconnected` after the LISTEN backend died");
+    fprintf(stderr, "listen: reconnected %.0f ms after pg_terminate_backend\n", th_now_ms() - t0);
+    PGconn *pg = th_pg_connect(th_pg_url());
+    notify(pg, "orders", "after");
+    for (size_t i = 0; i < 6; ++i) {
+        size_t from = 0;
+        sse_find(cs + i, &from, "event: reconnected\n");
+        ck_assert(sse_wait(cs + i, 1, all_have, "data: after\n\n", 10000));
+        ck_assert(sse_find(cs + i, &from, "data: after\n\n"));
+    }
+    struct backends b = {"kill", before};
+    ck_assert(th_wait_until(have_backends, &b, 5000));
+    char *log = th_server_log(&server);
+    ck_assert_msg(strstr(log, "lost the LISTEN connection") != NULL, "%s", log);
+    free(log);
+    PQfinish(pg);
+    for (size_t i = 0; i < 6; ++i)
+        sse_close(cs + i);
+}
+END_TEST
+
+START_TEST(heartbeats_come_and_a_stop_does_not_wait_for_the_streams)
+{
+    start("beat", 2, "orders", "heartbeat: 1");
+    sse_t cs[2];
+    sse_open_http1(cs + 0, server.port, "/events", 0);
+    sse_open_http2(cs + 1, server.port, "/events");
+    wait_listening(cs, 2);
+    ck_assert_msg(sse_wait(cs, 2, all_have, ": heartbeat\n\n", 10000), "no heartbeat within 10 s of `heartbeat: 1`");
+    /* shutdown-timeout is 30 s: the streams end at once instead */
+    double t0 = th_now_ms();
+    ck_assert_int_eq(th_server_stop(&server, 20000), 0);
+    ck_assert_msg(th_now_ms() - t0 < 5000 * th_time_factor(), "stopping took %.0f ms", th_now_ms() - t0);
+    sse_pump(cs, 2, 100);
+    ck_assert(cs[0].closed);
+    for (size_t i = 0; i < 2; ++i)
+        sse_close(cs + i);
+}
+END_TEST
+
+static void bad(const char *listen_line, const char *bind, const char *message)
+{
+    char *conf = th_fmt("listen: @PORT@\n"
+                        "db.bind:\n"
+                        "  %s\n"
+                        "hosts:\n"
+                        "  default:\n"
+                        "    paths:\n"
+                        "      /events:\n"
+                        "        db.listen: %s\n",
+                        bind, listen_line);
+    char *out = NULL;
+    int status = th_run_h2o_db("-t", conf, &out);
+    ck_assert_msg(status == 1, "`%s` was accepted (%d): %s", listen_line, status, out);
+    ck_assert_msg(strstr(out, message) != NULL, "`%s`: want `%s` in: %s", listen_line, message, out);
+    ck_assert_msg(strstr(out, ".conf:8:") != NULL, "`%s`: no file:line in: %s", listen_line, out);
+    free(out);
+    free(conf);
+}
+
+START_TEST(config_errors_name_file_and_line)
+{
+    const char *pg = "url: postgresql://app@127.0.0.1:5432/app";
+    bad("{channels: [orders]}", "url: sqlite://", "is not PostgreSQL");
+    bad("{channels: [orders], key: nope}", pg, "no db.bind with key `nope`");
+    bad("{channels: []}", pg, "name at least one channel");
+    bad("{key: sa_main}", pg, "channels is required");
+    bad("{channels: [\"\"]}", pg, "a channel is a name of 1 to 63");
+    bad("{channels: [\"a\\nb\"]}", pg, "a channel is a name");
+    bad("{channels: [orders, orders]}", pg, "listed twice");
+    bad("{channels: [orders], colour: red}", pg, "unknown option `colour`");
+    bad("{channels: [orders], heartbeat: -1}", pg, "heartbeat");
+    bad("{channels: [orders], max-clients: 0}", pg, "max-clients");
+    bad("{channels: [orders], max-backlog: 10}", pg, "max-backlog");
+    bad("[orders]", pg, "cannot be a sequence");
+}
+END_TEST
+
+static void add(Suite *s, const char *name, const TTest *test, int timeout)
+{
+    TCase *tc = tcase_create(name);
+    tcase_set_timeout(tc, timeout);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test);
+    suite_add_tcase(s, tc);
+}
+#define ADD(s, test, timeout) add(s, #test, test, timeout)
+
+int main(void)
+{
+    atexit(kill_server);
+    signal(SIGPIPE, SIG_IGN);
+    Suite *s = suite_create("listen");
+    ADD(s, every_client_gets_every_notify_in_order_over_one_listen_connection_per_thread, 120);
+    ADD(s, multi_line_payloads_and_channel_narrowing, 60);
+    ADD(s, beyond_max_clients_is_503, 60);
+    ADD(s, a_client_that_stops_reading_is_dropped_and_the_others_keep_everything, 120);
+    ADD(s, a_killed_listen_backend_is_replaced_and_clients_hear_reconnected, 60);
+    ADD(s, heartbeats_come_and_a_stop_does_not_wait_for_the_streams, 60);
+    ADD(s, config_errors_name_file_and_line, 60);
+    return th_run_suite(s);
+}

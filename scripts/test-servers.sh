@@ -79,8 +79,9 @@ h2o_db_start_postgres() {
 
 # A PgBouncer (Debian's pgbouncer) in front of the shared cluster, in transaction pooling mode, on
 # a free loopback port: every database name goes to the same name there (`*`), 2 server
-# connections per database and user (so that a test can tell which one a statement gets), trust
-# as the cluster, the user postgres may use the admin console. Needs h2o_db_start_postgres first.
+# connections per database and user (so that a test can tell which one a statement gets;
+# $H2O_DB_PGBOUNCER_POOL_SIZE for another number, as bench/pgbouncer does), trust as the cluster,
+# the user postgres may use the admin console. Needs h2o_db_start_postgres first.
 h2o_db_start_pgbouncer() {
     bdir="$H2O_DB_SERVERS_DIR/pgbouncer"
     mkdir -p "$bdir"
@@ -97,7 +98,7 @@ auth_type = trust
 auth_file = $bdir/users.txt
 admin_users = postgres
 pool_mode = transaction
-default_pool_size = 2
+default_pool_size = ${H2O_DB_PGBOUNCER_POOL_SIZE:-2}
 max_client_conn = 1000
 logfile = $bdir/pgbouncer.log
 pidfile = $bdir/pgbouncer.pid

@@ -6,8 +6,8 @@
  * With pool.statement-cache: 0: autocommit statements (pipelined, answers never mixed up),
  * transactions, a failed one, the rollback at request end and a client that leaves while its
  * statement runs, both leaving PgBouncer's server connections free for the next; many clients
- * at once (wrk). With the cache on: the error PgBouncer's pooling causes, forced by holding the
- * server connections in turn, says what to do, and is logged once.
+ * at once (wrk); statement-timeout still answers in time. With the cache on: the error PgBouncer's pooling causes, forced by
+ * holding the server connections in turn, says what to do, and is logged once.
  *
  * Facts: PgBouncer's admin console (SHOW POOLS: server connections active, clients waiting),
  * pg_stat_activity by application_name, the rows in the table, the server's log.
@@ -36,6 +36,8 @@ static void teardown(void)
         kill(server.pid, SIGKILL);
         server.pid = 0;
     }
+    free(table);
+    table = NULL;
 }
 
 /* The suite's database (h2o_test_pgbouncer, made by th_run_suite), as PgBouncer serves it. */
@@ -68,11 +70,19 @@ static void pg_exec_on(PGconn *c, const char *sql)
     PQclear(r);
 }
 
-/* A number of this database's pool in PgBouncer's SHOW POOLS (sv_active, cl_waiting, ...). */
-static long pool_stat(const char *column)
+/* PgBouncer's admin console. */
+static PGconn *admin_connect(void)
 {
     char *url = th_fmt("host=127.0.0.1 port=%s dbname=pgbouncer user=postgres", getenv("H2O_DB_TEST_PGBOUNCER_PORT"));
     PGconn *c = th_pg_connect(url);
+    free(url);
+    return c;
+}
+
+/* A number of this database's pool in PgBouncer's SHOW POOLS (sv_active, cl_waiting, ...). */
+static long pool_stat(const char *column)
+{
+    PGconn *c = admin_connect();
     PGresult *r = PQexec(c, "SHOW POOLS");
     ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "SHOW POOLS: %s", PQresultErrorMessage(r));
     int db = PQfnumber(r, "database"), col = PQfnumber(r, column);
@@ -83,7 +93,6 @@ static long pool_stat(const char *column)
             v += strtol(PQgetvalue(r, i, col), NULL, 10);
     PQclear(r);
     PQfinish(c);
-    free(url);
     return v;
 }
 
@@ -194,8 +203,11 @@ START_TEST(autocommit_and_transactions_through_pgbouncer)
     enum { N = 200 };
     char *urls[N];
     th_response_t many[N];
-    for (int i = 0; i < N; ++i)
-        urls[i] = th_url(&server, th_fmt("/e?id=%d", i + 1000));
+    for (int i = 0; i < N; ++i) {
+        char *path = th_fmt("/e?id=%d", i + 1000);
+        urls[i] = th_url(&server, path);
+        free(path);
+    }
     th_http_parallel(many, N, TH_HTTP2, (const char *const *)urls);
     for (int i = 0; i < N; ++i) {
         char *want = th_fmt("[{\"id\":%d}]", i + 1000);
@@ -283,6 +295,31 @@ START_TEST(client_gone_mid_statement_through_pgbouncer)
     free(body);
     free(req);
     db_stop(&server);
+}
+END_TEST
+
+/* statement-timeout: its SET reached one server connection of PgBouncer's choosing
+ * (docs/pgbouncer.md), but h2o-db's own bound still answers TIMEOUT in time; the statement then
+ * ends on the server and the server connection is free again */
+START_TEST(statement_timeout_through_pgbouncer)
+{
+    start(1, "statement-cache: 0, statement-timeout: 1");
+    th_response_t res;
+    db_request(&server, &res, TH_HTTP1, NULL, "/s", "SQL SELECT pg_sleep(3)");
+    ck_assert_msg(res.status == 200, "status %ld: %s", res.status, res.body);
+    db_assert_error(res.body, 0, "TIMEOUT", "57014");
+    th_response_free(&res);
+    wait_servers_active(0, "after the timed-out statement");
+    db_script(&server, &res, TH_HTTP1, "/s", "SQL SELECT 'after' AS v");
+    db_assert_result(res.body, 0, "OK", "[{\"v\":\"after\"}]");
+    th_response_free(&res);
+    db_stop(&server);
+    /* the SET stays on its server connection: PgBouncer closes them all, for the tests after this */
+    PGconn *admin = admin_connect();
+    char *sql = th_fmt("RECONNECT %s", own_db());
+    pg_exec_on(admin, sql);
+    free(sql);
+    PQfinish(admin);
 }
 END_TEST
 
@@ -410,5 +447,6 @@ int main(void)
     ADD(s, client_gone_mid_statement_through_pgbouncer, 90);
     ADD(s, statement_cache_behind_pgbouncer_is_explained, 90);
     ADD(s, many_clients_through_pgbouncer_all_200, 120);
+    ADD(s, statement_timeout_through_pgbouncer, 90);
     return th_run_suite(s);
 }

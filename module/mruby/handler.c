@@ -94,6 +94,8 @@ static h2o_db_mruby_vm_t *vm_open(char *err, size_t errsz)
     mrb_ary_push(mrb, vm->roots, vm->fibers);
     vm->inputs = mrb_ary_new(mrb);
     mrb_ary_push(mrb, vm->roots, vm->inputs);
+    vm->bodies = mrb_ary_new(mrb);
+    mrb_ary_push(mrb, vm->roots, vm->bodies);
     vm->apps = mrb_ary_new(mrb);
     mrb_ary_push(mrb, vm->roots, vm->apps);
     h2o_db_mruby_init_env_keys(vm);
@@ -112,6 +114,7 @@ static h2o_db_mruby_vm_t *vm_open(char *err, size_t errsz)
 
     h2o_db_mruby_define_db(vm);
     h2o_db_mruby_define_json(vm);
+    h2o_db_mruby_define_stream(vm);
     for (size_t i = 0; i < h2o_db_mruby_prelude_count; ++i) {
         const h2o_db_mruby_prelude_file_t *f = h2o_db_mruby_prelude + i;
         mrbc_context *cxt = mrbc_context_new(mrb);
@@ -136,6 +139,8 @@ static h2o_db_mruby_vm_t *vm_open(char *err, size_t errsz)
     mrb->exc = NULL;
     vm->runner = mrb_const_get(mrb, mrb_obj_value(vm->db_module), mrb_intern_lit(mrb, "RUNNER"));
     mrb_ary_push(mrb, vm->roots, vm->runner);
+    vm->stream_mark = mrb_const_get(mrb, mrb_obj_value(vm->db_module), mrb_intern_lit(mrb, "STREAM"));
+    mrb_ary_push(mrb, vm->roots, vm->stream_mark);
     vm->rack_errors = mrb_const_get(mrb, mrb_obj_value(vm->db_module), mrb_intern_lit(mrb, "ERRORS"));
     mrb_ary_push(mrb, vm->roots, vm->rack_errors);
     mrb_gc_arena_restore(mrb, ai);
@@ -246,11 +251,13 @@ static void release(h2o_db_mruby_req_t *mreq)
         mrb_iv_set(vm->mrb, input, vm->sym_input_s, mrb_nil_value());
     mrb_ary_set(vm->mrb, vm->inputs, index, mrb_nil_value());
     --vm->live_fibers;
+    h2o_db_mruby_stream_release(vm, index); /* a streamed body whose client left is closed */
 }
 
 static void on_request_dispose(void *p)
 {
     release(p);
+    h2o_db_mruby_stream_dispose(p);
 }
 
 /* ---- responses ---- */
@@ -258,6 +265,13 @@ static void on_request_dispose(void *p)
 /* An exception ended the app: H2O::DB::Error answers as h2o_db_send_error does; anything
  * else is logged as h2o's mruby logs it ("[h2o_mruby] in request:PATH:mruby raised: FILE:LINE:
  * message (Class)", then the backtrace) and answered with 500 (never with the exception). */
+static void log_exception(h2o_db_mruby_vm_t *vm, h2o_req_t *req, mrb_value exc)
+{
+    char desc[4096];
+    describe_exception(vm, exc, 2, desc, sizeof(desc));
+    h2o_req_log_error(req, "h2o_mruby", "mruby raised: %s", desc);
+}
+
 static void send_exception(h2o_db_mruby_vm_t *vm, h2o_db_mruby_req_t *mreq, mrb_value exc)
 {
     h2o_req_t *req = mreq->req;
@@ -265,9 +279,7 @@ static void send_exception(h2o_db_mruby_vm_t *vm, h2o_db_mruby_req_t *mreq, mrb_
         h2o_db_mruby_send_db_error(vm, req, exc);
         return;
     }
-    char desc[4096];
-    describe_exception(vm, exc, 2, desc, sizeof(desc));
-    h2o_req_log_error(req, "h2o_mruby", "mruby raised: %s", desc);
+    log_exception(vm, req, exc);
     h2o_send_error_500(req, "Internal Server Error", "Internal Server Error", 0);
 }
 
@@ -305,10 +317,17 @@ static int finish(h2o_db_mruby_vm_t *vm, h2o_db_mruby_req_t *mreq, mrb_value v)
     int ai = mrb_gc_arena_save(mrb);
     mrb_gc_protect(mrb, v);
     release(mreq);
-    if (mrb_obj_is_kind_of(mrb, v, mrb->eException_class))
+    int raised = mrb_obj_is_kind_of(mrb, v, mrb->eException_class);
+    if (mreq->stream.started) {
+        /* headers are out: an exception can only break the response off (it is logged) */
+        if (raised)
+            log_exception(vm, mreq->req, v);
+        h2o_db_mruby_stream_end(mreq, raised);
+    } else if (raised) {
         send_exception(vm, mreq, v);
-    else
+    } else {
         ret = respond(mreq, v, in_on_req);
+    }
     mrb_gc_arena_restore(mrb, ai);
     return ret;
 }
@@ -346,7 +365,10 @@ static int drive(h2o_db_mruby_vm_t *vm, uint64_t id, mrb_value fiber, mrb_int ar
             return 0; /* the request ended meanwhile: drop the Fiber */
         if (dead)
             return finish(vm, mreq, v);
-        if (h2o_db_mruby_start_op(mreq, v, &resume_with) == 0) {
+        int rc = h2o_db_mruby_stream_op(mreq, v, &resume_with);
+        if (rc == 0)
+            return 0; /* it waits for the generator's proceed */
+        if (rc == 1 && h2o_db_mruby_start_op(mreq, v, &resume_with) == 0) {
             mreq->waiting = 1;
             return 0;
         }
@@ -399,8 +421,8 @@ static int on_req(h2o_handler_t *_self, h2o_req_t *req)
     mrb_ary_set(mrb, vm->fibers, (mrb_int)(mreq->id & (H2O_DB_MRUBY_MAX_SLOTS - 1)), fiber);
     mreq->in_on_req = 1;
     uint64_t id = mreq->id;
-    mrb_value args[2] = {mrb_ary_ref(mrb, vm->apps, (mrb_int)self->index), env};
-    ret = drive(vm, id, fiber, 2, args);
+    mrb_value args[3] = {mrb_ary_ref(mrb, vm->apps, (mrb_int)self->index), env, mrb_int_value(mrb, (mrb_int)id)};
+    ret = drive(vm, id, fiber, 3, args);
     if ((mreq = h2o_db_mruby_find_req(vm, id)) != NULL)
         mreq->in_on_req = 0; /* it waits for a statement */
 Exit:

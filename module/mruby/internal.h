@@ -72,11 +72,13 @@ typedef struct st_h2o_db_mruby_vm_t {
     mrb_state *mrb;
     size_t refcnt; /* handlers of this thread using it */
     struct RClass *db_module, *error_class, *key_error_class, *session_class, *input_class, *fiber_class;
-    mrb_value runner; /* H2O::DB::RUNNER: runs app.call(env) and the body inside the Fiber */
-    mrb_value roots;  /* an Array registered with the GC: everything below */
-    mrb_value fibers; /* Array: slot -> the request's Fiber while it lives */
-    mrb_value inputs; /* Array: slot -> the request's rack.input, closed when the slot is freed */
-    mrb_value apps;   /* Array: handler index -> its Rack app */
+    mrb_value runner;      /* H2O::DB::RUNNER: runs app.call(env) and the body inside the Fiber */
+    mrb_value stream_mark; /* H2O::DB::STREAM: what a streamed body's Fiber yields (stream.c) */
+    mrb_value roots;       /* an Array registered with the GC: everything below */
+    mrb_value fibers;      /* Array: slot -> the request's Fiber while it lives */
+    mrb_value inputs;      /* Array: slot -> the request's rack.input, closed when the slot is freed */
+    mrb_value bodies;      /* Array: slot -> a streamed body not closed yet (closed when the request ends first) */
+    mrb_value apps;        /* Array: handler index -> its Rack app */
     mrb_value keys[H2O_DB_MRUBY_NUM_KEYS];
     mrb_value rack_errors, rack_version, empty_string;
     mrb_value server_software; /* the globalconf's server_name ("h2o/2.2.5", or `server-name`) */
@@ -88,6 +90,29 @@ typedef struct st_h2o_db_mruby_vm_t {
 
 typedef struct st_h2o_db_mruby_handler_t h2o_db_mruby_handler_t;
 
+/* Bytes owned by a streamed response (malloc'ed). */
+typedef struct st_h2o_db_mruby_buf_t {
+    char *base;
+    size_t len, cap;
+} h2o_db_mruby_buf_t;
+
+/* A body sent as it is produced (stream.c). The Fiber appends chunks to `fill`; `flight` is what
+ * h2o_send has and keeps until the generator's proceed. The Fiber is suspended while something
+ * is in flight and `fill` holds H2O_DB_MRUBY_STREAM_CAP bytes or more. */
+typedef struct st_h2o_db_mruby_stream_t {
+    h2o_generator_t generator;
+    h2o_db_mruby_buf_t fill, flight;
+    size_t left;            /* bytes the app's content-length still allows; SIZE_MAX without one */
+    unsigned started : 1;   /* the response has started (status and headers went to h2o) */
+    unsigned in_flight : 1; /* an h2o_send waits for proceed */
+    unsigned waiting : 1;   /* the Fiber waits for proceed */
+    unsigned ended : 1;     /* the Fiber ended: the last h2o_send follows the one in flight */
+    unsigned failed : 1;    /* ... and ends the response as broken (H2O_SEND_STATE_ERROR) */
+    unsigned discard : 1;   /* HEAD, 1xx, 204, 304: the chunks are dropped */
+} h2o_db_mruby_stream_t;
+
+#define H2O_DB_MRUBY_STREAM_CAP 65536
+
 struct st_h2o_db_mruby_req_t {
     h2o_req_t *req;
     h2o_db_mruby_handler_t *handler;
@@ -97,6 +122,7 @@ struct st_h2o_db_mruby_req_t {
     unsigned released : 1;  /* the slot is freed (the Fiber ended, or the request did) */
     unsigned in_on_req : 1; /* still inside on_req: a 399 can return -1 */
     unsigned waiting : 1;   /* a statement is pending; its callback resumes the Fiber */
+    h2o_db_mruby_stream_t stream;
 };
 
 /* The calling thread's VM (NULL before the first mruby handler's on_context_init). */
@@ -135,6 +161,21 @@ mrb_value h2o_db_mruby_build_env(h2o_db_mruby_vm_t *vm, h2o_req_t *req, uint64_t
 void h2o_db_mruby_add_headers(h2o_req_t *req, mrb_value headers);
 /* response.c: sends the status and the body (an Array of Strings) with its length. */
 void h2o_db_mruby_send_response(h2o_req_t *req, mrb_int status, mrb_value chunks);
+
+/* stream.c: defines H2O::DB.__write and __body_done. */
+void h2o_db_mruby_define_stream(h2o_db_mruby_vm_t *vm);
+/* stream.c: a streamed body's op (H2O::DB::STREAM, or [STREAM, status, headers, body]): starts the
+ * response, or sends what the Fiber filled. Returns 1 when op is no stream op; 0 when the Fiber
+ * waits (proceed resumes it); -1 with *resume_with set to resume it now. */
+int h2o_db_mruby_stream_op(h2o_db_mruby_req_t *mreq, mrb_value op, mrb_value *resume_with);
+/* stream.c: the Fiber of a started stream ended (failed: with an exception, already logged); the
+ * last h2o_send goes now or after the one in flight. mreq may be gone when this returns. */
+void h2o_db_mruby_stream_end(h2o_db_mruby_req_t *mreq, int failed);
+/* stream.c: the request's slot at `index` is freed: closes a streamed body that was not closed
+ * (its client left), in Ruby, outside any Fiber. */
+void h2o_db_mruby_stream_release(h2o_db_mruby_vm_t *vm, mrb_int index);
+/* stream.c: the request is disposed: frees the buffers. */
+void h2o_db_mruby_stream_dispose(h2o_db_mruby_req_t *mreq);
 
 /* json.c: defines H2O::DB.to_json. */
 void h2o_db_mruby_define_json(h2o_db_mruby_vm_t *vm);

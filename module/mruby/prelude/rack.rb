@@ -122,9 +122,15 @@ module H2O
 
     ERRORS = Errors.new
 
+    # What a streamed body's Fiber yields to the C side (module/mruby/stream.c): STREAM alone
+    # sends what __write buffered (or waits while the client is slower than the body), and
+    # [STREAM, status, headers, body] starts the response.
+    STREAM = Object.new.freeze
+
     # [status, headers, body] -> [status, [name, value, ...], [chunk, ...]] with every name
-    # and value a String; the body is iterated and closed here, inside the Fiber.
-    def self.__response(res)
+    # and value a String, for an Array body (sent in one go, with its length); any other body
+    # is streamed (__stream) and the result is STREAM. Runs inside the Fiber.
+    def self.__response(res, id)
       unless res.is_a?(Array) && res.size == 3
         raise TypeError, "a Rack app returns [status, headers, body], not #{res.class}"
       end
@@ -136,13 +142,32 @@ module H2O
         body.close if body.respond_to?(:close)
         return [399, flat, nil]
       end
+      return __stream(id, status, flat, body) unless body.instance_of?(Array)
       chunks = []
+      body.each { |chunk| chunks << chunk.to_s }
+      [status, flat, chunks]
+    end
+
+    # A body sent as it is produced: status and headers go out now, each chunk as it comes;
+    # body.close runs after the last one (or, from C, when the client leaves first).
+    def self.__stream(id, status, flat, body)
+      Fiber.yield([STREAM, status, flat, body])
       begin
-        body.each { |chunk| chunks << chunk.to_s }
+        body.each do |chunk|
+          __send_chunks if __write(id, chunk.to_s)
+        end
       ensure
+        __body_done(id)
         body.close if body.respond_to?(:close)
       end
-      [status, flat, chunks]
+      STREAM
+    end
+
+    def self.__send_chunks
+      Fiber.yield(STREAM)
+    rescue FiberError => e
+      raise FiberError, "#{e.message}: a streamed body's each must yield from Ruby code running in the request's " \
+                        "Fiber (not from a block called from C, nor from a Fiber of your own)"
     end
 
     # A Hash or an Array of pairs -> [name, value, ...], names lower case; a value with "\n"
@@ -190,9 +215,9 @@ module H2O
 
     # Started by the C side in a new Fiber: app.call(env), then the body. Returns the
     # response (see __response) or the exception that ended it.
-    RUNNER = proc do |app, env|
+    RUNNER = proc do |app, env, id|
       begin
-        H2O::DB.__response(app.call(env))
+        H2O::DB.__response(app.call(env), id)
       rescue Exception => e
         e
       end

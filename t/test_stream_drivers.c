@@ -11,7 +11,9 @@
  *     MariaDB's processlist shows the statement gone;
  *   - an error after some rows (SQLite: integer overflow at row 5000; MariaDB: a function that
  *     SIGNALs at row 5000) reaches on_done after exactly the rows before it;
- *   - a stream inside a transaction sees the transaction's own writes.
+ *   - a stream inside a transaction sees the transaction's own writes;
+ *   - MariaDB's connection killed while a stream is paused: on_done once (UNAVAILABLE) after the
+ *     rows, and the session goes on on a new connection.
  * H2O_DB_STREAM_BENCH=1 adds a measurement (no assertion on speed or memory): rows/s streamed vs
  * buffered, and the process's RSS during a 1,000,000-row stream read by a slow consumer.
  */
@@ -21,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include "h2o_db.h"
 #include "h2o/configurator.h"
@@ -94,6 +97,28 @@ static long my_running(const char *like)
     return n;
 }
 
+/* Kills (KILL CONNECTION) the connections of this suite's database that run `like`; returns how many. */
+static int my_kill(const char *like)
+{
+    MYSQL *m = direct(MY_DB);
+    ck_assert(m != NULL);
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "SELECT id FROM information_schema.processlist WHERE db = '" MY_DB "' AND info LIKE '%s' AND id <> connection_id()",
+             like);
+    ck_assert_msg(mysql_query(m, sql) == 0, "%s", mysql_error(m));
+    MYSQL_RES *res = mysql_store_result(m);
+    MYSQL_ROW row;
+    int n = 0;
+    while ((row = mysql_fetch_row(res)) != NULL) {
+        snprintf(sql, sizeof(sql), "KILL CONNECTION %s", row[0]);
+        n += mysql_query(m, sql) == 0;
+    }
+    mysql_free_result(res);
+    mysql_close(m);
+    return n;
+}
+
 /* ---- the loop ---- */
 
 static void on_guard(uv_timer_t *t)
@@ -138,7 +163,22 @@ struct answer {
     uint64_t affected;
     size_t rows;
     char first[64];
+    int read_all;         /* bench: read every row in the callback */
+    size_t rss_kb, wrong; /* ... the RSS then, rows not as expected */
 };
+
+static size_t rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    size_t kb = 0;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kb = strtoul(line + 6, NULL, 10);
+    if (f != NULL)
+        fclose(f);
+    return kb;
+}
 
 static void on_answer(h2o_db_result_t *r, void *data)
 {
@@ -151,6 +191,13 @@ static void on_answer(h2o_db_result_t *r, void *data)
     size_t len = 0;
     const char *v = a->rows != 0 ? h2o_db_result_value(r, 0, 0, &len) : NULL;
     snprintf(a->first, sizeof(a->first), "%.*s", v != NULL ? (int)len : 6, v != NULL ? v : "(none)");
+    if (a->read_all) {
+        /* the bench: every row read, as a streaming consumer reads them, while the result is alive */
+        a->rss_kb = rss_kb();
+        for (size_t i = 0; i < a->rows; ++i)
+            if ((v = h2o_db_result_value(r, i, 0, &len)) == NULL || strtoull(v, NULL, 10) != i + 1)
+                ++a->wrong;
+    }
 }
 
 static void ok(h2o_db_session_t *s, const char *sql, const char *param, struct answer *a)
@@ -174,6 +221,8 @@ struct reader {
     long server_running; /* MariaDB: statements of ours running while paused */
     int backend;
     size_t stop_at;    /* on_row returns -1 at this row (0: never) */
+    int kill_paused;   /* MariaDB: the server's connection is killed during the first pause */
+    int killed;        /* ... connections it killed */
     size_t slow_every; /* bench: every this many rows, pause for 1 ms */
     size_t max_rss_kb; /* bench: the largest RSS seen */
     int done, dones;
@@ -183,24 +232,13 @@ struct reader {
     uv_timer_t timer;
 };
 
-static size_t rss_kb(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    size_t kb = 0;
-    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kb = strtoul(line + 6, NULL, 10);
-    if (f != NULL)
-        fclose(f);
-    return kb;
-}
-
 static void on_pause_over(uv_timer_t *t)
 {
     struct reader *rd = t->data;
     if (rd->backend == MARIA && rd->slow_every == 0)
         rd->server_running = my_running("SELECT seq%");
+    if (rd->kill_paused && rd->killed == 0)
+        rd->killed = my_kill("SELECT seq%");
     rd->paused = 0;
     ck_assert(h2o_db_resume(rd->s) == 0);
     ck_assert(h2o_db_resume(rd->s) == -1); /* (nothing is paused any more) */
@@ -365,6 +403,29 @@ START_TEST(an_error_after_rows_reaches_on_done_after_them)
 }
 END_TEST
 
+START_TEST(mariadb_killed_mid_stream_ends_it_and_the_session_reconnects)
+{
+    h2o_db_session_t *s = session(MARIA);
+    struct reader rd;
+    reader_init(&rd, s, MARIA);
+    rd.pause_at[0] = 1000;
+    rd.kill_paused = 1;
+    stream(&rd, wide_sql[MARIA], "200000", 60);
+    ck_assert_int_eq(rd.killed, 1);
+    ck_assert_msg(rd.status == H2O_DB_UNAVAILABLE, "a lost connection ends the stream as UNAVAILABLE, got %d %s", rd.status,
+                  rd.sqlstate);
+    ck_assert_uint_ge(rd.rows, 1000);
+    ck_assert_uint_lt(rd.rows, 200000);
+    /* (rows the connector had read before the kill may still have come) */
+    struct answer a;
+    ok(s, "SELECT 5", NULL, &a);
+    reader_init(&rd, s, MARIA);
+    stream(&rd, series_sql[MARIA], "2000", 60);
+    ck_assert_uint_eq(rd.rows, 2000);
+    h2o_db_session_close(s);
+}
+END_TEST
+
 static void begin_cb(h2o_db_result_t *r, void *data)
 {
     on_answer(r, data);
@@ -413,6 +474,14 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* CPU seconds of the process so far (every thread: the loop and SQLite's workers) */
+static double cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
 START_TEST(measure_speed_and_memory)
 {
     const char *n = getenv("H2O_DB_STREAM_BENCH_ROWS") != NULL ? getenv("H2O_DB_STREAM_BENCH_ROWS") : "1000000";
@@ -428,18 +497,22 @@ START_TEST(measure_speed_and_memory)
         ck_assert_uint_eq(rd.rows, want);
         size_t rss_slow = rd.max_rss_kb;
         reader_init(&rd, s, b);
-        double t0 = now_s();
+        double t0 = now_s(), c0 = cpu_s();
         stream(&rd, series_sql[b], n, 600);
-        double streamed = now_s() - t0;
+        double streamed = now_s() - t0, streamed_cpu = cpu_s() - c0;
         ck_assert_uint_eq(rd.rows, want);
-        struct answer a;
+        struct answer a = {.read_all = 1};
+        const char *params[] = {n};
         t0 = now_s();
-        ok(s, series_sql[b], n, &a);
-        double buffered = now_s() - t0;
+        c0 = cpu_s();
+        ck_assert(h2o_db_query(s, series_sql[b], 1, params, on_answer, &a) == 0);
+        run_until(&a.done, 600, "the buffered result");
+        double buffered = now_s() - t0, buffered_cpu = cpu_s() - c0;
         ck_assert_uint_eq(a.rows, want);
-        printf("%s, %zu rows: streamed %.0f rows/s, buffered %.0f rows/s; RSS %zu KB before, at most %zu KB while a "
-               "consumer pausing 1 ms every 1000 rows read them, %zu KB after the buffered result\n",
-               keys[b], want, want / streamed, want / buffered, rss0, rss_slow, rss_kb());
+        ck_assert_uint_eq(a.wrong, 0);
+        printf("%s, %zu rows: streamed %.0f rows/s (%.2f s CPU), buffered %.0f rows/s (%.2f s CPU); RSS %zu KB before, "
+               "at most %zu KB while a consumer pausing 1 ms every 1000 rows read them, %zu KB with the buffered result\n",
+               keys[b], want, want / streamed, streamed_cpu, want / buffered, buffered_cpu, rss0, rss_slow, a.rss_kb);
         fflush(stdout);
         h2o_db_session_close(s);
     }
@@ -518,6 +591,7 @@ int main(void)
     tcase_add_test(tc, a_stop_ends_the_statement_and_the_session_goes_on);
     tcase_add_test(tc, an_error_after_rows_reaches_on_done_after_them);
     tcase_add_test(tc, a_stream_inside_a_transaction_sees_its_writes);
+    tcase_add_test(tc, mariadb_killed_mid_stream_ends_it_and_the_session_reconnects);
     if (getenv("H2O_DB_STREAM_BENCH") != NULL)
         tcase_add_test(tc, measure_speed_and_memory);
     suite_add_tcase(s, tc);

@@ -7,10 +7,11 @@
  *                  stream's blocks), and SQLite's errors in PostgreSQL's terms
  *
  * A streamed statement (wire.stream) is stepped by the worker a block at a time: at most
- * SQ_STREAM_BLOCKS blocks of at most SQ_BLOCK_ROWS rows (or SQ_BLOCK_BYTES of text, whichever
- * comes first) wait for the loop; the worker waits on the connection's condition variable until
- * the loop has handed a block over and gives it back. A paused stream gives nothing back, so the
- * worker stops stepping once the blocks are full.
+ * SQ_STREAM_BLOCKS blocks wait for the loop, each closed once it holds SQ_BLOCK_BYTES (its values'
+ * text and their cells) or SQ_BLOCK_ROWS rows, whichever comes first; so at most 64 KB (and one
+ * row more per block) is read ahead. The worker waits on the connection's condition variable
+ * until the loop has handed a block over and gives it back. A paused stream gives nothing back,
+ * so the worker stops stepping once the blocks are full.
  */
 #ifndef h2o_db_driver_sqlite_h
 #define h2o_db_driver_sqlite_h
@@ -24,7 +25,7 @@
 
 #define SQ_MAX_RESULT_BYTES (64u * 1024 * 1024)
 #define SQ_STREAM_BLOCKS    2
-#define SQ_BLOCK_ROWS       128
+#define SQ_BLOCK_ROWS       1024
 #define SQ_BLOCK_BYTES      (32u * 1024)
 
 enum { JOB_OPEN, JOB_EXEC, JOB_CLOSE };

@@ -326,7 +326,7 @@ static int step_stream(struct sq_conn *c, struct job *job, sqlite3_stmt *stmt)
             }
         }
         ++job->rows;
-        if (++b->rows == SQ_BLOCK_ROWS || b->text.len >= SQ_BLOCK_BYTES) {
+        if (++b->rows == SQ_BLOCK_ROWS || b->text.len + b->cells.len >= SQ_BLOCK_BYTES) {
             publish_block(c);
             b = NULL;
         }

@@ -159,22 +159,32 @@ static h2o_db_pool_t *choose(h2o_db_thread_t *thread, h2o_db_bind_t *bind)
     return unmeasured;
 }
 
-int h2o_db_replica_place(h2o_db_session_t *s, h2o_db_op_t *op)
+int h2o_db_replica_place(h2o_db_session_t *s, h2o_db_op_t *op, h2o_db_replica_refusal_t *refusal)
 {
     h2o_db_bind_t *bind = s->bind;
     int begin = op->stmt.kind == H2O_DB_OP_BEGIN;
     if ((begin || !s->txn_open) && h2o_db_place_idle(&s->place) && s->place.pinned == NULL && h2o_linklist_is_empty(&s->done)) {
         h2o_db_thread_t *thread = s->pool->thread;
-        /* a twophase bind's transactions stay on the primary: its partitions' commit prepares
-         * every participant, and a standby cannot PREPARE TRANSACTION */
-        h2o_db_pool_t *pool =
-            begin && bind->twophase ? h2o_db_thread_pool(thread, bind->read_only_primary->id) : choose(thread, bind);
-        if (pool == NULL)
+        /* a twophase bind's transactions run on the primary's own pool, as BEGIN READ ONLY: its
+         * partitions' commit prepares every participant (a standby cannot PREPARE TRANSACTION)
+         * and records the decision on the main session (a read-only connection cannot) */
+        h2o_db_pool_t *pool = begin && bind->twophase ? h2o_db_thread_pool(thread, bind->id) : choose(thread, bind);
+        if (pool == NULL) {
+            *refusal =
+                (h2o_db_replica_refusal_t){H2O_DB_UNAVAILABLE, "08001", "no read replica is healthy (replica.fallback: OFF)"};
             return -1;
+        }
         if (pool != s->pool) {
             s->pool = pool;
             h2o_db_place_init(&s->place, pool, s->place.cbs);
         }
+    } else if (s->pool->bind->primary == NULL && op->stmt.kind == H2O_DB_OP_QUERY && !op->stmt.in_txn &&
+               (op->stmt.after_commit || h2o_db_session_root(s)->commit == NULL)) {
+        /* an autocommit statement issued before that transaction ended (the commit's own record of
+         * its decision excepted): it would run on a writable connection */
+        *refusal = (h2o_db_replica_refusal_t){H2O_DB_SQL_ERROR, "25000",
+                                              "a read-only session's statement must wait until its transaction has ended"};
+        return -1;
     }
     if (begin)
         op->stmt.read_only = 1;

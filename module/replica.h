@@ -7,14 +7,22 @@
 
 #include "session.h"
 
+/* How a statement that h2o_db_replica_place refused is answered (static strings). */
+typedef struct st_h2o_db_replica_refusal_t {
+    h2o_db_status_t status;
+    const char *sqlstate, *message;
+} h2o_db_replica_refusal_t;
+
 /* Called by the session layer for every statement `op` of a read-only session s, before it is
  * queued. When nothing of s is queued, in flight, pinned or waiting to be answered (and op is not
  * inside a transaction, unless it is its BEGIN), s moves to the pool chosen now: a healthy
  * replica with the fewest outstanding statements on this thread, else the primary's read-only
- * pool (replica.fallback ON). A BEGIN is marked to begin a READ ONLY transaction. Returns 0, or
- * -1 when no pool may take op (fallback OFF and no replica healthy): the caller answers it
- * UNAVAILABLE. Owner thread only. */
-int h2o_db_replica_place(h2o_db_session_t *s, h2o_db_op_t *op);
+ * pool (replica.fallback ON); a BEGIN on a twophase bind, the primary's own pool. A BEGIN is
+ * marked to begin a READ ONLY transaction. Returns 0, or -1 with *refusal set when op must be
+ * answered without the database: no pool may take it (fallback OFF, no replica healthy:
+ * UNAVAILABLE), or it is an autocommit statement issued before the session's transaction on a twophase bind
+ * has ended (25000: it would run on a writable connection). Owner thread. */
+int h2o_db_replica_place(h2o_db_session_t *s, h2o_db_op_t *op, h2o_db_replica_refusal_t *refusal);
 
 /* One replica's health on one thread, for the status page. */
 typedef struct st_h2o_db_replica_health_t {

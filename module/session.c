@@ -346,12 +346,13 @@ static void enqueue(h2o_db_session_t *s, h2o_db_op_t *op)
 {
     s->issued = 1;
     /* a read-only session picks its pool (a replica's, or the primary's read-only one): replica.c */
-    int no_pool = s->read_only && !s->aborted && h2o_db_replica_place(s, op) != 0;
+    h2o_db_replica_refusal_t no = {0};
+    int refused = s->read_only && !s->aborted && h2o_db_replica_place(s, op, &no) != 0;
     if (session_idle(s))
         became_busy(s);
-    if (s->aborted || no_pool) {
-        if (no_pool)
-            to_done(op, H2O_DB_UNAVAILABLE, "08001", "no read replica is healthy (replica.fallback: OFF)");
+    if (s->aborted || refused) {
+        if (refused)
+            to_done(op, no.status, no.sqlstate, no.message);
         else
             to_done(op, s->abort_status, s->abort_sqlstate, s->abort_message);
         return;

@@ -93,6 +93,15 @@ static void start(const char *bind_options)
     free(sb);
 }
 
+/* a server with `binds` (db.bind's items) and the handlers above plus `paths` (under paths:) */
+static void start_with(const char *binds, const char *paths)
+{
+    char *conf = th_fmt("listen: @PORT@\nnum-threads: 2\ndb.bind:\n%s%s%s", binds, handlers, paths);
+    int ret = th_server_start(&server, conf);
+    ck_assert_msg(ret == 0, "the server did not start; log:\n%s", th_server_log(&server));
+    free(conf);
+}
+
 static void stop(void)
 {
     int status = th_server_stop(&server, 15000);
@@ -321,6 +330,58 @@ START_TEST(the_check_lists_replicas_without_their_passwords)
 }
 END_TEST
 
+START_TEST(db_query_get_reads_on_the_standby_unless_read_primary)
+{
+    char *sb = standby_url(), *binds = th_fmt("  - url: @PG@\n    replicas: [%s]\n", sb);
+    start_with(binds, "      /q:\n"
+                      "        db.query: {GET: {sql: \"SELECT pg_is_in_recovery()\", result: value}}\n"
+                      "      /qp:\n"
+                      "        db.query: {read: primary, GET: {sql: \"SELECT pg_is_in_recovery()\", result: value}}\n");
+    wait_answer("/q", 200, "t", 10000);
+    for (int i = 0; i < 10; ++i)
+        expect("/qp", 200, "f");
+    free(binds);
+    free(sb);
+    stop();
+}
+END_TEST
+
+/* twophase: a standby cannot PREPARE TRANSACTION, so a read-only session's transaction runs on the
+ * primary (read-only); its partition, a session of its own, writes and commits */
+START_TEST(a_read_only_transaction_on_a_twophase_bind_runs_on_the_primary)
+{
+    ck_assert_msg(th_pg_url2() != NULL, "no second database");
+    free(th_pg_on(th_pg_url2(), "DROP TABLE IF EXISTS rt_audit"));
+    free(th_pg_on(th_pg_url2(), "CREATE TABLE rt_audit (v int)"));
+    char *instance = th_fmt("rt%d", (int)getpid());
+    setenv("H2O_DB_INSTANCE", instance, 1);
+    char *sb = standby_url(), *binds = th_fmt("  - url: @PG@\n    replicas: [%s]\n    binds: {rt_audit: sa_audit}\n"
+                                              "    twophase: ON\n  - url: @PGDB2@\n    key: sa_audit\n    middleware: OFF\n",
+                                              sb);
+    start_with(binds, "      /tp:\n"
+                      "        mruby.handler: |\n"
+                      "          proc {|env|\n"
+                      "            db = H2O::DB.session(env).read_only\n"
+                      "            row = nil\n"
+                      "            db.transaction {\n"
+                      "              row = db.query(\"SELECT current_setting('transaction_read_only') AS ro, \"\\\n"
+                      "                             \"pg_is_in_recovery() AS r\")[0]\n"
+                      "              db.for(\"rt_audit\").execute(\"INSERT INTO rt_audit VALUES (1)\") }\n"
+                      "            [200, {}, [\"#{row['ro']} #{row['r'] ? 'standby' : 'primary'}\"]] }\n");
+    wait_answer("/ro", 200, "standby", 10000);
+    for (int i = 0; i < 3; ++i)
+        expect("/tp", 200, "on primary");
+    char *n = th_pg_on(th_pg_url2(), "SELECT count(*) FROM rt_audit");
+    ck_assert_str_eq(n, "3");
+    free(n);
+    stop();
+    unsetenv("H2O_DB_INSTANCE");
+    free(binds);
+    free(sb);
+    free(instance);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("replicas");
@@ -333,6 +394,8 @@ int main(void)
     tcase_add_test(tc, a_replica_whose_replay_lags_is_skipped_until_it_catches_up);
     tcase_add_test(tc, the_status_page_lists_each_replica_with_health_and_lag);
     tcase_add_test(tc, the_check_lists_replicas_without_their_passwords);
+    tcase_add_test(tc, db_query_get_reads_on_the_standby_unless_read_primary);
+    tcase_add_test(tc, a_read_only_transaction_on_a_twophase_bind_runs_on_the_primary);
     suite_add_tcase(s, tc);
     return th_run_suite(s);
 }

@@ -6,8 +6,8 @@
  *
  * Each replica becomes a bind of its own (a "child") with the primary's key, scope, pool options,
  * password and on-connect, so that every worker thread makes a pool for it as for any bind; one
- * more child, the primary's read-only pool, serves read-only sessions on the primary (fallback,
- * and transactions on a twophase bind). Every connection of a child is made read-only at connect
+ * more child, the primary's read-only pool, serves read-only sessions on the primary (fallback).
+ * Every connection of a child is made read-only at connect
  * time (SET default_transaction_read_only = on, after the bind's own on-connect), so that a write
  * fails with SQLSTATE 25006 wherever a read-only session runs. The runtime is module/replica.c.
  */

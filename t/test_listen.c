@@ -3,8 +3,9 @@
  * clients of the real h2o-db over HTTP/1.1 and HTTP/2 — every client every NOTIFY, in order, over
  * one LISTEN connection per thread (pg_stat_activity); multi-line payloads; ?channel= narrowing;
  * max-clients; a client that stops reading is dropped at max-backlog while the others go on; a
- * killed LISTEN backend is replaced and clients hear `reconnected`; heartbeats; a stop that does
- * not wait for the streams; config errors with file:line.
+ * killed LISTEN backend is replaced and clients hear `reconnected`; a database that is down at the
+ * first client, then up, then cut (forwarder); heartbeats; a stop and a reload that do not wait
+ * for the streams; config errors with file:line.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -318,6 +319,180 @@ START_TEST(heartbeats_come_and_a_stop_does_not_wait_for_the_streams)
 }
 END_TEST
 
+static int log_has(void *what)
+{
+    char *log = th_server_log(&server);
+    int found = strstr(log, what) != NULL;
+    free(log);
+    return found;
+}
+
+START_TEST(a_database_down_at_the_first_client_is_listened_to_when_it_is_up_and_a_lost_one_is_found_again)
+{
+    char host[128], db[128];
+    int pg_port;
+    ck_assert(sscanf(th_pg_url(), "postgresql://%*[^@]@%127[^:]:%d/%127s", host, &pg_port, db) == 3);
+    th_forwarder_t *f = th_forwarder_new(pg_port); /* refuses until up */
+    char *conf = th_fmt("listen: @PORT@\n"
+                        "num-threads: 1\n"
+                        "db.bind:\n"
+                        "  url: \"postgresql://postgres@127.0.0.1:%d/%s?application_name=down_@PORT@\"\n"
+                        "hosts:\n"
+                        "  default:\n"
+                        "    paths:\n"
+                        "      /events:\n"
+                        "        db.listen: {channels: [orders], heartbeat: 0}\n",
+                        th_forwarder_port(f), db);
+    ck_assert_msg(th_server_start(&server, conf) == 0, "%s", th_server_log(&server));
+    free(conf);
+    sse_t c;
+    sse_open_http1(&c, server.port, "/events", 0);
+    double deadline = th_now_ms() + 10000 * th_time_factor();
+    while (!c.header_done && th_now_ms() < deadline)
+        sse_pump(&c, 1, 20);
+    ck_assert_int_eq(c.status, 200); /* the stream starts while the database is unreachable */
+    ck_assert(th_wait_until(log_has, "cannot open the LISTEN connection", 10000));
+    ck_assert_ptr_null(strstr(c.body, ": listening"));
+    th_forwarder_up(f, TH_FWD_RELAY);
+    double t0 = th_now_ms();
+    ck_assert_msg(sse_wait(&c, 1, all_have, ": listening\n\n", 10000), "not listening after the database came up");
+    fprintf(stderr, "listen: listening %.0f ms after the database came up\n", th_now_ms() - t0);
+    PGconn *pg = th_pg_connect(th_pg_url());
+    notify(pg, "orders", "first");
+    ck_assert(sse_wait(&c, 1, all_have, "data: first\n\n", 10000));
+    /* cut: what is sent while nobody listens is lost, and said to be */
+    th_forwarder_down(f);
+    ck_assert(th_wait_until(log_has, "lost the LISTEN connection", 10000));
+    notify(pg, "orders", "while-down");
+    th_forwarder_up(f, TH_FWD_RELAY);
+    ck_assert_msg(sse_wait(&c, 1, all_have, "event: reconnected\n", 10000), "no `reconnected`");
+    notify(pg, "orders", "after");
+    ck_assert(sse_wait(&c, 1, all_have, "data: after\n\n", 10000));
+    ck_assert_ptr_null(strstr(c.body, "while-down"));
+    PQfinish(pg);
+    sse_close(&c);
+    kill_server();
+    th_forwarder_free(f);
+}
+END_TEST
+
+struct gone {
+    const char *pids;
+};
+
+static int backends_gone(void *arg)
+{
+    return th_pg_countf("SELECT count(*) FROM pg_stat_activity WHERE pid IN (%s)", ((struct gone *)arg)->pids) == 0;
+}
+
+START_TEST(a_reload_ends_the_streams_and_new_threads_listen_anew)
+{
+    start("hup", 2, "orders", "heartbeat: 0");
+    sse_t cs[3];
+    sse_open_http1(cs + 0, server.port, "/events", 0);
+    sse_open_http1(cs + 1, server.port, "/events", 0);
+    sse_open_http2(cs + 2, server.port, "/events");
+    wait_listening(cs, 3);
+    char *sql = th_fmt("SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE application_name = 'hup_%d' AND query "
+                       "LIKE 'LISTEN %%'",
+                       server.port);
+    char *old_pids = th_pg(sql);
+    free(sql);
+    ck_assert_ptr_nonnull(old_pids);
+    ck_assert_int_eq(kill(server.pid, SIGHUP), 0);
+    ck_assert(th_wait_until(log_has, "h2o-db: reloaded", 30000));
+    /* the old threads end their streams instead of waiting out shutdown-timeout (30 s) */
+    double deadline = th_now_ms() + 10000 * th_time_factor();
+    while ((!cs[0].closed || !cs[1].closed || !cs[2].closed) && th_now_ms() < deadline)
+        sse_pump(cs, 3, 20);
+    ck_assert_msg(cs[0].closed && cs[1].closed && cs[2].closed, "a stream outlived the reload");
+    /* HTTP/1.1 streams end with the chunked encoding's last chunk, not a cut */
+    ck_assert_ptr_nonnull(strstr(cs[0].body, ": listening"));
+    sse_t again[2];
+    sse_open_http1(again + 0, server.port, "/events", 0);
+    sse_open_http2(again + 1, server.port, "/events");
+    wait_listening(again, 2);
+    PGconn *pg = th_pg_connect(th_pg_url());
+    notify(pg, "orders", "new");
+    ck_assert(sse_wait(again, 2, all_have, "data: new\n\n", 10000));
+    /* the old threads' LISTEN connections closed with them */
+    struct gone g = {old_pids};
+    ck_assert_msg(th_wait_until(backends_gone, &g, 10000), "the old LISTEN backends %s are still there", old_pids);
+    free(old_pids);
+    PQfinish(pg);
+    for (size_t i = 0; i < 3; ++i)
+        sse_close(cs + i);
+    sse_close(again + 0);
+    sse_close(again + 1);
+}
+END_TEST
+
+static char *get(const char *path, long *status)
+{
+    th_response_t res;
+    char *url = th_url(&server, path);
+    ck_assert_int_eq(th_http(&res, TH_HTTP1, NULL, url, NULL), 0);
+    *status = res.status;
+    char *body = strdup(res.body != NULL ? res.body : "");
+    th_response_free(&res);
+    free(url);
+    return body;
+}
+
+static int capi_log_has(void *needle)
+{
+    long status;
+    char *log = get("/capi/log", &status);
+    int found = strstr(log, needle) != NULL;
+    free(log);
+    return found;
+}
+
+START_TEST(the_c_api_shares_the_listen_connection_and_unlisten_stops_the_callbacks)
+{
+    char *conf = th_fmt("listen: @PORT@\n"
+                        "num-threads: 1\n"
+                        "db.bind:\n"
+                        "  url: \"@PG@?application_name=capi_@PORT@\"\n"
+                        "hosts:\n"
+                        "  default:\n"
+                        "    paths:\n"
+                        "      /events:\n"
+                        "        db.listen: {channels: [orders], heartbeat: 0}\n"
+                        "      /capi:\n"
+                        "        c.handler: %s/t/listen_handlers.so:listen_capi\n",
+                        th_build_dir());
+    ck_assert_msg(th_server_start(&server, conf) == 0, "%s", th_server_log(&server));
+    free(conf);
+    long status;
+    free(get("/capi/sub?channel=capi", &status));
+    ck_assert_int_eq(status, 200);
+    ck_assert(th_wait_until(capi_log_has, "READY capi\n", 10000));
+    sse_t c;
+    sse_open_http1(&c, server.port, "/events", 0);
+    wait_listening(&c, 1);
+    PGconn *pg = th_pg_connect(th_pg_url());
+    notify(pg, "capi", "one");
+    notify(pg, "orders", "for-the-path");
+    notify(pg, "capi", "two\nlines");
+    ck_assert(th_wait_until(capi_log_has, "NOTIFY capi two\nlines\n", 10000));
+    ck_assert(capi_log_has("READY capi\nNOTIFY capi one\nNOTIFY capi two"));
+    ck_assert(!capi_log_has("for-the-path"));
+    ck_assert(sse_wait(&c, 1, all_have, "data: for-the-path\n\n", 10000));
+    ck_assert_ptr_null(strstr(c.body, "data: one"));
+    /* one connection carries both: the path's clients and the C subscription */
+    ck_assert_int_eq(th_pg_countf("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'capi_%d'", server.port), 1);
+    free(get("/capi/unsub?channel=capi", &status));
+    ck_assert_int_eq(status, 200);
+    notify(pg, "capi", "after-unlisten");
+    notify(pg, "orders", "marker");
+    ck_assert(sse_wait(&c, 1, all_have, "data: marker\n\n", 10000));
+    ck_assert(!capi_log_has("after-unlisten"));
+    PQfinish(pg);
+    sse_close(&c);
+}
+END_TEST
+
 static void bad(const char *listen_line, const char *bind, const char *message)
 {
     char *conf = th_fmt("listen: @PORT@\n"
@@ -377,6 +552,9 @@ int main(void)
     ADD(s, a_client_that_stops_reading_is_dropped_and_the_others_keep_everything, 120);
     ADD(s, a_killed_listen_backend_is_replaced_and_clients_hear_reconnected, 60);
     ADD(s, heartbeats_come_and_a_stop_does_not_wait_for_the_streams, 60);
+    ADD(s, a_database_down_at_the_first_client_is_listened_to_when_it_is_up_and_a_lost_one_is_found_again, 60);
+    ADD(s, a_reload_ends_the_streams_and_new_threads_listen_anew, 60);
+    ADD(s, the_c_api_shares_the_listen_connection_and_unlisten_stops_the_callbacks, 60);
     ADD(s, config_errors_name_file_and_line, 60);
     return th_run_suite(s);
 }

@@ -395,9 +395,9 @@ static int on_req(h2o_handler_t *_self, h2o_req_t *req)
         c->greeted = 1;
         push(c, H2O_STRLIT(": listening\n\n"));
     } else {
-        /* the headers now; `: listening` once the LISTEN is in effect */
-        c->sending = 1;
-        h2o_send(req, NULL, 0, H2O_SEND_STATE_IN_PROGRESS);
+        /* the headers now (an empty send would not carry them through libh2o's filters), and
+         * `: listening` once the LISTEN is in effect */
+        push(c, H2O_STRLIT(": connecting\n\n"));
     }
     return 0;
 }

@@ -36,8 +36,8 @@ struct path_ctx {
     struct sse_handler *handler;
     h2o_context_t *ctx;
     h2o_db_thread_t *thread;
-    h2o_linklist_t clients; /* receiving */
-    size_t num_clients;     /* receiving or being dropped (max-clients counts them) */
+    h2o_linklist_t clients; /* every client until its request ends (dropped and ending ones too) */
+    size_t num_clients;
     h2o_db_listen_t **subs; /* by channel index; NULL until the first client */
     size_t num_ready;       /* channels whose LISTEN is in effect */
     int stopping;
@@ -118,8 +118,6 @@ static void drop(struct client *c)
     if (c->dropped)
         return;
     c->dropped = 1;
-    if (h2o_linklist_is_linked(&c->link))
-        h2o_linklist_unlink(&c->link);
     if (!c->sending) {
         detach(c);
         h2o_send(c->req, NULL, 0, H2O_SEND_STATE_ERROR);
@@ -274,9 +272,9 @@ static void on_shutdown_check(uv_prepare_t *prepare)
     pc->stopping = 1;
     uv_prepare_stop(prepare);
     uv_timer_stop(&pc->heartbeat);
-    while (!h2o_linklist_is_empty(&pc->clients)) {
-        struct client *c = H2O_STRUCT_FROM_MEMBER(struct client, link, pc->clients.next);
-        h2o_linklist_unlink(&c->link);
+    for (h2o_linklist_t *node = pc->clients.next; node != &pc->clients;) {
+        struct client *c = H2O_STRUCT_FROM_MEMBER(struct client, link, node);
+        node = node->next; /* (flush may detach c) */
         c->ending = 1;
         flush(c);
     }
@@ -429,7 +427,7 @@ static void on_path_ctx_closed(uv_handle_t *handle)
 static void on_context_dispose(h2o_handler_t *_self, h2o_context_t *ctx)
 {
     struct path_ctx *pc = h2o_context_get_handler_context(ctx, _self);
-    /* (clients left only when the shutdown timeout cut connections: forget them) */
+    /* (clients are left only when the shutdown timeout cut connections: forget them) */
     while (!h2o_linklist_is_empty(&pc->clients))
         detach(H2O_STRUCT_FROM_MEMBER(struct client, link, pc->clients.next));
     if (pc->subs != NULL)

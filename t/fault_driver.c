@@ -5,8 +5,8 @@
  *
  * A connection answers its statements in order, 1 ms after they were sent (a stalled one holds
  * back the ones behind it). Its "server" keeps PostgreSQL's transaction state (a failed statement
- * aborts the transaction: later ones answer 25P02 until COMMIT/ROLLBACK) and a shared table of
- * prepared transactions and two-phase decisions.
+ * aborts the transaction: later ones answer 25P02 until COMMIT/ROLLBACK); its prepared
+ * transactions and two-phase decisions are fault_twophase.c's.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -19,7 +19,6 @@
 fd_stats_t fd_stats;
 
 enum { PH_CONNECTING, PH_SETUP, PH_READY, PH_FAILED };
-enum { TXN_IDLE, TXN_OPEN, TXN_ABORTED };
 static const char *phase_names[] = {"connecting", "set-up", "ready", "failed"};
 
 struct entry {
@@ -57,18 +56,6 @@ static unsigned rule_counts[FD_MAX_RULES];
 static size_t num_rules;
 static uint64_t seq;
 static unsigned next_id;
-
-/* the simulated databases: prepared transactions and decisions */
-enum { GID_PREPARED, GID_COMMITTED, GID_ROLLED_BACK };
-struct gid {
-    size_t bind_id;
-    char gid[128];
-    int state;
-};
-static struct gid gids[64];
-static size_t num_gids;
-static char decisions[16][128];
-static size_t num_decisions;
 
 uint64_t fd_seq(void)
 {
@@ -125,43 +112,14 @@ static const fd_rule_t *rule_for(fd_step_t step, const char *sql)
 
 /* ---- the simulated server ---- */
 
-static struct gid *find_gid(size_t bind_id, const char *gid)
-{
-    for (size_t i = 0; i < num_gids; ++i)
-        if (gids[i].bind_id == bind_id && strcmp(gids[i].gid, gid) == 0)
-            return gids + i;
-    return NULL;
-}
-
-static void quoted(const char *sql, char *out, size_t size)
-{
-    const char *q = strchr(sql, '\'');
-    size_t n = q != NULL ? strcspn(q + 1, "'") : 0;
-    snprintf(out, size, "%.*s", (int)n, q != NULL ? q + 1 : "");
-}
-
-static int find_decision(const char *txn)
-{
-    for (size_t i = 0; i < num_decisions; ++i)
-        if (strcmp(decisions[i], txn) == 0)
-            return (int)i;
-    return -1;
-}
-
-struct rows {
-    size_t n;
-    const char *column;
-    const char *values[64];
-};
-
 static const char *rows_column_name(const h2o_db_result_t *r, size_t col)
 {
-    return ((const struct rows *)r->impl)->column;
+    return ((const fd_rows_t *)r->impl)->column;
 }
 
 static const char *rows_value(const h2o_db_result_t *r, size_t row, size_t col, size_t *len)
 {
-    const char *v = ((const struct rows *)r->impl)->values[row];
+    const char *v = ((const fd_rows_t *)r->impl)->values[row];
     *len = strlen(v);
     return v;
 }
@@ -173,71 +131,27 @@ static h2o_db_type_t rows_type(const h2o_db_result_t *r, size_t row, size_t col)
 
 static const h2o_db_result_class_t rows_class = {rows_column_name, rows_value, rows_type};
 
-/* Two-phase statements; returns NULL on success or the SQLSTATE of the error. */
-static const char *run_twophase(struct fd_conn *c, struct entry *e, struct rows *rows)
-{
-    char gid[128];
-    size_t bind_id = c->bind->id;
-    if (strncmp(e->sql, "PREPARE TRANSACTION", 19) == 0) {
-        if (c->txn != TXN_OPEN)
-            return c->txn == TXN_ABORTED ? "25P02" : "25P01";
-        quoted(e->sql, gid, sizeof(gid));
-        if (find_gid(bind_id, gid) != NULL || num_gids == sizeof(gids) / sizeof(gids[0]))
-            return "42710";
-        gids[num_gids++] = (struct gid){bind_id, "", GID_PREPARED};
-        snprintf(gids[num_gids - 1].gid, sizeof(gids[0].gid), "%s", gid);
-        c->txn = TXN_IDLE;
-    } else if (strncmp(e->sql, "COMMIT PREPARED", 15) == 0 || strncmp(e->sql, "ROLLBACK PREPARED", 17) == 0) {
-        if (c->txn != TXN_IDLE)
-            return "25001"; /* cannot run inside a transaction block */
-        quoted(e->sql, gid, sizeof(gid));
-        struct gid *g = find_gid(bind_id, gid);
-        if (g == NULL || g->state != GID_PREPARED)
-            return "42704";
-        g->state = e->sql[0] == 'C' ? GID_COMMITTED : GID_ROLLED_BACK;
-    } else if (strncmp(e->sql, "INSERT INTO h2o_db_twophase", 27) == 0) {
-        if (find_decision(e->param) >= 0 || num_decisions == sizeof(decisions) / sizeof(decisions[0]))
-            return "23505";
-        snprintf(decisions[num_decisions++], sizeof(decisions[0]), "%s", e->param);
-    } else if (strncmp(e->sql, "DELETE FROM h2o_db_twophase", 27) == 0) {
-        int i = find_decision(e->param);
-        if (i >= 0)
-            memcpy(decisions[i], decisions[--num_decisions], sizeof(decisions[0]));
-    } else if (strncmp(e->sql, "SELECT 1 FROM h2o_db_twophase", 29) == 0) {
-        rows->column = "?column?";
-        if (find_decision(e->param) >= 0)
-            rows->values[rows->n++] = "1";
-    } else if (strncmp(e->sql, "SELECT gid FROM pg_prepared_xacts", 33) == 0) {
-        rows->column = "gid";
-        for (size_t i = 0; i < num_gids && rows->n < 64; ++i)
-            if (gids[i].bind_id == bind_id && gids[i].state == GID_PREPARED &&
-                strncmp(gids[i].gid, e->param, strlen(e->param)) == 0)
-                rows->values[rows->n++] = gids[i].gid;
-    }
-    return NULL;
-}
-
 /* Runs a statement on the simulated server; NULL on success, else the SQLSTATE. */
-static const char *run(struct fd_conn *c, struct entry *e, struct rows *rows)
+static const char *run(struct fd_conn *c, struct entry *e, fd_rows_t *rows)
 {
     if (e->kind == H2O_DB_WIRE_BEGIN) {
-        c->txn = TXN_OPEN;
+        c->txn = FD_TXN_OPEN;
         return NULL;
     }
     if (strcmp(e->sql, "ROLLBACK") == 0) {
-        c->txn = TXN_IDLE;
+        c->txn = FD_TXN_IDLE;
         return NULL;
     }
     if (strcmp(e->sql, "COMMIT") == 0) {
-        int aborted = c->txn == TXN_ABORTED;
-        c->txn = TXN_IDLE;
+        int aborted = c->txn == FD_TXN_ABORTED;
+        c->txn = FD_TXN_IDLE;
         return aborted ? "25P02" : NULL;
     }
-    if (c->txn == TXN_ABORTED)
+    if (c->txn == FD_TXN_ABORTED)
         return "25P02";
-    if (!e->in_txn && e->kind == H2O_DB_WIRE_QUERY && c->txn != TXN_IDLE && strncmp(e->sql, "PREPARE", 7) != 0)
+    if (!e->in_txn && e->kind == H2O_DB_WIRE_QUERY && c->txn != FD_TXN_IDLE && strncmp(e->sql, "PREPARE", 7) != 0)
         violation("an autocommit statement (%s) ran inside a transaction left open on connection %u", e->sql, c->id);
-    const char *err = run_twophase(c, e, rows);
+    const char *err = fd_twophase_run(c->bind->id, &c->txn, e->sql, e->param, rows);
     if (err == NULL && rows->column == NULL && strncmp(e->sql, "SELECT ", 7) == 0 && strstr(e->sql, " FROM ") == NULL) {
         rows->column = "v";
         rows->values[rows->n++] = e->sql + 7;
@@ -289,7 +203,7 @@ static int stream_rows(struct fd_conn *c)
 {
     struct entry *e = c->q;
     while (e->rows_sent < FD_STREAM_ROWS) {
-        struct rows one = {.n = 1, .column = "v", .values = {e->sql + (strncmp(e->sql, "SELECT ", 7) == 0 ? 7 : 0)}};
+        fd_rows_t one = {.n = 1, .column = "v", .values = {e->sql + (strncmp(e->sql, "SELECT ", 7) == 0 ? 7 : 0)}};
         h2o_db_result_t r;
         h2o_db_result_init_ok(&r, 0);
         r.rows = r.columns = 1;
@@ -312,7 +226,7 @@ static int stream_rows(struct fd_conn *c)
 static int answer(struct fd_conn *c)
 {
     struct entry e;
-    struct rows rows = {0};
+    fd_rows_t rows = {0};
     pop(c, &e);
     if (e.outcome == FD_LOSE) {
         run(c, &e, &rows); /* it ran; its answer is lost with the connection */
@@ -323,16 +237,16 @@ static int answer(struct fd_conn *c)
     const char *err = e.outcome == FD_FAIL ? e.sqlstate : run(c, &e, &rows);
     if (e.stream)
         rows.n = 0, rows.column = NULL; /* its rows went one at a time */
-    if (e.outcome == FD_FAIL && c->txn == TXN_OPEN && e.kind != H2O_DB_WIRE_BEGIN)
-        c->txn = TXN_ABORTED;
+    if (e.outcome == FD_FAIL && c->txn == FD_TXN_OPEN && e.kind != H2O_DB_WIRE_BEGIN)
+        c->txn = FD_TXN_ABORTED;
     if (e.outcome == FD_FAIL &&
         (e.kind == H2O_DB_WIRE_COMMIT || e.kind == H2O_DB_WIRE_ROLLBACK || strncmp(e.sql, "PREPARE", 7) == 0))
-        c->txn = TXN_IDLE; /* a failed COMMIT, ROLLBACK or PREPARE ends the transaction all the same */
+        c->txn = FD_TXN_IDLE; /* a failed COMMIT, ROLLBACK or PREPARE ends the transaction all the same */
     h2o_db_result_t r;
     if (err != NULL) {
         h2o_db_result_init_error(&r, h2o_db_status_for_sqlstate(err), err, "error injected by the fault driver");
-        if (c->txn == TXN_OPEN && e.outcome != FD_FAIL)
-            c->txn = TXN_ABORTED;
+        if (c->txn == FD_TXN_OPEN && e.outcome != FD_FAIL)
+            c->txn = FD_TXN_ABORTED;
     } else {
         h2o_db_result_init_ok(&r, rows.n != 0 ? rows.n : 1);
         if (rows.column != NULL) {
@@ -667,8 +581,7 @@ void fd_reset(void)
 {
     num_rules = 0;
     memset(&fd_stats, 0, sizeof(fd_stats));
-    num_gids = 0;
-    num_decisions = 0;
+    fd_twophase_reset();
 }
 
 int fd_busy(void)
@@ -721,47 +634,6 @@ size_t fd_allocated(void)
         ++n;
     }
     return n;
-}
-
-size_t fd_prepared_left(char *first, size_t size)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < num_gids; ++i)
-        if (gids[i].state == GID_PREPARED && n++ == 0)
-            snprintf(first, size, "%s", gids[i].gid);
-    return n;
-}
-
-int fd_txn_mixed(void)
-{
-    /* gids are TXN_INDEX: the same TXN committed on one participant and rolled back on another */
-    for (size_t i = 0; i < num_gids; ++i) {
-        for (size_t j = 0; j < num_gids; ++j) {
-            const char *a = gids[i].gid, *b = gids[j].gid, *ua = strrchr(a, '_'), *ub = strrchr(b, '_');
-            if (ua != NULL && ub != NULL && ua - a == ub - b && strncmp(a, b, (size_t)(ua - a)) == 0 &&
-                gids[i].state == GID_COMMITTED && gids[j].state == GID_ROLLED_BACK)
-                return 1;
-        }
-    }
-    return 0;
-}
-
-static unsigned count_gids(int state)
-{
-    unsigned n = 0;
-    for (size_t i = 0; i < num_gids; ++i)
-        n += gids[i].state == state;
-    return n;
-}
-
-unsigned fd_gids_committed(void)
-{
-    return count_gids(GID_COMMITTED);
-}
-
-unsigned fd_gids_rolled_back(void)
-{
-    return count_gids(GID_ROLLED_BACK);
 }
 
 const fd_log_t *fd_log_find(const void *data, size_t *count)

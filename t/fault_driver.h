@@ -118,4 +118,18 @@ void fd_dump_log(FILE *out, const void *const *sessions, size_t nsessions);
 int fd_pool_quiet(h2o_db_pool_t *pool);
 size_t fd_check_pool(h2o_db_pool_t *pool, char *out, size_t size);
 
+/* ---- inside the fault driver (fault_driver.c, fault_twophase.c) ---- */
+
+enum { FD_TXN_IDLE, FD_TXN_OPEN, FD_TXN_ABORTED };
+typedef struct {
+    size_t n;
+    const char *column;
+    const char *values[64];
+} fd_rows_t;
+/* Runs sql if it is a two-phase statement (else does nothing) on bind_id's simulated server, whose
+ * connection is in transaction state *txn; NULL on success, else the SQLSTATE of the error. */
+const char *fd_twophase_run(size_t bind_id, int *txn, const char *sql, const char *param, fd_rows_t *rows);
+/* Forgets the prepared transactions and decisions. */
+void fd_twophase_reset(void);
+
 #endif

@@ -188,14 +188,15 @@ CTL
 }
 
 # A streaming standby of the shared cluster (after h2o_db_start_postgres): pg_basebackup -R copies
-# it and writes standby.signal and primary_conninfo; it listens on another loopback port and its
-# socket is in a folder of its own (the primary's initdb allows local replication connections).
+# it (-c fast: a spread checkpoint would make it wait minutes after the CREATE DATABASEs) and
+# writes standby.signal and primary_conninfo; it listens on another loopback port and its socket
+# is in a folder of its own (the primary's initdb allows local replication connections).
 h2o_db_start_pg_standby() {
     sbdata="$H2O_DB_SERVERS_DIR/pg-standby"
     sbsock="$H2O_DB_SERVERS_DIR/pg-standby-socket"
     mkdir -p "$sbsock"
     [ "$(id -u)" -eq 0 ] && chown postgres "$sbsock"
-    h2o_db_as_postgres "$H2O_DB_PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$H2O_DB_PG_PORT" -U postgres -D "$sbdata" -R -X stream \
+    h2o_db_as_postgres "$H2O_DB_PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$H2O_DB_PG_PORT" -U postgres -D "$sbdata" -R -X stream -c fast \
         >"$H2O_DB_SERVERS_DIR/pg-standby-backup.log" 2>&1 || {
         cat "$H2O_DB_SERVERS_DIR/pg-standby-backup.log" >&2
         return 1

@@ -351,6 +351,16 @@ START_TEST(db_query_get_reads_on_the_standby_unless_read_primary)
 }
 END_TEST
 
+START_TEST(read_only_on_a_bind_without_replicas_changes_nothing)
+{
+    start_with("  - url: @PG@\n", "");
+    expect("/write?z", 200, "written");
+    expect("/txn", 200, "off primary");
+    ck_assert_int_eq(th_pg_count("SELECT count(*) FROM rt_writes WHERE v = 'z'"), 1);
+    stop();
+}
+END_TEST
+
 /* twophase: a standby cannot PREPARE TRANSACTION, so a read-only session's transaction runs on the
  * primary (read-only); its partition, a session of its own, writes and commits */
 START_TEST(a_read_only_transaction_on_a_twophase_bind_runs_on_the_primary)
@@ -400,6 +410,7 @@ int main(void)
     tcase_add_test(tc, the_status_page_lists_each_replica_with_health_and_lag);
     tcase_add_test(tc, the_check_lists_replicas_without_their_passwords);
     tcase_add_test(tc, db_query_get_reads_on_the_standby_unless_read_primary);
+    tcase_add_test(tc, read_only_on_a_bind_without_replicas_changes_nothing);
     tcase_add_test(tc, a_read_only_transaction_on_a_twophase_bind_runs_on_the_primary);
     suite_add_tcase(s, tc);
     return th_run_suite(s);

@@ -5,6 +5,7 @@
 #   GET    /rb/notes/ID       one note, or 404
 #   POST   /rb/notes          the request body is the note; its first line is the title -> 201 {"id":N}
 #   DELETE /rb/notes/ID       204, or 404
+#   GET    /rb/notes/export.csv   every note as CSV (id,title,created_at), streamed as the rows arrive
 #
 # Each query suspends this request's Fiber; the thread serves other requests meanwhile.
 # Writes run in a transaction that also keeps the stats table up to date. A database
@@ -19,10 +20,13 @@ class Notes
   COLUMNS = "id, title, body, created_at"
 
   def call(env)
+    db = sa_session(env) # sa_main
+    if env["PATH_INFO"] == "/export.csv" && env["REQUEST_METHOD"] == "GET"
+      return [200, { "content-type" => "text/csv" }, Export.new(db)]
+    end
     id = note_id(env["PATH_INFO"])
     return [399, {}, []] if id == :no_route # not ours: the next handler of the path answers
 
-    db = sa_session(env) # sa_main
     case [env["REQUEST_METHOD"], id.nil?]
     when ["GET", true] then list(db)
     when ["GET", false] then show(db, id)
@@ -71,6 +75,30 @@ class Notes
       row["id"]
     end
     json(201, { "id" => id })
+  end
+
+  # A streamed body (it is not an Array): each line leaves as db.each yields its row, so the
+  # export holds a few rows in memory however many notes there are.
+  class Export
+    def initialize(db)
+      @db = db
+    end
+
+    def each
+      yield "id,title,created_at\r\n"
+      @db.each("SELECT id, title, created_at FROM notes ORDER BY id") do |row|
+        yield [row["id"].to_s, csv(row["title"]), csv(row["created_at"])].join(",") + "\r\n"
+      end
+    end
+
+    private
+
+    # RFC 4180: a field with a comma, a quote or a line break is quoted, its quotes doubled
+    def csv(s)
+      s = s.to_s
+      return s unless s.include?(",") || s.include?("\"") || s.include?("\n") || s.include?("\r")
+      "\"" + s.split("\"", -1).join("\"\"") + "\""
+    end
   end
 
   def destroy(db, id)

@@ -1279,6 +1279,10 @@ START_TEST(demo_notes_rb)
     ck_assert_int_eq(res.status, 201);
     ck_assert_str_eq(res.body, "{\"id\":2}\n");
     th_response_free(&res);
+    body = get("/rb/notes/export.csv", 200); /* a streamed body over db.each */
+    ck_assert_msg(strncmp(body, "id,title,created_at\r\n1,Buy milk,", 32) == 0 && strstr(body, "\r\n2,second,") != NULL, "%s",
+                  body);
+    free(body);
 
     body = get("/rb/notes", 200);
     const char *first = "[{\"id\":1,\"title\":\"Buy milk\",\"body\":\"Buy milk\\nand \\\"bread\\\"\\n\",\"created_at\":\"";

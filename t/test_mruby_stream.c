@@ -90,15 +90,80 @@ static const char STREAM_RB[] =
     "  end\n"
     "end\n";
 
+/* db.each on PostgreSQL (sa_main) and SQLite (?lite: sa_lite) */
+static const char EACH_RB[] =
+    "SERIES_PG = \"SELECT i, 'r' || i AS s FROM generate_series(1, $1::int) AS i\"\n"
+    "SERIES_LITE = \"WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < $1) SELECT i, 'r' || i AS s FROM "
+    "c\"\n"
+    "\n"
+    "# a CSV export: the rows leave as they arrive\n"
+    "class Export\n"
+    "  def initialize(db, sql, n)\n"
+    "    @db, @sql, @n = db, sql, n\n"
+    "  end\n"
+    "  def each\n"
+    "    yield \"i,s\\n\"\n"
+    "    @db.each(@sql, [@n]) { |row| yield \"#{row['i']},#{row['s']}\\n\" }\n"
+    "  end\n"
+    "end\n"
+    "\n"
+    "proc do |env|\n"
+    "  lite = env[\"QUERY_STRING\"] == \"lite\"\n"
+    "  db = H2O::DB.session(env, lite ? \"sa_lite\" : \"sa_main\")\n"
+    "  series = lite ? SERIES_LITE : SERIES_PG\n"
+    "  case env[\"PATH_INFO\"]\n"
+    "  when \"/count\"\n"
+    "    last, bad = 0, 0\n"
+    "    n = db.each(series, [100_000]) do |row|\n"
+    "      bad += 1 unless row[\"i\"] == last + 1 && row[\"s\"] == \"r#{last + 1}\"\n"
+    "      last = row[\"i\"]\n"
+    "    end\n"
+    "    [200, {}, [\"#{n} rows, last #{last}, #{bad} out of order\"]]\n"
+    "  when \"/export\"\n"
+    "    [200, {\"content-type\" => \"text/csv\"}, Export.new(db, series, 100_000)]\n"
+    "  when \"/break\"\n"
+    "    seen = 0\n"
+    "    db.each(lite ? series : \"SELECT generate_series(1, 100000000) AS i\", [100_000_000].take(lite ? 1 : 0)) do |row|\n"
+    "      seen = row[\"i\"]\n"
+    "      break if seen == 1000\n"
+    "    end\n"
+    "    [200, {}, [\"broke at #{seen}, then #{db.query('SELECT 41 + 1 AS n')[0]['n']}\"]]\n"
+    "  when \"/raise\"\n"
+    "    begin\n"
+    "      db.each(series, [10]) { |row| raise ArgumentError, \"row #{row['i']}\" if row[\"i\"] == 3 }\n"
+    "    rescue ArgumentError => e\n"
+    "      [200, {}, [\"#{e.message}, then #{db.query('SELECT 41 + 1 AS n')[0]['n']}\"]]\n"
+    "    end\n"
+    "  when \"/error\"\n"
+    "    seen = 0\n"
+    "    begin\n"
+    "      db.each(\"SELECT i, 1 / (5000 - i) AS x FROM generate_series(1, 10000) AS i\") { |row| seen = row[\"i\"] }\n"
+    "      [200, {}, [\"no error\"]]\n"
+    "    rescue H2O::DB::Error => e\n"
+    "      [200, {}, [\"#{e.class} #{e.sqlstate} after #{seen} rows, then #{db.query('SELECT 41 + 1 AS n')[0]['n']}\"]]\n"
+    "    end\n"
+    "  when \"/same-session\"\n"
+    "    begin\n"
+    "      db.each(series, [10]) { |row| db.query(\"SELECT 1\") }\n"
+    "    rescue RuntimeError => e\n"
+    "      [200, {}, [e.message]]\n"
+    "    end\n"
+    "  end\n"
+    "end\n";
+
 static const char CONF[] = "listen: {host: 127.0.0.1, port: @PORT@}\n"
                            "num-threads: 1\n"
                            "db.bind:\n"
-                           "  - url: @PG@\n"
+                           "  - url: \"@PG@?application_name=mrb_each_@PORT@\"\n"
+                           "  - url: sqlite:///lite.sqlite3\n"
+                           "    key: sa_lite\n"
                            "hosts:\n"
                            "  default:\n"
                            "    paths:\n"
                            "      /s:\n"
-                           "        mruby.handler-file: stream.rb\n";
+                           "        mruby.handler-file: stream.rb\n"
+                           "      /e:\n"
+                           "        mruby.handler-file: each.rb\n";
 
 /* ---- helpers ---- */
 
@@ -126,6 +191,7 @@ static void start(void)
     th_require_pg();
     dir = th_tmpdir();
     free(th_write_file(dir, "stream.rb", STREAM_RB, 0));
+    free(th_write_file(dir, "each.rb", EACH_RB, 0));
     int ret = th_server_start_in(&server, dir, CONF);
     ck_assert_msg(ret == 0, "server did not start: %s", th_server_log(&server));
 }
@@ -447,6 +513,89 @@ START_TEST(an_exception_inside_each_breaks_the_response_off)
 }
 END_TEST
 
+static char *get_body(const char *path)
+{
+    th_response_t res;
+    char *url = th_url(&server, path);
+    ck_assert_msg(th_http(&res, TH_HTTP1, NULL, url, NULL) == 0 && res.status == 200, "%s: curl %d, status %ld: %s", path,
+                  res.curl_error, res.status, res.body);
+    char *body = strdup(res.body);
+    th_response_free(&res);
+    free(url);
+    return body;
+}
+
+static void expect_body(const char *path, const char *expect)
+{
+    char *body = get_body(path);
+    ck_assert_msg(strcmp(body, expect) == 0, "%s: `%s`, expected `%s`", path, body, expect);
+    free(body);
+}
+
+START_TEST(db_each_yields_100000_rows_in_order)
+{
+    start();
+    expect_body("/e/count", "100000 rows, last 100000, 0 out of order");
+    expect_body("/e/count?lite", "100000 rows, last 100000, 0 out of order");
+    /* inside a streamed body: a CSV export, over HTTP/1.1 and HTTP/2 */
+    size_t cap = 100000 * 16 + 8;
+    char *expect = malloc(cap);
+    size_t len = snprintf(expect, cap, "i,s\n");
+    for (int i = 1; i <= 100000; ++i)
+        len += snprintf(expect + len, cap - len, "%d,r%d\n", i, i);
+    const char *paths[] = {"/e/export", "/e/export?lite"};
+    for (int p = 0; p < 2; ++p)
+        for (int version = TH_HTTP1; version <= TH_HTTP2; ++version) {
+            th_response_t res;
+            char *url = th_url(&server, paths[p]);
+            ck_assert_msg(th_http(&res, version, NULL, url, NULL) == 0, "%s: curl %d", paths[p], res.curl_error);
+            ck_assert_msg(res.body_len == len && strcmp(res.body, expect) == 0, "%s over HTTP/%d: %zu bytes, expected %zu",
+                          paths[p], version, res.body_len, len);
+            th_response_free(&res);
+            free(url);
+        }
+    free(expect);
+    ck_assert_int_eq(counters().fibers, 1);
+    stop();
+}
+END_TEST
+
+/* Statements of the test's bind that PostgreSQL still runs. */
+static int none_running(void *arg)
+{
+    return th_pg_countf("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'mrb_each_%d' AND state <> 'idle'",
+                        server.port) == 0;
+}
+
+START_TEST(leaving_db_each_early_stops_the_statement)
+{
+    start();
+    /* break: the rest of 100,000,000 rows is not read; the session serves the next statement */
+    expect_body("/e/break", "broke at 1000, then 42");
+    ck_assert_msg(th_wait_until(none_running, NULL, 10000), "the statement still runs after the break");
+    expect_body("/e/break?lite", "broke at 1000, then 42");
+    /* an exception raised in the block goes on after the statement's end */
+    expect_body("/e/raise", "row 3, then 42");
+    expect_body("/e/raise?lite", "row 3, then 42");
+    ck_assert_msg(th_wait_until(none_running, NULL, 10000), "a statement still runs after the exception");
+    /* a statement on the streaming session itself would wait for the stream: refused */
+    char *body = get_body("/e/same-session");
+    ck_assert_msg(strstr(body, "this session is streaming the rows of a db.each") != NULL, "%s", body);
+    free(body);
+    ck_assert_int_eq(counters().fibers, 1);
+    stop();
+}
+END_TEST
+
+START_TEST(an_error_mid_each_raises_with_its_sqlstate)
+{
+    start();
+    expect_body("/e/error", "H2O::DB::Error 22012 after 4999 rows, then 42");
+    ck_assert_msg(th_wait_until(none_running, NULL, 10000), "a statement still runs after the error");
+    stop();
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("mruby_stream");
@@ -457,6 +606,9 @@ int main(void)
     tcase_add_test(tc, a_stalled_client_does_not_make_the_server_buffer);
     tcase_add_test(tc, a_client_that_leaves_stops_the_body_and_close_runs);
     tcase_add_test(tc, an_exception_inside_each_breaks_the_response_off);
+    tcase_add_test(tc, db_each_yields_100000_rows_in_order);
+    tcase_add_test(tc, leaving_db_each_early_stops_the_statement);
+    tcase_add_test(tc, an_error_mid_each_raises_with_its_sqlstate);
     suite_add_tcase(s, tc);
     return th_run_suite(s);
 }

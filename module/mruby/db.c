@@ -75,8 +75,7 @@ static h2o_db_status_t status_of_symbol(mrb_state *mrb, mrb_value v)
     return H2O_DB_SQL_ERROR;
 }
 
-/* H2O::DB::Error.new(message, sqlstate, status) */
-static mrb_value new_error(h2o_db_mruby_vm_t *vm, const char *message, const char *sqlstate, h2o_db_status_t status)
+mrb_value h2o_db_mruby_new_error(h2o_db_mruby_vm_t *vm, const char *message, const char *sqlstate, h2o_db_status_t status)
 {
     mrb_state *mrb = vm->mrb;
     mrb_value args[3] = {mrb_str_new_cstr(mrb, message != NULL ? message : "database error"),
@@ -185,23 +184,36 @@ static mrb_value value_of(mrb_state *mrb, const h2o_db_result_t *r, size_t row, 
     return mrb_str_new(mrb, v, len);
 }
 
-static mrb_value rows_of(mrb_state *mrb, const h2o_db_result_t *r)
+mrb_value h2o_db_mruby_column_names(mrb_state *mrb, const h2o_db_result_t *r)
 {
-    size_t rows = h2o_db_result_rows(r), cols = h2o_db_result_columns(r);
-    mrb_value out = mrb_ary_new_capa(mrb, (mrb_int)rows);
-    if (rows == 0)
-        return out;
+    size_t cols = h2o_db_result_columns(r);
     mrb_value names = mrb_ary_new_capa(mrb, (mrb_int)cols);
     for (size_t c = 0; c < cols; ++c) {
         const char *name = h2o_db_result_column_name(r, c);
         mrb_ary_push(mrb, names, mrb_obj_freeze(mrb, mrb_str_new_cstr(mrb, name != NULL ? name : "")));
     }
+    return names;
+}
+
+mrb_value h2o_db_mruby_row_hash(mrb_state *mrb, const h2o_db_result_t *r, size_t row, mrb_value names)
+{
+    mrb_int cols = RARRAY_LEN(names);
+    mrb_value h = mrb_hash_new_capa(mrb, cols);
+    for (mrb_int c = 0; c < cols; ++c)
+        mrb_hash_set(mrb, h, RARRAY_PTR(names)[c], value_of(mrb, r, row, (size_t)c));
+    return h;
+}
+
+static mrb_value rows_of(mrb_state *mrb, const h2o_db_result_t *r)
+{
+    size_t rows = h2o_db_result_rows(r);
+    mrb_value out = mrb_ary_new_capa(mrb, (mrb_int)rows);
+    if (rows == 0)
+        return out;
+    mrb_value names = h2o_db_mruby_column_names(mrb, r);
     int ai = mrb_gc_arena_save(mrb);
     for (size_t row = 0; row < rows; ++row) {
-        mrb_value h = mrb_hash_new_capa(mrb, (mrb_int)cols);
-        for (size_t c = 0; c < cols; ++c)
-            mrb_hash_set(mrb, h, RARRAY_PTR(names)[c], value_of(mrb, r, row, c));
-        mrb_ary_push(mrb, out, h);
+        mrb_ary_push(mrb, out, h2o_db_mruby_row_hash(mrb, r, row, names));
         mrb_gc_arena_restore(mrb, ai);
     }
     return out;
@@ -220,7 +232,7 @@ static void on_result(h2o_db_result_t *r, void *data)
     int ai = mrb_gc_arena_save(mrb);
     mrb_value v;
     if (h2o_db_result_status(r) != H2O_DB_OK) {
-        v = new_error(vm, h2o_db_result_error(r), h2o_db_result_sqlstate(r), h2o_db_result_status(r));
+        v = h2o_db_mruby_new_error(vm, h2o_db_result_error(r), h2o_db_result_sqlstate(r), h2o_db_result_status(r));
     } else {
         switch (mreq->op) {
         case H2O_DB_MRUBY_OP_QUERY:
@@ -230,7 +242,8 @@ static void on_result(h2o_db_result_t *r, void *data)
             v = mrb_int_value(mrb, (mrb_int)h2o_db_result_affected(r));
             break;
         case H2O_DB_MRUBY_OP_FAILED_COMMIT:
-            v = new_error(vm, "the transaction had failed, so it was rolled back instead of committed", "25P02", H2O_DB_SQL_ERROR);
+            v = h2o_db_mruby_new_error(vm, "the transaction had failed, so it was rolled back instead of committed", "25P02",
+                                       H2O_DB_SQL_ERROR);
             break;
         default:
             v = mrb_nil_value();
@@ -261,10 +274,19 @@ int h2o_db_mruby_start_op(h2o_db_mruby_req_t *mreq, mrb_value op, mrb_value *res
     h2o_db_session_t *s = sd->session;
     void *data = (void *)(uintptr_t)mreq->id;
     mrb_int kind = mrb_integer(RARRAY_PTR(op)[1]);
+    if (kind == H2O_DB_MRUBY_OP_EACH_MORE || kind == H2O_DB_MRUBY_OP_EACH_STOP)
+        return h2o_db_mruby_each_op(mreq, kind, s, NULL, 0, NULL, resume_with);
+    if (h2o_db_mruby_each_busy(mreq, s)) {
+        *resume_with = new_exception(mrb, E_RUNTIME_ERROR,
+                                     "this session is streaming the rows of a db.each: a statement on it would wait for the "
+                                     "stream's end (use a session of another key, or collect the rows with query first)");
+        return -1;
+    }
     mreq->op = (int)kind;
     switch (kind) {
     case H2O_DB_MRUBY_OP_QUERY:
-    case H2O_DB_MRUBY_OP_EXECUTE: {
+    case H2O_DB_MRUBY_OP_EXECUTE:
+    case H2O_DB_MRUBY_OP_EACH: {
         mrb_value sql = RARRAY_PTR(op)[2], params = RARRAY_PTR(op)[3];
         mrb_int n = mrb_array_p(params) ? RARRAY_LEN(params) : 0;
         const char *inline_params[MAX_INLINE_PARAMS], **p = inline_params;
@@ -274,6 +296,8 @@ int h2o_db_mruby_start_op(h2o_db_mruby_req_t *mreq, mrb_value op, mrb_value *res
             mrb_value v = RARRAY_PTR(params)[i];
             p[i] = mrb_string_p(v) ? RSTRING_PTR(v) : NULL; /* __prepare made them NUL-terminated */
         }
+        if (kind == H2O_DB_MRUBY_OP_EACH && mrb_string_p(sql))
+            return h2o_db_mruby_each_op(mreq, kind, s, RSTRING_PTR(sql), (size_t)n, p, resume_with);
         if (!mrb_string_p(sql) || h2o_db_query(s, RSTRING_PTR(sql), (size_t)n, p, on_result, data) != 0) {
             *resume_with = new_exception(mrb, E_ARGUMENT_ERROR,
                                          "the statement was refused: it is empty or holds several statements (one per call)");
@@ -283,7 +307,7 @@ int h2o_db_mruby_start_op(h2o_db_mruby_req_t *mreq, mrb_value op, mrb_value *res
     }
     case H2O_DB_MRUBY_OP_BEGIN:
         if (h2o_db_begin(s, on_result, data) != 0) {
-            *resume_with = new_error(vm, "a transaction is already open on this session", "25001", H2O_DB_SQL_ERROR);
+            *resume_with = h2o_db_mruby_new_error(vm, "a transaction is already open on this session", "25001", H2O_DB_SQL_ERROR);
             return -1;
         }
         return 0;
@@ -295,11 +319,11 @@ int h2o_db_mruby_start_op(h2o_db_mruby_req_t *mreq, mrb_value op, mrb_value *res
             mreq->op = H2O_DB_MRUBY_OP_FAILED_COMMIT;
             return 0;
         }
-        *resume_with = new_error(vm, "no transaction is open on this session", "25P01", H2O_DB_SQL_ERROR);
+        *resume_with = h2o_db_mruby_new_error(vm, "no transaction is open on this session", "25P01", H2O_DB_SQL_ERROR);
         return -1;
     case H2O_DB_MRUBY_OP_ROLLBACK:
         if (h2o_db_rollback(s, on_result, data) != 0) {
-            *resume_with = new_error(vm, "no transaction is open on this session", "25P01", H2O_DB_SQL_ERROR);
+            *resume_with = h2o_db_mruby_new_error(vm, "no transaction is open on this session", "25P01", H2O_DB_SQL_ERROR);
             return -1;
         }
         return 0;
@@ -420,7 +444,7 @@ static mrb_value session_prepare(mrb_state *mrb, mrb_value self)
     if (kind < 0 || kind >= H2O_DB_MRUBY_OP_FAILED_COMMIT)
         mrb_raise(mrb, E_ARGUMENT_ERROR, "unknown H2O::DB operation");
     mrb_value converted = mrb_nil_value();
-    if (kind == H2O_DB_MRUBY_OP_QUERY || kind == H2O_DB_MRUBY_OP_EXECUTE) {
+    if (kind == H2O_DB_MRUBY_OP_QUERY || kind == H2O_DB_MRUBY_OP_EXECUTE || kind == H2O_DB_MRUBY_OP_EACH) {
         if (!mrb_string_p(sql))
             mrb_raisef(mrb, E_TYPE_ERROR, "the SQL is a String, not %s", mrb_obj_classname(mrb, sql));
         sql = c_string(mrb, sql, "SQL", -1);

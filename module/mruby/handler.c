@@ -96,6 +96,8 @@ static h2o_db_mruby_vm_t *vm_open(char *err, size_t errsz)
     mrb_ary_push(mrb, vm->roots, vm->inputs);
     vm->bodies = mrb_ary_new(mrb);
     mrb_ary_push(mrb, vm->roots, vm->bodies);
+    vm->eaches = mrb_ary_new(mrb);
+    mrb_ary_push(mrb, vm->roots, vm->eaches);
     vm->apps = mrb_ary_new(mrb);
     mrb_ary_push(mrb, vm->roots, vm->apps);
     h2o_db_mruby_init_env_keys(vm);
@@ -250,6 +252,7 @@ static void release(h2o_db_mruby_req_t *mreq)
     if (mrb_type(input) == MRB_TT_OBJECT)
         mrb_iv_set(vm->mrb, input, vm->sym_input_s, mrb_nil_value());
     mrb_ary_set(vm->mrb, vm->inputs, index, mrb_nil_value());
+    h2o_db_mruby_each_release(mreq, index);
     --vm->live_fibers;
     h2o_db_mruby_stream_release(vm, index); /* a streamed body whose client left is closed */
 }

@@ -28,6 +28,9 @@ enum {
     H2O_DB_MRUBY_OP_BEGIN,
     H2O_DB_MRUBY_OP_COMMIT,
     H2O_DB_MRUBY_OP_ROLLBACK,
+    H2O_DB_MRUBY_OP_EACH,          /* db.each: rows in batches, as they arrive (each.c) */
+    H2O_DB_MRUBY_OP_EACH_MORE,     /* the next batch (nil when the rows are over) */
+    H2O_DB_MRUBY_OP_EACH_STOP,     /* the block left early: stop the statement, wait for its end */
     H2O_DB_MRUBY_OP_FAILED_COMMIT, /* COMMIT of a failed transaction: rolled back, answered as 25P02 */
     H2O_DB_MRUBY_NUM_OPS
 };
@@ -78,6 +81,7 @@ typedef struct st_h2o_db_mruby_vm_t {
     mrb_value fibers;      /* Array: slot -> the request's Fiber while it lives */
     mrb_value inputs;      /* Array: slot -> the request's rack.input, closed when the slot is freed */
     mrb_value bodies;      /* Array: slot -> a streamed body not closed yet (closed when the request ends first) */
+    mrb_value eaches;      /* Array: slot -> [batch, column names, final answer] of the request's db.each */
     mrb_value apps;        /* Array: handler index -> its Rack app */
     mrb_value keys[H2O_DB_MRUBY_NUM_KEYS];
     mrb_value rack_errors, rack_version, empty_string;
@@ -113,6 +117,19 @@ typedef struct st_h2o_db_mruby_stream_t {
 
 #define H2O_DB_MRUBY_STREAM_CAP 65536
 
+/* The request's db.each (each.c): rows arrive on the loop while the Fiber waits; they are
+ * collected into a batch (the VM's `eaches`), which goes to the Fiber when it waits for one. */
+typedef struct st_h2o_db_mruby_each_t {
+    h2o_db_session_t *session; /* the session streaming; NULL when no db.each runs */
+    h2o_timeout_entry_t later; /* hands rows over after this turn of the loop (not inside on_row) */
+    unsigned waiting : 1;      /* the Fiber waits for a batch (or, stopping, for the end) */
+    unsigned paused : 1;       /* on_row returned 1: h2o_db_resume continues */
+    unsigned done : 1;         /* on_done came: the final answer is kept */
+    unsigned stopping : 1;     /* the block left early: on_row returns -1 */
+} h2o_db_mruby_each_t;
+
+#define H2O_DB_MRUBY_EACH_BATCH 256
+
 struct st_h2o_db_mruby_req_t {
     h2o_req_t *req;
     h2o_db_mruby_handler_t *handler;
@@ -123,6 +140,7 @@ struct st_h2o_db_mruby_req_t {
     unsigned in_on_req : 1; /* still inside on_req: a 399 can return -1 */
     unsigned waiting : 1;   /* a statement is pending; its callback resumes the Fiber */
     h2o_db_mruby_stream_t stream;
+    h2o_db_mruby_each_t each;
 };
 
 /* The calling thread's VM (NULL before the first mruby handler's on_context_init). */
@@ -139,6 +157,21 @@ void h2o_db_mruby_init_db(h2o_db_mruby_vm_t *vm);
 /* db.c: starts what a yielded op asks for. Returns 0 when a callback will resume the Fiber;
  * otherwise -1 with *resume_with set to the value (an exception) to resume it with now. */
 int h2o_db_mruby_start_op(h2o_db_mruby_req_t *mreq, mrb_value op, mrb_value *resume_with);
+
+/* db.c: H2O::DB::Error.new(message, sqlstate, status). */
+mrb_value h2o_db_mruby_new_error(h2o_db_mruby_vm_t *vm, const char *message, const char *sqlstate, h2o_db_status_t status);
+/* db.c: row `row` of r as a Hash of column name (from `names`, frozen Strings) -> typed value. */
+mrb_value h2o_db_mruby_row_hash(mrb_state *mrb, const h2o_db_result_t *r, size_t row, mrb_value names);
+/* db.c: the column names of r, frozen Strings. */
+mrb_value h2o_db_mruby_column_names(mrb_state *mrb, const h2o_db_result_t *r);
+
+/* each.c: db.each's ops (kind EACH with the statement, EACH_MORE, EACH_STOP), as start_op's. */
+int h2o_db_mruby_each_op(h2o_db_mruby_req_t *mreq, mrb_int kind, h2o_db_session_t *s, const char *sql, size_t nparams,
+                         const char *const *params, mrb_value *resume_with);
+/* each.c: whether s is streaming rows for the request's db.each (a statement on it would wait). */
+int h2o_db_mruby_each_busy(h2o_db_mruby_req_t *mreq, h2o_db_session_t *s);
+/* each.c: the request's slot at `index` is freed: forgets its db.each (its rows, its timer). */
+void h2o_db_mruby_each_release(h2o_db_mruby_req_t *mreq, mrb_int index);
 
 /* db.c: answers the request as h2o_db_send_error would for an H2O::DB::Error. */
 void h2o_db_mruby_send_db_error(h2o_db_mruby_vm_t *vm, h2o_req_t *req, mrb_value exc);

@@ -37,6 +37,29 @@ module H2O
         __suspend(__prepare(1, sql, params))
       end
 
+      # Yields the rows of one statement (Hashes, typed as query's) as they arrive, a batch at
+      # a time (the Fiber waits between batches); returns how many it yielded. Leaving the
+      # block early (break, an exception) stops the statement, then goes on.
+      def each(sql, params = [])
+        raise ArgumentError, "db.each needs a block: it yields the rows as they arrive" unless block_given?
+        count = 0
+        batch = __suspend(__prepare(5, sql, params))
+        over = false
+        begin
+          while batch
+            batch.each do |row|
+              yield row
+              count += 1
+            end
+            batch = __suspend(__prepare(6))
+          end
+          over = true
+        ensure
+          __suspend(__prepare(7)) unless over
+        end
+        count
+      end
+
       def begin
         __suspend(__prepare(2))
       end

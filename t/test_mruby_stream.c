@@ -72,6 +72,17 @@ static const char STREAM_RB[] =
     "  end\n"
     "end\n"
     "\n"
+    "# the first chunk waits at a gate (an advisory lock the test holds)\n"
+    "class Gated\n"
+    "  def initialize(db, key)\n"
+    "    @db, @key = db, key\n"
+    "  end\n"
+    "  def each\n"
+    "    @db.query(\"SELECT 1 AS x FROM pg_advisory_xact_lock_shared($1)\", [@key])\n"
+    "    yield \"after the gate\"\n"
+    "  end\n"
+    "end\n"
+    "\n"
     "proc do |env|\n"
     "  case env[\"PATH_INFO\"]\n"
     "  when \"/numbered\"\n"
@@ -83,6 +94,8 @@ static const char STREAM_RB[] =
     "    [200, {}, Chunks.new(nil)]\n"
     "  when \"/failing\"\n"
     "    [200, {}, Failing.new]\n"
+    "  when \"/gated\"\n"
+    "    [200, {\"x-early\" => \"yes\"}, Gated.new(H2O::DB.session(env), env[\"QUERY_STRING\"].to_i)]\n"
     "  when \"/counters\"\n"
     "    [200, {}, [\"#{$produced} #{$closed} #{H2O::DB.live_fibers}\"]]\n"
     "  else\n"
@@ -358,6 +371,61 @@ START_TEST(ten_thousand_chunks_arrive_whole_and_in_order)
 }
 END_TEST
 
+static size_t saw_header(char *ptr, size_t size, size_t nmemb, void *data)
+{
+    if (size * nmemb >= 9 && strncasecmp(ptr, "x-early: ", 9) == 0)
+        *(int *)data = 1;
+    return size * nmemb;
+}
+
+START_TEST(status_and_headers_go_out_when_call_returns)
+{
+    start();
+    for (int version = TH_HTTP1; version <= TH_HTTP2; ++version) {
+        long key = db_gate_key();
+        PGconn *gate = db_gate_close(key);
+        char *path = th_fmt("/s/gated?%ld", key), *url = th_url(&server, path);
+        th_response_t res = {0};
+        int headers = 0;
+        CURLM *m = curl_multi_init();
+        CURL *c = curl_easy_init();
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_HTTP_VERSION,
+                         version == TH_HTTP2 ? CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE : CURL_HTTP_VERSION_1_1);
+        curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, saw_header);
+        curl_easy_setopt(c, CURLOPT_HEADERDATA, &headers);
+        res.body = strdup("");
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, db_on_body);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, &res);
+        curl_multi_add_handle(m, c);
+        /* the headers arrive while each waits at the gate */
+        int running = 1;
+        double deadline = th_now_ms() + 10000 * th_time_factor();
+        while (running && !(headers && db_gate_waiting(key) == 1) && th_now_ms() < deadline) {
+            curl_multi_perform(m, &running);
+            curl_multi_poll(m, NULL, 0, 20, NULL);
+        }
+        ck_assert_msg(headers && db_gate_waiting(key) == 1 && res.body_len == 0, "HTTP/%d: headers %d, body `%s`",
+                      version == TH_HTTP2 ? 2 : 1, headers, res.body);
+        db_gate_open(gate);
+        while (running && th_now_ms() < deadline) {
+            curl_multi_perform(m, &running);
+            if (running)
+                curl_multi_poll(m, NULL, 0, 20, NULL);
+        }
+        ck_assert_str_eq(res.body, "after the gate");
+        curl_multi_remove_handle(m, c);
+        curl_easy_cleanup(c);
+        curl_multi_cleanup(m);
+        free(res.body);
+        free(url);
+        free(path);
+    }
+    stop();
+}
+END_TEST
+
 struct stall {
     long last, same; /* the produced count seen last, and for how many polls in a row */
 };
@@ -603,6 +671,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, ten_thousand_chunks_arrive_whole_and_in_order);
+    tcase_add_test(tc, status_and_headers_go_out_when_call_returns);
     tcase_add_test(tc, a_stalled_client_does_not_make_the_server_buffer);
     tcase_add_test(tc, a_client_that_leaves_stops_the_body_and_close_runs);
     tcase_add_test(tc, an_exception_inside_each_breaks_the_response_off);

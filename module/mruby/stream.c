@@ -119,7 +119,16 @@ static void start(h2o_db_mruby_req_t *mreq, mrb_value op)
     s->generator.stop = NULL; /* the request's end frees the slot (h2o_db_mruby_stream_release) */
     s->started = 1;
     h2o_start_response(req, &s->generator);
-    send_fill(s, H2O_SEND_STATE_IN_PROGRESS); /* the headers, now */
+    /* the headers, now. libh2o 2.2.5's filters (the chunked encoder, compress) pass an empty
+     * in-progress send on as nothing (h2o_ostream_send_next only schedules proceed), so the
+     * headers would wait for the first chunk: the empty send goes to the last ostream, the
+     * protocol's, which writes the headers and calls proceed once they are out. The filters
+     * keep no state about it: they set their headers up in h2o_start_response already. */
+    h2o_ostream_t *last = req->_ostr_top;
+    while (last->next != NULL)
+        last = last->next;
+    s->in_flight = 1;
+    last->do_send(last, req, NULL, 0, H2O_SEND_STATE_IN_PROGRESS);
 }
 
 int h2o_db_mruby_stream_op(h2o_db_mruby_req_t *mreq, mrb_value op, mrb_value *resume_with)

@@ -8,6 +8,7 @@
 
 #include <curl/curl.h>
 #include <ctype.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,27 @@
 
 static th_server_t server;
 static int server_up;
+
+/* Strings made during a test, freed by teardown (so that LeakSanitizer sees no leak). */
+static char **arena;
+static size_t arena_size;
+
+static char *keep(char *s)
+{
+    arena = realloc(arena, sizeof(*arena) * (arena_size + 1));
+    arena[arena_size++] = s;
+    return s;
+}
+
+static __attribute__((format(printf, 1, 2))) char *qf(const char *fmt, ...)
+{
+    va_list ap;
+    char *s;
+    va_start(ap, fmt);
+    ck_assert(vasprintf(&s, fmt, ap) >= 0);
+    va_end(ap);
+    return keep(s);
+}
 
 static const char *schema_pg = "DROP TABLE IF EXISTS qn;\n"
                                "CREATE TABLE qn (id serial PRIMARY KEY, owner text NOT NULL DEFAULT '', title text NOT NULL,\n"
@@ -105,11 +127,11 @@ static char *replace(const char *text, const char *from, const char *to)
 
 static char *paths(const char *prefix, const char *key, const char *big)
 {
-    char *a = replace(paths_tmpl, "/P/", th_fmt("/%s/", prefix)), *b = replace(a, "key: K", th_fmt("key: %s", key)),
-         *c = replace(b, "GET: BIG", th_fmt("GET: %s", big));
+    char *a = replace(paths_tmpl, "/P/", qf("/%s/", prefix)), *b = replace(a, "key: K", qf("key: %s", key)),
+         *c = replace(b, "GET: BIG", qf("GET: %s", big));
     free(a);
     free(b);
-    return c;
+    return keep(c);
 }
 
 /* H2O_DB_TEST_MYSQL with the database MY_DB; NULL when absent. */
@@ -150,12 +172,12 @@ static void start(void)
 {
     th_require_pg();
     mysql_database();
-    char *dir = th_tmpdir();
+    char *dir = keep(th_tmpdir());
     free(th_write_file(dir, "pg.sql", schema_pg, 0));
     free(th_write_file(dir, "lite.sql", schema_lite, 0));
     free(th_write_file(dir, "my.sql", schema_my, 0));
     const char *my = mysql_url();
-    char *conf = th_fmt(
+    const char *conf = qf(
         "listen: {host: 127.0.0.1, port: @PORT@}\n"
         "num-threads: 2\n"
         "db.bind:\n"
@@ -182,14 +204,13 @@ static void start(void)
         "            params: [query:at]\n"
         "      /badint:\n"
         "        db.query: {GET: {sql: 'SELECT $1::int AS v', params: [query:v], result: value}}\n",
-        my != NULL ? th_fmt("  - {url: '%s', key: sa_my, schema: my.sql}\n", my) : "", th_free_port(),
+        my != NULL ? qf("  - {url: '%s', key: sa_my, schema: my.sql}\n", my) : "", th_free_port(),
         paths("pg", "sa_main",
               "{sql: 'SELECT g AS n, ''r,\"'' || g AS t FROM generate_series(1, $1::int) AS g ORDER BY g', params: [query:n]}"),
         paths("lite", "sa_lite", "{sql: 'SELECT 1 AS n'}"), my != NULL ? paths("my", "sa_my", "{sql: 'SELECT 1 AS n'}") : "");
     int rc = th_server_start_in(&server, dir, conf);
     ck_assert_msg(rc == 0, "the server did not start; log:\n%s", th_server_log(&server));
     server_up = 1;
-    free(conf);
 }
 
 static void teardown(void)
@@ -197,6 +218,11 @@ static void teardown(void)
     if (server_up)
         th_server_stop(&server, 5000);
     server_up = 0;
+    for (size_t i = 0; i < arena_size; ++i)
+        free(arena[i]);
+    free(arena);
+    arena = NULL;
+    arena_size = 0;
 }
 
 /* ---- HTTP with headers ---- */

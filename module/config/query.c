@@ -118,7 +118,8 @@ static int parse_statements(h2o_configurator_command_t *cmd, yoml_t *sql, yoml_t
     size_t count = params == NULL ? 0 : params->type == YOML_TYPE_SEQUENCE ? params->data.sequence.size : 1;
     if (count != 0) {
         m->params = calloc(count, sizeof(*m->params));
-        for (size_t i = 0; i < count; ++i, ++m->num_params)
+        m->num_params = count; /* (all freed with m, parsed or not) */
+        for (size_t i = 0; i < count; ++i)
             if (parse_param(cmd, params->type == YOML_TYPE_SEQUENCE ? params->data.sequence.elements[i] : params, m->params + i) !=
                 0)
                 return -1;

@@ -292,7 +292,6 @@ static int on_req(h2o_handler_t *_self, h2o_req_t *req)
         return 0;
     }
     if (req->entity.base != NULL && req->entity.len > args->max_body) {
-        req->http1_is_persistent = 0; /* (what is left of the body is not read) */
         h2o_db_query_send_json_error(req, 413, "the request body is too large", NULL);
         return 0;
     }

@@ -1,10 +1,11 @@
 /*
  * A `rows` answer written as the rows arrive (h2o_db_query_rows): each row's text is appended to
  * `pending`; at the end of the loop iteration (the context's zero timeout, so that rows arriving
- * together go out in one write) `pending` becomes `sending` and goes to h2o_send. While a send is
- * in flight and `pending` is above HIGH_WATER, on_row pauses the statement; the generator's
- * proceed (the client took the bytes) sends what came meanwhile and resumes it. Memory is so
- * bounded by two buffers of about HIGH_WATER, whatever the result's size.
+ * together go out in one write) `pending` becomes `sending` and goes to h2o_send. Once `pending`
+ * is above HIGH_WATER, on_row pauses the statement until it has been handed to h2o_send, which
+ * waits for the previous send's proceed (the client took those bytes): a slow client pauses the
+ * statement. Memory is so bounded by two buffers of about HIGH_WATER (plus one row), whatever the
+ * result's size.
  *
  * The status and headers go out with the first row; an error before it is the normal error
  * answer. An error after it cannot change the status: the body is cut short with
@@ -142,7 +143,7 @@ static int take_row(h2o_db_query_stream_t *st, const h2o_db_result_t *r, size_t 
     if (!st->started)
         start_response(st, SIZE_MAX);
     schedule_flush(st);
-    if (st->pending.len >= HIGH_WATER && st->in_flight) {
+    if (st->pending.len >= HIGH_WATER) { /* (resumed once it is sent: flush) */
         st->paused = 1;
         return 1;
     }

@@ -441,6 +441,48 @@ START_TEST(a_failure_after_rows_cuts_the_body_short)
 }
 END_TEST
 
+static int replica_answers(void *arg)
+{
+    th_response_t r;
+    request(&r, TH_HTTP1, NULL, "/rep/replica", NULL, NULL);
+    int yes = r.status == 200 && strcmp(r.body, "t") == 0;
+    th_response_free(&r);
+    return yes;
+}
+
+START_TEST(get_reads_from_a_replica_unless_read_primary)
+{
+    th_require_pg();
+    const char *pg = th_pg_url(), *port = getenv("H2O_DB_TEST_PG_STANDBY_PORT");
+    ck_assert_msg(port != NULL, "no standby: run the suite through scripts/test");
+    const char *colon = strrchr(pg, ':'), *slash = strchr(colon, '/');
+    const char *conf = qf("listen: {host: 127.0.0.1, port: @PORT@}\n"
+                          "num-threads: 1\n"
+                          "db.bind: {url: '@PG@', replicas: ['%.*s:%s%s']}\n"
+                          "hosts:\n"
+                          "  default:\n"
+                          "    paths:\n"
+                          "      /rep/replica:\n"
+                          "        db.query:\n"
+                          "          GET: {sql: SELECT pg_is_in_recovery(), result: value}\n"
+                          "          POST: {sql: SELECT pg_is_in_recovery(), result: value}\n"
+                          "      /rep/primary:\n"
+                          "        db.query: {read: primary, GET: {sql: SELECT pg_is_in_recovery(), result: value}}\n",
+                          (int)(colon - pg), pg, port, slash);
+    ck_assert_msg(th_server_start(&server, conf) == 0, "the server did not start; log:\n%s", th_server_log(&server));
+    server_up = 1;
+    /* GET goes to the replica once the thread has measured its lag (until then, the primary) */
+    ck_assert_msg(th_wait_until(replica_answers, NULL, 20000), "GET never reached the replica; log:\n%s", th_server_log(&server));
+    for (size_t vi = 0; vi < 2; ++vi) {
+        th_response_t r;
+        expect_body(versions[vi], "/rep/replica", NULL, "t");
+        expect_body(versions[vi], "/rep/primary", NULL, "f");
+        ck_assert_str_eq(expect(&r, versions[vi], 200, "POST", "/rep/replica", NULL, ""), "f");
+        th_response_free(&r);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("query");
@@ -459,6 +501,7 @@ int main(void)
         T(a_million_rows_stream_in_bounded_memory),
         T(a_failure_after_rows_cuts_the_body_short),
         T(a_client_that_does_not_read_pauses_the_statement),
+        T(get_reads_from_a_replica_unless_read_primary),
 #undef T
     };
     const char *only = getenv("H2O_DB_TEST_ONLY");

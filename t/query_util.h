@@ -45,7 +45,8 @@ static __attribute__((format(printf, 1, 2))) char *qf(const char *fmt, ...)
     return keep(s);
 }
 
-static const char *schema_pg = "DROP TABLE IF EXISTS qn;\n"
+static const char *schema_pg = "DROP TABLE IF EXISTS qn, qd;\n"
+                               "CREATE TABLE qd (n int UNIQUE DEFERRABLE INITIALLY DEFERRED);\n"
                                "CREATE TABLE qn (id serial PRIMARY KEY, owner text NOT NULL DEFAULT '', title text NOT NULL,\n"
                                "  body text, n int UNIQUE);\n";
 static const char *schema_lite = "DROP TABLE IF EXISTS qn;\n"
@@ -101,6 +102,12 @@ static const char *paths_tmpl =
     "              - SELECT count(*) AS c FROM qn WHERE title = $1\n"
     "            params: [body:title, body:a, body:b]\n"
     "            result: value\n"
+    "      /P/txrows:\n"
+    "        db.query:\n"
+    "          key: K\n"
+    "          POST:\n"
+    "            sql: ['INSERT INTO qn (title) VALUES ($1)', 'SELECT title FROM qn WHERE title = $1 ORDER BY id']\n"
+    "            params: [query:t]\n"
     "      /P/big:\n"
     "        db.query: {key: K, GET: BIG}\n";
 
@@ -202,6 +209,13 @@ static void start(void)
         "            sql: SELECT g, CASE WHEN g < $1 THEN 'ok' ELSE (1 / (g - g))::text END AS t FROM generate_series(1, 100000) "
         "AS g\n"
         "            params: [query:at]\n"
+        "      /txcut:\n"
+        "        db.query:\n"
+        "          POST:\n"
+        "            sql:\n"
+        "              - INSERT INTO qd (n) VALUES (1), (1)\n"
+        "              - SELECT g FROM generate_series(1, 50000) AS g\n"
+        "            result: rows\n"
         "      /badint:\n"
         "        db.query: {GET: {sql: 'SELECT $1::int AS v', params: [query:v], result: value}}\n",
         my != NULL ? qf("  - {url: '%s', key: sa_my, schema: my.sql}\n", my) : "", th_free_port(),

@@ -495,7 +495,9 @@ START_TEST(get_reads_from_a_replica_unless_read_primary)
                           "          GET: {sql: SELECT pg_is_in_recovery(), result: value}\n"
                           "          POST: {sql: SELECT pg_is_in_recovery(), result: value}\n"
                           "      /rep/primary:\n"
-                          "        db.query: {read: primary, GET: {sql: SELECT pg_is_in_recovery(), result: value}}\n",
+                          "        db.query: {read: primary, GET: {sql: SELECT pg_is_in_recovery(), result: value}}\n"
+                          "      /rep/method:\n"
+                          "        db.query: {GET: {sql: SELECT pg_is_in_recovery(), result: value, read: primary}}\n",
                           (int)(colon - pg), pg, port, slash);
     ck_assert_msg(th_server_start(&server, conf) == 0, "the server did not start; log:\n%s", th_server_log(&server));
     server_up = 1;
@@ -505,6 +507,7 @@ START_TEST(get_reads_from_a_replica_unless_read_primary)
     for (size_t vi = 0; vi < 2; ++vi) {
         th_response_t r;
         expect_body(versions[vi], "/rep/primary", NULL, "f");
+        expect_body(versions[vi], "/rep/method", NULL, "f");
         ck_assert_str_eq(expect(&r, versions[vi], 200, "POST", "/rep/replica", NULL, ""), "f");
         th_response_free(&r);
     }

@@ -172,6 +172,7 @@ static h2o_db_query_method_t *parse_method(h2o_configurator_command_t *cmd, yoml
     if (h2o_db_config_unique_keys(cmd, node) != 0)
         return NULL;
     h2o_db_query_method_t *m = calloc(1, sizeof(*m));
+    m->read = -1;
     yoml_t *sql = NULL, *params = NULL, *paginate = NULL, *result = NULL;
     static const char *const results[] = {"rows", "row", "value", "affected", "none"};
     for (size_t i = 0; i < node->data.mapping.size; ++i) {
@@ -188,6 +189,12 @@ static h2o_db_query_method_t *parse_method(h2o_configurator_command_t *cmd, yoml
             if (h2o_db_config_number(cmd, v, "status", 200, 599, &st) != 0)
                 goto Error;
             m->status = (int)st;
+        } else if (strcmp(name, "read") == 0) {
+            if (scalar(v) == NULL || (strcmp(v->data.scalar, "primary") != 0 && strcmp(v->data.scalar, "replica") != 0)) {
+                h2o_configurator_errprintf(cmd, v, "read is primary or replica");
+                goto Error;
+            }
+            m->read = strcmp(v->data.scalar, "primary") == 0;
         } else if (strcmp(name, "result") == 0) {
             size_t r = 0;
             while (r < 5 && (scalar(v) == NULL || strcmp(v->data.scalar, results[r]) != 0))
@@ -199,8 +206,8 @@ static h2o_db_query_method_t *parse_method(h2o_configurator_command_t *cmd, yoml
             m->result = (h2o_db_query_result_t)r;
             result = v;
         } else {
-            h2o_configurator_errprintf(cmd, k, "unknown option `%s` of a method (known: sql, params, result, status, paginate)",
-                                       name);
+            h2o_configurator_errprintf(
+                cmd, k, "unknown option `%s` of a method (known: sql, params, result, status, paginate, read)", name);
             goto Error;
         }
     }

@@ -329,7 +329,7 @@ static int on_req(h2o_handler_t *_self, h2o_req_t *req)
         h2o_db_query_send_json_error(req, 500, "no database session on this path", NULL);
         return 0;
     }
-    if ((mi == H2O_DB_QUERY_GET || mi == H2O_DB_QUERY_HEAD) && !args->read_primary)
+    if ((mi == H2O_DB_QUERY_GET || mi == H2O_DB_QUERY_HEAD) && !(m->read >= 0 ? m->read : args->read_primary))
         h2o_db_session_read_only(c->s); /* (a bind without replicas ignores it) */
     if (m->num_sql == 1) {
         run_last(c);

@@ -52,6 +52,7 @@ typedef struct st_h2o_db_query_method_t {
     int status;              /* the success status; 0: the result's default */
     size_t limit, max_limit; /* `paginate`; limit 0: not paginated */
     char *paged_sql;         /* the last statement wrapped in SELECT * … LIMIT $k OFFSET $k+1 */
+    int read;                /* `read:` of the method: -1 as the path says, 0 replica, 1 primary */
 } h2o_db_query_method_t;
 
 enum {

@@ -351,6 +351,30 @@ START_TEST(db_query_get_reads_on_the_standby_unless_read_primary)
 }
 END_TEST
 
+/* polled: the C API (db_script's READONLY step is h2o_db_session_read_only) reads on the standby,
+ * and a second call after the statement is refused */
+static int script_reads_on_standby(void *arg)
+{
+    th_response_t res;
+    char *url = th_url(&server, "/script");
+    int ok = th_http(&res, TH_HTTP1, "POST", url, "READONLY\nSQL SELECT pg_is_in_recovery() AS r\nREADONLY\n") == 0 &&
+             res.status == 200 && strstr(res.body, "\"r\":true") != NULL && strstr(res.body, "REFUSED") != NULL;
+    th_response_free(&res);
+    free(url);
+    return ok;
+}
+
+START_TEST(the_c_api_marks_a_session_read_only_before_its_first_statement)
+{
+    char *sb = standby_url(), *binds = th_fmt("  - url: @PG@\n    replicas: [%s]\n", sb);
+    start_with(binds, "      /script:\n        c.handler: @BUILD@/t/db_handlers.so:db_script\n");
+    ck_assert_msg(th_wait_until(script_reads_on_standby, NULL, 10000), "h2o_db_session_read_only never led to the standby");
+    free(binds);
+    free(sb);
+    stop();
+}
+END_TEST
+
 START_TEST(read_only_on_a_bind_without_replicas_changes_nothing)
 {
     start_with("  - url: @PG@\n", "");
@@ -411,6 +435,7 @@ int main(void)
     tcase_add_test(tc, the_check_lists_replicas_without_their_passwords);
     tcase_add_test(tc, db_query_get_reads_on_the_standby_unless_read_primary);
     tcase_add_test(tc, read_only_on_a_bind_without_replicas_changes_nothing);
+    tcase_add_test(tc, the_c_api_marks_a_session_read_only_before_its_first_statement);
     tcase_add_test(tc, a_read_only_transaction_on_a_twophase_bind_runs_on_the_primary);
     suite_add_tcase(s, tc);
     return th_run_suite(s);

@@ -16,6 +16,7 @@
  *   CONTINUE         go on after a failed step (default: stop there)
  *   RETURN           answer now, whatever is still open (request-end clean-up)
  *   SENDERROR        on a failed step, answer with h2o_db_send_error()
+ *   READONLY         h2o_db_session_read_only(current session): nothing, or REFUSED (-1)
  * A step h2o_db_* refuses is reported as {"status":"REFUSED"}.
  *
  * db_keys: ?keys=a,b,c → "a=1 b=0 c=1" (whether h2o_db_session(req, k) != NULL).
@@ -32,6 +33,7 @@
 #define MAX_PARAMS 64
 
 enum { STEP_KEY, STEP_FOR, STEP_BEGIN, STEP_COMMIT, STEP_ROLLBACK, STEP_SQL, STEP_SLEEP, STEP_ALL, STEP_BATCH, STEP_RETURN };
+enum { STEP_READONLY = STEP_RETURN + 1 };
 
 struct step {
     int kind;
@@ -242,6 +244,10 @@ static void run(struct script *sc)
         case STEP_RETURN:
             finish(sc);
             return;
+        case STEP_READONLY:
+            ret = h2o_db_session_read_only(sc->session);
+            issued = ret != 0; /* reported only when refused */
+            break;
         case STEP_SLEEP:
             sc->timer = malloc(sizeof(*sc->timer));
             uv_timer_init(sc->req->conn->ctx->loop, sc->timer);
@@ -345,6 +351,8 @@ int db_script(h2o_handler_t *self, h2o_req_t *req)
             *st = (struct step){STEP_BATCH};
         } else if (strcmp(line, "RETURN") == 0) {
             *st = (struct step){STEP_RETURN};
+        } else if (strcmp(line, "READONLY") == 0) {
+            *st = (struct step){STEP_READONLY};
         } else if (strcmp(line, "CONTINUE") == 0) {
             sc->cont = 1;
             continue;

@@ -373,6 +373,7 @@ static int drive(h2o_db_mruby_vm_t *vm, uint64_t id, mrb_value fiber, mrb_int ar
             return 0; /* it waits for the generator's proceed */
         if (rc == 1 && h2o_db_mruby_start_op(mreq, v, &resume_with) == 0) {
             mreq->waiting = 1;
+            h2o_db_mruby_stream_flush(mreq); /* a streamed body waits: what it made goes out */
             return 0;
         }
         argc = 1;

@@ -106,13 +106,14 @@ typedef struct st_h2o_db_mruby_buf_t {
 typedef struct st_h2o_db_mruby_stream_t {
     h2o_generator_t generator;
     h2o_db_mruby_buf_t fill, flight;
-    size_t left;            /* bytes the app's content-length still allows; SIZE_MAX without one */
-    unsigned started : 1;   /* the response has started (status and headers went to h2o) */
-    unsigned in_flight : 1; /* an h2o_send waits for proceed */
-    unsigned waiting : 1;   /* the Fiber waits for proceed */
-    unsigned ended : 1;     /* the Fiber ended: the last h2o_send follows the one in flight */
-    unsigned failed : 1;    /* ... and ends the response as broken (H2O_SEND_STATE_ERROR) */
-    unsigned discard : 1;   /* HEAD, 1xx, 204, 304: the chunks are dropped */
+    size_t left;               /* bytes the app's content-length still allows; SIZE_MAX without one */
+    unsigned started : 1;      /* the response has started (h2o_start_response) */
+    unsigned head_pending : 1; /* nothing was sent yet: the headers go with the first send */
+    unsigned in_flight : 1;    /* an h2o_send waits for proceed */
+    unsigned waiting : 1;      /* the Fiber waits for proceed */
+    unsigned ended : 1;        /* the Fiber ended: the last h2o_send follows the one in flight */
+    unsigned failed : 1;       /* ... and ends the response as broken (H2O_SEND_STATE_ERROR) */
+    unsigned discard : 1;      /* HEAD, 1xx, 204, 304: the chunks are dropped */
 } h2o_db_mruby_stream_t;
 
 #define H2O_DB_MRUBY_STREAM_CAP 65536
@@ -201,6 +202,9 @@ void h2o_db_mruby_define_stream(h2o_db_mruby_vm_t *vm);
  * response, or sends what the Fiber filled. Returns 1 when op is no stream op; 0 when the Fiber
  * waits (proceed resumes it); -1 with *resume_with set to resume it now. */
 int h2o_db_mruby_stream_op(h2o_db_mruby_req_t *mreq, mrb_value op, mrb_value *resume_with);
+/* stream.c: the Fiber gives the loop back (it waits for a statement): what it filled goes out,
+ * or the headers alone, unless a send is in flight. */
+void h2o_db_mruby_stream_flush(h2o_db_mruby_req_t *mreq);
 /* stream.c: the Fiber of a started stream ended (failed: with an exception, already logged); the
  * last h2o_send goes now or after the one in flight. mreq may be gone when this returns. */
 void h2o_db_mruby_stream_end(h2o_db_mruby_req_t *mreq, int failed);

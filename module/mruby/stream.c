@@ -3,12 +3,14 @@
  *
  * A body that is not an Array is iterated by H2O::DB.__stream (prelude/rack.rb) inside the
  * request's Fiber. It first yields [STREAM, status, headers, body]: the response starts here
- * (status and headers go out at once; no content-length unless the app gave one, so HTTP/1.1
- * is chunked and HTTP/2 sends DATA frames). Each chunk goes through H2O::DB.__write, which copies
- * it into `fill` and says when the Fiber is to yield STREAM: when nothing is in flight (so that
- * it is sent now) or when `fill` has reached H2O_DB_MRUBY_STREAM_CAP while an h2o_send is in
- * flight (back-pressure: the Fiber waits, and the generator's proceed sends `fill` and resumes
- * it). So a stream holds at most what is in flight plus the cap plus one chunk, twice.
+ * (no content-length unless the app gave one, so HTTP/1.1 is chunked and HTTP/2 sends DATA
+ * frames). Each chunk goes through H2O::DB.__write, which copies it into `fill`. What is filled
+ * (and the headers, the first time) is sent whenever the Fiber gives the loop back: when it waits
+ * for a statement (h2o_db_mruby_stream_flush), when it ends (with the final state: a short body
+ * is one write), or when `fill` reaches H2O_DB_MRUBY_STREAM_CAP (__write says to yield STREAM).
+ * While an h2o_send is in flight and `fill` is full, the Fiber waits (back-pressure); the
+ * generator's proceed sends `fill` and resumes it. So a stream holds at most what is in flight
+ * plus the cap plus one chunk, twice.
  *
  * The body is kept in the VM's `bodies` array until its `close` has been called: by the
  * Fiber after the last chunk (H2O::DB.__body_done then forgets it), or here when the request
@@ -64,7 +66,35 @@ static void send_fill(h2o_db_mruby_stream_t *s, h2o_send_state_t state)
     s->flight = sent;
     h2o_iovec_t buf = h2o_iovec_init(sent.base, sent.len);
     s->in_flight = h2o_send_state_is_in_progress(state);
+    s->head_pending = 0; /* the headers go with the data */
     h2o_send(req, &buf, buf.len != 0, state);
+}
+
+/* The headers alone. libh2o 2.2.5's filters (the chunked encoder, compress) pass an empty
+ * in-progress send on as nothing (h2o_ostream_send_next only schedules proceed), so the headers
+ * would wait for the first chunk: the empty send goes to the last ostream, the protocol's, which
+ * writes the headers and calls proceed once they are out. The filters keep no state about it:
+ * they set their headers up in h2o_start_response already. */
+static void send_head(h2o_db_mruby_stream_t *s)
+{
+    h2o_req_t *req = req_of_stream(s)->req;
+    h2o_ostream_t *last = req->_ostr_top;
+    while (last->next != NULL)
+        last = last->next;
+    s->in_flight = 1;
+    s->head_pending = 0;
+    last->do_send(last, req, NULL, 0, H2O_SEND_STATE_IN_PROGRESS);
+}
+
+void h2o_db_mruby_stream_flush(h2o_db_mruby_req_t *mreq)
+{
+    h2o_db_mruby_stream_t *s = &mreq->stream;
+    if (!s->started || s->ended || s->in_flight)
+        return;
+    if (s->fill.len != 0)
+        send_fill(s, H2O_SEND_STATE_IN_PROGRESS);
+    else if (s->head_pending)
+        send_head(s);
 }
 
 static void send_last(h2o_db_mruby_stream_t *s)
@@ -118,17 +148,8 @@ static void start(h2o_db_mruby_req_t *mreq, mrb_value op)
     s->generator.proceed = on_proceed;
     s->generator.stop = NULL; /* the request's end frees the slot (h2o_db_mruby_stream_release) */
     s->started = 1;
+    s->head_pending = 1; /* sent with the first chunks, or alone when the Fiber first waits */
     h2o_start_response(req, &s->generator);
-    /* the headers, now. libh2o 2.2.5's filters (the chunked encoder, compress) pass an empty
-     * in-progress send on as nothing (h2o_ostream_send_next only schedules proceed), so the
-     * headers would wait for the first chunk: the empty send goes to the last ostream, the
-     * protocol's, which writes the headers and calls proceed once they are out. The filters
-     * keep no state about it: they set their headers up in h2o_start_response already. */
-    h2o_ostream_t *last = req->_ostr_top;
-    while (last->next != NULL)
-        last = last->next;
-    s->in_flight = 1;
-    last->do_send(last, req, NULL, 0, H2O_SEND_STATE_IN_PROGRESS);
 }
 
 int h2o_db_mruby_stream_op(h2o_db_mruby_req_t *mreq, mrb_value op, mrb_value *resume_with)
@@ -152,8 +173,7 @@ int h2o_db_mruby_stream_op(h2o_db_mruby_req_t *mreq, mrb_value op, mrb_value *re
         *resume_with = mrb_exc_new_lit(mrb, E_RUNTIME_ERROR, "no streamed response has started");
         return -1;
     }
-    if (!s->in_flight && s->fill.len != 0)
-        send_fill(s, H2O_SEND_STATE_IN_PROGRESS);
+    h2o_db_mruby_stream_flush(mreq);
     if (s->in_flight && s->fill.len >= H2O_DB_MRUBY_STREAM_CAP) {
         s->waiting = 1;
         return 0;
@@ -221,7 +241,8 @@ static h2o_db_mruby_req_t *streaming_req(mrb_state *mrb, mrb_int id)
     return mreq;
 }
 
-/* H2O::DB.__write(id, chunk): true when the Fiber is to yield STREAM (send now, or wait). */
+/* H2O::DB.__write(id, chunk): true when the Fiber is to yield STREAM (the buffer is full: send it,
+ * or wait for the write in flight). Below that, the buffer goes when the Fiber waits or ends. */
 static mrb_value db_write(mrb_state *mrb, mrb_value self)
 {
     mrb_int id;
@@ -238,7 +259,7 @@ static mrb_value db_write(mrb_state *mrb, mrb_value self)
     }
     if (n != 0 && buf_append(&s->fill, RSTRING_PTR(chunk), n) != 0)
         mrb_raise(mrb, E_RUNTIME_ERROR, "out of memory buffering a chunk of the response");
-    return mrb_bool_value(s->fill.len != 0 && (!s->in_flight || s->fill.len >= H2O_DB_MRUBY_STREAM_CAP));
+    return mrb_bool_value(s->fill.len >= H2O_DB_MRUBY_STREAM_CAP);
 }
 
 /* H2O::DB.__body_done(id): the Fiber closes the body itself (its last chunk came, or it raised). */

@@ -150,6 +150,16 @@ void th_forwarder_down(th_forwarder_t *f)
 void th_forwarder_free(th_forwarder_t *f)
 {
     th_forwarder_down(f);
+    /* the relays were cut: wait (bounded) until each has untracked its sockets, its last use of f */
+    for (int tries = 0, busy = 1; busy && tries < 500; ++tries) {
+        pthread_mutex_lock(&f->lock);
+        busy = 0;
+        for (int i = 0; i < MAX_FDS; ++i)
+            busy |= f->fds[i] >= 0;
+        pthread_mutex_unlock(&f->lock);
+        if (busy)
+            usleep(10000);
+    }
     pthread_mutex_destroy(&f->lock);
     free(f);
 }

@@ -2,14 +2,15 @@
  * bench/listen's client: how long a NOTIFY takes to reach Server-Sent Events clients of
  * db.listen (a program that prints figures, not a test).
  *
- *   bench_listen PORT PATH PG_URL CLIENTS NOTIFIES INTERVAL_US
+ *   bench_listen PORT PATH PG_URL CLIENTS NOTIFIES INTERVAL_US [SERVER_PID]
  *
  * Opens CLIENTS HTTP/1.1 streams to 127.0.0.1:PORT/PATH, waits until every one says
  * `: listening`, then a second thread sends NOTIFIES pg_notify('bench', '<CLOCK_MONOTONIC ns>')
  * from a libpq connection, one every INTERVAL_US microseconds; the main thread reads every
  * stream (epoll) and records, for each client and NOTIFY, the time from just before pg_notify
  * was called to the moment the client's `data:` line was read. Prints p50/p90/p99/p99.9/max,
- * what fraction arrived, and the rate.
+ * what fraction arrived, and the rate; with SERVER_PID, the server's VmRSS once every client
+ * listens and after the last delivery (what the deliveries themselves cost in memory).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -85,6 +86,34 @@ static int connect_one(int port, const char *path)
     return fd;
 }
 
+static long rss_kb(const char *pid)
+{
+    char path[64], line[256];
+    long kb = -1;
+    snprintf(path, sizeof(path), "/proc/%s/status", pid);
+    FILE *f = pid != NULL ? fopen(path, "r") : NULL;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+        if (sscanf(line, "VmRSS: %ld", &kb) == 1)
+            break;
+    if (f != NULL)
+        fclose(f);
+    return kb;
+}
+
+/* utime + stime of a process, in seconds */
+static double cpu_s(const char *pid)
+{
+    char path[64];
+    unsigned long ut = 0, st = 0;
+    snprintf(path, sizeof(path), "/proc/%s/stat", pid);
+    FILE *f = pid != NULL ? fopen(path, "r") : NULL;
+    if (f == NULL || fscanf(f, "%*d %*s %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        ut = st = 0;
+    if (f != NULL)
+        fclose(f);
+    return (double)(ut + st) / sysconf(_SC_CLK_TCK);
+}
+
 static int cmp(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -112,11 +141,14 @@ static void scan(struct client *c, uint64_t *samples, size_t *nsamples)
 
 int main(int argc, char **argv)
 {
-    if (argc != 7) {
-        fprintf(stderr, "usage: bench_listen PORT PATH PG_URL CLIENTS NOTIFIES INTERVAL_US\n");
+    if (argc != 7 && argc != 8) {
+        fprintf(stderr, "usage: bench_listen PORT PATH PG_URL CLIENTS NOTIFIES INTERVAL_US [SERVER_PID]\n");
         return 2;
     }
     int port = atoi(argv[1]);
+    const char *server_pid = argc == 8 ? argv[7] : NULL;
+    long rss_listening = -1;
+    double cpu_listening = 0;
     pg_url = argv[3];
     long nclients = atol(argv[4]);
     notifies = atol(argv[5]);
@@ -138,6 +170,8 @@ int main(int argc, char **argv)
     while (now_ns() < deadline) {
         if (!started && listening == nclients) {
             started = 1;
+            rss_listening = server_pid != NULL ? rss_kb(server_pid) : -1;
+            cpu_listening = server_pid != NULL ? cpu_s(server_pid) : 0;
             t_start = now_ns();
             pthread_create(&tid, NULL, sender, NULL);
         }
@@ -181,5 +215,11 @@ int main(int argc, char **argv)
     printf("NOTIFY -> client latency ms: p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f\n", PCT(0.5), PCT(0.9), PCT(0.99),
            PCT(0.999), PCT(1.0));
     printf("deliveries per second: %.0f (over %.2f s)\n", nsamples / secs, secs);
+    if (server_pid != NULL)
+        printf("server CPU: %.2f s for the deliveries, %.2f us each\n", cpu_s(server_pid) - cpu_listening,
+               (cpu_s(server_pid) - cpu_listening) * 1e6 / (nsamples != 0 ? nsamples : 1));
+    if (server_pid != NULL)
+        printf("server VmRSS: %ld kB with every client listening, %ld kB after the deliveries\n", rss_listening,
+               rss_kb(server_pid));
     return 0;
 }

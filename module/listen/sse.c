@@ -26,6 +26,8 @@
 #include <unistd.h>
 #include "listen/listen.h"
 
+#define KEEP_BUFFER 16384 /* a client's buffer larger than this is freed once written */
+
 struct sse_handler {
     h2o_handler_t super;
     h2o_db_listen_args_t args; /* owned copy */
@@ -156,6 +158,11 @@ static void on_proceed(h2o_generator_t *gen, h2o_req_t *req)
     struct client *c = (void *)gen;
     c->sending = 0;
     c->inflight.len = 0;
+    if (c->inflight.cap > KEEP_BUFFER) {
+        /* (a burst grew it: give the memory back rather than keep max-backlog per client) */
+        free(c->inflight.base);
+        c->inflight = (struct buf){NULL};
+    }
     if (c->pc == NULL)
         return;
     if (c->dropped) {

@@ -534,6 +534,28 @@ START_TEST(config_errors_name_file_and_line)
 }
 END_TEST
 
+START_TEST(the_example_config_passes_the_check)
+{
+    char *path = th_fmt("%s/conf.d/listen.conf", getenv("H2O_DB_SOURCE_DIR"));
+    FILE *f = fopen(path, "r");
+    ck_assert_msg(f != NULL, "cannot read %s", path);
+    char text[8192];
+    size_t n = fread(text, 1, sizeof(text) - 3, f);
+    fclose(f);
+    text[n] = '\0';
+    char *port = strstr(text, "port: 8080");
+    ck_assert_msg(port != NULL, "conf.d/listen.conf no longer has `port: 8080`");
+    /* `port: @PORT@`: the check binds the port, so a free one */
+    memmove(port + 12, port + 10, strlen(port + 10) + 1);
+    memcpy(port, "port: @PORT@", 12);
+    char *out = NULL;
+    int status = th_run_h2o_db("-t", text, &out);
+    ck_assert_msg(status == 0, "h2o-db -t -c conf.d/listen.conf: %s", out);
+    free(out);
+    free(path);
+}
+END_TEST
+
 static void add(Suite *s, const char *name, const TTest *test, int timeout)
 {
     TCase *tc = tcase_create(name);
@@ -559,5 +581,6 @@ int main(void)
     ADD(s, a_reload_ends_the_streams_and_new_threads_listen_anew, 60);
     ADD(s, the_c_api_shares_the_listen_connection_and_unlisten_stops_the_callbacks, 60);
     ADD(s, config_errors_name_file_and_line, 60);
+    ADD(s, the_example_config_passes_the_check, 60);
     return th_run_suite(s);
 }

@@ -2,7 +2,7 @@
 # when some are missing (apt-get; through sudo when not root), and runs build steps so that a
 # failing one prints its output and what to do.
 H2O_DB_BUILD_PACKAGES="gcc pkg-config python3 meson ninja-build openssl libh2o-dev libuv1-dev libyaml-dev libssl-dev libpq-dev libsqlite3-dev libmruby-dev libmariadb-dev"
-H2O_DB_TEST_PACKAGES="check libcurl4-openssl-dev curl openssl postgresql mariadb-server chromium memcached pgbouncer wrk"
+H2O_DB_TEST_PACKAGES="check libcurl4-openssl-dev curl openssl postgresql mariadb-server chromium memcached pgbouncer wrk nghttp2-client"
 # scripts/fuzz: clang and its libFuzzer/sanitizer runtimes
 H2O_DB_FUZZ_PACKAGES="clang libclang-rt-dev"
 

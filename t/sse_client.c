@@ -45,7 +45,19 @@ void sse_open_http1(sse_t *c, int port, const char *path, int rcvbuf)
     put(&c->body, &c->body_len, &c->body_cap, "", 0);
 }
 
+static void spawn(sse_t *c, int port, const char *path, int small_window);
+
 void sse_open_http2(sse_t *c, int port, const char *path)
+{
+    spawn(c, port, path, 0);
+}
+
+void sse_open_http2_small_window(sse_t *c, int port, const char *path)
+{
+    spawn(c, port, path, 1);
+}
+
+static void spawn(sse_t *c, int port, const char *path, int small_window)
 {
     memset(c, 0, sizeof(*c));
     int fds[2];
@@ -58,7 +70,10 @@ void sse_open_http2(sse_t *c, int port, const char *path)
         dup2(fds[1], 1);
         close(fds[0]);
         close(fds[1]);
-        execlp("curl", "curl", "-sN", "--http2-prior-knowledge", "-o", "-", "-w", "", url, (char *)NULL);
+        if (small_window) /* 64 KiB windows: a stopped reader holds the server back soon */
+            execlp("stdbuf", "stdbuf", "-o0", "nghttp", "-w", "16", "-W", "16", url, (char *)NULL); /* (unbuffered) */
+        else
+            execlp("curl", "curl", "-sN", "--http2-prior-knowledge", "-o", "-", "-w", "", url, (char *)NULL);
         _exit(127);
     }
     close(fds[1]);
@@ -175,6 +190,7 @@ void sse_close(sse_t *c)
     if (c->fd >= 0)
         close(c->fd);
     if (c->pid > 0) {
+        kill(c->pid, SIGCONT);
         kill(c->pid, SIGTERM);
         waitpid(c->pid, NULL, 0);
     }

@@ -27,6 +27,8 @@ typedef struct {
 void sse_open_http1(sse_t *c, int port, const char *path, int rcvbuf);
 /* The same over HTTP/2 (h2c prior knowledge) through `curl -sN`. */
 void sse_open_http2(sse_t *c, int port, const char *path);
+/* ... through `nghttp` with 64 KiB flow-control windows. */
+void sse_open_http2_small_window(sse_t *c, int port, const char *path);
 /* Reads what the given clients have to say, for at most timeout_ms. */
 void sse_pump(sse_t *cs, size_t n, int timeout_ms);
 /* Pumps until cond(cs, n, arg) holds or timeout_ms × th_time_factor() passes; 1 when it held. */

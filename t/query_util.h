@@ -16,7 +16,7 @@
 #ifdef H2O_DB_WITH_MYSQL
 #include <mysql.h>
 #endif
-#include "harness.h"
+#include "db_util.h" /* db_on_body, db_on_header */
 
 #define MY_DB "h2o_test_query"
 #define EVIL  "x'); DROP TABLE qn; -- \"\\ `"
@@ -241,29 +241,6 @@ static void teardown(void)
 
 /* ---- HTTP with headers ---- */
 
-static size_t on_body(char *ptr, size_t size, size_t nmemb, void *data)
-{
-    th_response_t *res = data;
-    size_t n = size * nmemb;
-    res->body = realloc(res->body, res->body_len + n + 1);
-    memcpy(res->body + res->body_len, ptr, n);
-    res->body_len += n;
-    res->body[res->body_len] = '\0';
-    return n;
-}
-
-static size_t on_header(char *ptr, size_t size, size_t nmemb, void *data)
-{
-    th_response_t *res = data;
-    size_t n = size * nmemb, old = res->headers != NULL ? strlen(res->headers) : 0;
-    res->headers = realloc(res->headers, old + n + 1);
-    memcpy(res->headers + old, ptr, n);
-    res->headers[old + n] = '\0';
-    for (size_t i = old; i < old + n && res->headers[i] != ':'; ++i)
-        res->headers[i] = tolower((unsigned char)res->headers[i]);
-    return n;
-}
-
 /* METHOD PATH with extra header lines ("Name: value\n"...) and a body (NULL: none); the curl error
  * is in res->curl_error (0: a response arrived). */
 static void request(th_response_t *res, int version, const char *method, const char *path, const char *headers, const char *body)
@@ -282,9 +259,9 @@ static void request(th_response_t *res, int version, const char *method, const c
         p += n + (p[n] == '\n');
     }
     curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, db_on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, res);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, db_on_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, res);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)(60 * th_time_factor()));
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);

@@ -615,8 +615,13 @@ static int on_level_exit(h2o_configurator_t *_self, h2o_configurator_context_t *
  * 2.2.5 calls a configurator's dispose twice: the second call finds nothing left. */
 void h2o_db_config_release(h2o_db_config_t *config)
 {
+    /* a primary frees its replicas: forget them first (reading a child after its primary was
+     * freed would read freed memory) */
     for (size_t i = 0; i < config->binds.size; ++i)
-        if (config->binds.entries[i]->primary == NULL) /* (a primary frees its replicas) */
+        if (config->binds.entries[i]->primary != NULL)
+            config->binds.entries[i] = NULL;
+    for (size_t i = 0; i < config->binds.size; ++i)
+        if (config->binds.entries[i] != NULL)
             h2o_db_bind_free(config->binds.entries[i]);
     free(config->binds.entries);
     free(config->threads.entries);

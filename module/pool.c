@@ -61,6 +61,7 @@ static h2o_db_conn_t *unpin(h2o_db_place_t *s)
 {
     h2o_db_conn_t *conn = s->pinned;
     s->pinned = NULL;
+    s->stream_pin = 0;
     conn->pinned = NULL;
     H2O_DB_DEC(conn->pool->num_pinned);
     return conn;
@@ -496,7 +497,6 @@ static void lose_pin(h2o_db_place_t *s, const char *sqlstate)
 {
     if (s->stream_pin) {
         unpin(s);
-        s->stream_pin = 0;
         return;
     }
     lose_transaction(s, sqlstate);
@@ -636,7 +636,6 @@ static void conn_result(h2o_db_conn_t *conn, h2o_db_result_t *result)
             s->pinned == conn) {
             /* the transaction ended, or never began; the stream is over */
             unpin(s);
-            s->stream_pin = 0;
             if (s->outstanding == 0)
                 s->conn = NULL;
         }
@@ -763,7 +762,7 @@ void h2o_db_pool_detach(h2o_db_place_t *s, h2o_linklist_t *in_flight, h2o_linkli
         abandon_pinned(s);
     h2o_linklist_insert_list(queued, &s->pending);
     s->num_pending = 0;
-    s->begin_in_flight = s->txn_failed = s->txn_lost = s->stream_pin = 0;
+    s->begin_in_flight = s->txn_failed = s->txn_lost = 0;
 }
 
 /* The session lets go of its transaction's connection without hearing how it ended (its request
@@ -773,7 +772,6 @@ static void abandon_pinned(h2o_db_place_t *s)
 {
     int stream = s->stream_pin;
     h2o_db_conn_t *conn = unpin(s);
-    s->stream_pin = 0;
     if (conn->state != H2O_DB_CONN_READY)
         return;
     /* only this session's statements can run there */

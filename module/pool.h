@@ -91,7 +91,7 @@ struct st_h2o_db_place_t {
     unsigned txn_failed : 1;      /* a statement of the transaction failed: its COMMIT goes as ROLLBACK */
     unsigned txn_lost : 1;        /* the transaction's connection broke */
     unsigned leak_reported : 1;
-    unsigned stream_pin : 1;  /* `pinned` holds a streamed autocommit statement, not a transaction */
+    unsigned stream_pin : 1;  /* `pinned` holds a streamed autocommit statement, not a transaction (unpin clears it) */
     unsigned waits_any : 1;   /* it waits in pool->waiting (for any connection) */
     unsigned waits_begin : 1; /* ... with a BEGIN (for a connection of its own) */
     /* waiting for a connection: in pool->waiting or in a conn's waiters */

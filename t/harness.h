@@ -119,8 +119,12 @@ void th_forwarder_set_mode(th_forwarder_t *f, int mode);
 void th_forwarder_down(th_forwarder_t *f);
 void th_forwarder_free(th_forwarder_t *f);
 
-/* Runs a suite the usual way; returns the process exit status. */
+/* Runs a suite the usual way (own databases, then th_run_checks); returns the process exit status. */
 int th_run_suite(Suite *s);
+/* Runs a suite's checks with no databases of its own, failure messages bounded at 1 MB instead of
+ * Check's 4 kB (a message holding a long server log would otherwise abort the run); returns the
+ * process exit status (0 when every check passed). */
+int th_run_checks(Suite *s);
 
 /* Fails the test when scripts/test did not start a PostgreSQL: a database test never passes without one. */
 #define th_require_pg() ck_assert_msg(th_pg_url() != NULL, "no PostgreSQL: run the suite through scripts/test")

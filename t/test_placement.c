@@ -323,9 +323,5 @@ int main(void)
     tcase_add_test(tc, no_pipelining_spreads_over_connections);
     tcase_add_test(tc, pipelining_begins_get_connections_of_their_own);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed != 0;
+    return th_run_checks(s);
 }

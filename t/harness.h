@@ -20,6 +20,17 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+/* Every check of the suites goes through these two (Check's macros call them by these names):
+ * th_assert_failed cuts a failure's message to 3 kB, keeping its start and end (Check ends the
+ * whole run on a message over 4 kB, hiding which check failed); th_mark_point skips a passing
+ * check whose place is one of the last four recorded (a check inside a loop over a million rows
+ * is recorded once instead of a million times, each of which Check writes and reads back). */
+void th_assert_failed(const char *file, int line, const char *expr, const char *msg, ...)
+    __attribute__((noreturn, format(printf, 4, 5)));
+void th_mark_point(const char *file, int line);
+#define _ck_assert_failed th_assert_failed
+#define _mark_point       th_mark_point
+
 typedef struct {
     pid_t pid;
     int port;
@@ -121,9 +132,8 @@ void th_forwarder_free(th_forwarder_t *f);
 
 /* Runs a suite the usual way (own databases, then th_run_checks); returns the process exit status. */
 int th_run_suite(Suite *s);
-/* Runs a suite's checks with no databases of its own, failure messages bounded at 1 MB instead of
- * Check's 4 kB (a message holding a long server log would otherwise abort the run); returns the
- * process exit status (0 when every check passed). */
+/* Runs a suite's checks with no databases of its own; returns the process exit status (0 when
+ * every check passed). */
 int th_run_checks(Suite *s);
 
 /* Fails the test when scripts/test did not start a PostgreSQL: a database test never passes without one. */

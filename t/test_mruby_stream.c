@@ -2,10 +2,10 @@
  * Streaming in mruby handlers (docs/mruby.md, "Streamed bodies"), against the real h2o-db:
  * a body whose each yields 10,000 chunks arrives whole and in order over HTTP/1.1 (chunked)
  * and HTTP/2; a client that stops reading does not make the server buffer without bound (the
- * server's RSS and what the body produced stay bounded while it is stalled, and everything
- * arrives once it reads again); a client that leaves mid-body stops the iteration and
- * body.close runs; an exception raised inside each after the headers breaks the response off
- * (logged).
+ * body stops being produced while it is stalled, and everything arrives once it reads again;
+ * the memory that saves is measured in docs/mruby.md, not asserted here); a client that leaves
+ * mid-body stops the iteration and body.close runs; an exception raised inside each after the
+ * headers breaks the response off (logged).
  */
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -242,22 +242,6 @@ static struct counters counters(void)
     return c;
 }
 
-/* The server's resident memory, in KiB (/proc). */
-static long server_rss_kib(void)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)server.pid);
-    FILE *f = fopen(path, "r");
-    ck_assert_msg(f != NULL, "%s", path);
-    long kib = -1;
-    while (fgets(line, sizeof(line), f) != NULL)
-        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-            break;
-    fclose(f);
-    ck_assert(kib > 0);
-    return kib;
-}
-
 /* A raw HTTP/1.1 connection that has sent GET path (rcvbuf: its receive buffer, 0 = default). */
 static int raw_get(const char *path, int rcvbuf)
 {
@@ -451,15 +435,12 @@ START_TEST(a_stalled_client_does_not_make_the_server_buffer)
     th_response_free(&warm);
     free(warm_url);
     struct counters before = counters();
-    long rss_before = server_rss_kib();
     int fd = raw_get("/s/big?2048", 65536);
     struct stall st = {-1, 0};
     ck_assert_msg(th_wait_until(production_stalled, &st, 30000), "the body never stopped producing (%ld bytes)", st.last);
     /* a server that buffered would have produced (and kept) all 128 MiB by now */
-    long produced = st.last - before.produced, grown = server_rss_kib() - rss_before;
+    long produced = st.last - before.produced;
     ck_assert_msg(produced < 32L << 20, "the body produced %ld bytes for a client that reads nothing", produced);
-    ck_assert_msg(grown < 48L << 10, "the server grew by %ld KiB while its client was stalled", grown);
-    fprintf(stderr, "stalled client: %ld bytes produced, the server grew by %ld KiB\n", produced, grown);
     /* reading again resumes the body: everything arrives */
     size_t len;
     char *raw = read_all(fd, 4096, &len), *body = strstr(raw, "\r\n\r\n");

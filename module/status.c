@@ -1,5 +1,5 @@
 /*
- * db.status: the pools of every thread, per bind.
+ * db.status: the pools of every thread, per bind (and db.listen's LISTEN connections).
  *
  *   GET /path                     JSON (docs/status.md describes every field)
  *   GET /path?format=prometheus   Prometheus text exposition format
@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "config/config.h"
+#include "listen/listen.h"
 #include "pool.h"
 #include "replica.h"
 #include "status.h"
@@ -149,6 +150,8 @@ struct row {
     unsigned thread;
     struct snapshot s;
     h2o_db_replica_health_t health; /* for a replica's pool */
+    int has_listen;                 /* the thread has a LISTEN connection for the bind (db.listen) */
+    h2o_db_listen_stats_t listen;
 };
 
 /* a replica's pool (not the primary's read-only one) */
@@ -172,6 +175,7 @@ static size_t collect(h2o_db_config_t *config, h2o_db_thread_t *const *threads, 
             take(pool, &(*rows)[n].s);
             if (is_replica(bind))
                 h2o_db_replica_health(threads[t], bind, pool, &(*rows)[n].health);
+            (*rows)[n].has_listen = h2o_db_listen_stats(threads[t], bind, &(*rows)[n].listen);
             ++n;
         }
     }
@@ -203,6 +207,15 @@ static void render_threads(struct out *o, h2o_db_bind_t *bind, const struct row 
                 outf(o, "null,\"lag_measured_ms\":null");
             outf(o, ",\"probes\":%llu,\"probe_failures\":%llu", (unsigned long long)h->probes,
                  (unsigned long long)h->probe_failures);
+        }
+        if (r->has_listen) {
+            const h2o_db_listen_stats_t *l = &r->listen;
+            outf(o,
+                 ",\"listen\":{\"connected\":%s,\"channels\":%zu,\"subscribers\":%zu,\"notifications\":%llu,"
+                 "\"deliveries\":%llu,\"losses\":%llu,\"clients\":%zu,\"dropped\":%llu,\"refused\":%llu}",
+                 l->connected ? "true" : "false", l->channels, l->subscribers, (unsigned long long)l->notifications,
+                 (unsigned long long)l->deliveries, (unsigned long long)l->losses, l->clients, (unsigned long long)l->dropped,
+                 (unsigned long long)l->refused);
         }
         outf(o, "}");
         first = 0;
@@ -327,6 +340,37 @@ static void render_prometheus_replicas(struct out *o, const struct row *rows, si
     }
 }
 
+/* the LISTEN connections of db.listen, on the threads that have one */
+static void render_prometheus_listen(struct out *o, const struct row *rows, size_t n)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } m[] = {
+        {"h2o_db_listen_connected", "gauge", "1 while the thread's LISTEN connection is open and set up"},
+        {"h2o_db_listen_channels", "gauge", "Channels listened to on it"},
+        {"h2o_db_listen_subscribers", "gauge", "Subscriptions: each db.listen path's, one per channel, and C handlers'"},
+        {"h2o_db_listen_notifications_total", "counter", "NOTIFYs received"},
+        {"h2o_db_listen_deliveries_total", "counter", "NOTIFYs handed to subscribers"},
+        {"h2o_db_listen_losses_total", "counter", "Times the LISTEN connection was lost or could not be opened"},
+        {"h2o_db_listen_clients", "gauge", "Event-stream clients of the thread's db.listen paths on the bind"},
+        {"h2o_db_listen_dropped_total", "counter", "Event-stream clients disconnected at max-backlog"},
+        {"h2o_db_listen_refused_total", "counter", "Event-stream clients answered 503 at max-clients"},
+    };
+    int any = 0;
+    for (size_t i = 0; i < n; ++i)
+        any |= rows[i].has_listen;
+    for (size_t k = 0; any && k < sizeof(m) / sizeof(m[0]); ++k) {
+        outf(o, "# HELP %s %s.\n# TYPE %s %s\n", m[k].name, m[k].help, m[k].name, m[k].type);
+        for (size_t i = 0; i < n; ++i) {
+            const h2o_db_listen_stats_t *l = &rows[i].listen;
+            const unsigned long long v[] = {l->connected, l->channels, l->subscribers, l->notifications, l->deliveries,
+                                            l->losses,    l->clients,  l->dropped,     l->refused};
+            if (rows[i].has_listen)
+                prom_series(o, m[k].name, rows + i, "", v[k]);
+        }
+    }
+}
+
 static void render_prometheus(struct out *o, const struct row *rows, size_t n)
 {
     outf(o, "# HELP h2o_db_connections Open connections by state (pinned ones are also busy).\n"
@@ -355,6 +399,7 @@ static void render_prometheus(struct out *o, const struct row *rows, size_t n)
             prom_series(o, name, rows + i, "", counter_value(&rows[i].s, c));
     }
     render_prometheus_replicas(o, rows, n);
+    render_prometheus_listen(o, rows, n);
 }
 
 static int wants_prometheus(h2o_req_t *req)

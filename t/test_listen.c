@@ -48,7 +48,9 @@ static void start(const char *app, int threads, const char *channels, const char
                         "  default:\n"
                         "    paths:\n"
                         "      /events:\n"
-                        "        db.listen: {channels: [%s]%s%s}\n",
+                        "        db.listen: {channels: [%s]%s%s}\n"
+                        "      /status:\n"
+                        "        db.status: ON\n",
                         threads, app, channels, options[0] != '\0' ? ", " : "", options);
     ck_assert_msg(th_server_start(&server, conf) == 0, "server did not start: %s", th_server_log(&server));
     free(conf);
@@ -110,6 +112,40 @@ static void notify(PGconn *pg, const char *channel, const char *payload)
     PQclear(r);
 }
 
+/* The status page (?format=prometheus when `prom`), malloc'd. */
+static char *status_page(int prom)
+{
+    th_response_t res;
+    char *url = th_url(&server, prom ? "/status?format=prometheus" : "/status");
+    ck_assert_int_eq(th_http(&res, TH_HTTP1, NULL, url, NULL), 0);
+    ck_assert_int_eq(res.status, 200);
+    char *page = strdup(res.body);
+    th_response_free(&res);
+    free(url);
+    return page;
+}
+
+/* The sum over the threads of `field` in the status page's "listen" objects; a boolean counts 1
+ * when true. */
+static long listen_status(const char *field)
+{
+    char *page = status_page(0), *name = th_fmt("\"%s\":", field);
+    long sum = 0;
+    for (const char *l = strstr(page, "\"listen\":{"); l != NULL; l = strstr(l + 1, "\"listen\":{")) {
+        const char *end = strchr(l, '}'), *p = strstr(l, name);
+        if (p != NULL && p < end)
+            sum += strncmp(p + strlen(name), "true", 4) == 0 ? 1 : strtol(p + strlen(name), NULL, 10);
+    }
+    free(name);
+    free(page);
+    return sum;
+}
+
+static int no_clients(void *arg)
+{
+    return listen_status("clients") == 0;
+}
+
 #define FANOUT_CLIENTS  100
 #define FANOUT_NOTIFIES 1000
 
@@ -144,9 +180,29 @@ START_TEST(every_client_gets_every_notify_in_order_over_one_listen_connection_pe
         }
     }
     ck_assert_int_eq(listen_backends("fan"), 2);
+    /* db.status: both threads' LISTEN connections, each with both channels and the path's
+     * subscription to each, every NOTIFY received by each and handed to its subscription once
+     * (the path then writes it to each of its clients), every client counted */
+    ck_assert_int_eq(listen_status("connected"), 2);
+    ck_assert_int_eq(listen_status("channels"), 4);
+    ck_assert_int_eq(listen_status("subscribers"), 4);
+    ck_assert_int_eq(listen_status("notifications"), 2 * FANOUT_NOTIFIES);
+    ck_assert_int_eq(listen_status("deliveries"), 2 * FANOUT_NOTIFIES);
+    ck_assert_int_eq(listen_status("losses"), 0);
+    ck_assert_int_eq(listen_status("clients"), (long)n);
+    ck_assert_int_eq(listen_status("dropped") + listen_status("refused"), 0);
+    char *prom = status_page(1);
+    ck_assert_msg(strstr(prom, "# TYPE h2o_db_listen_deliveries_total counter\n") != NULL &&
+                      strstr(prom, "h2o_db_listen_connected{key=\"sa_main\",scope=\"global\",thread=\"0\"} 1\n") != NULL &&
+                      strstr(prom, "h2o_db_listen_connected{key=\"sa_main\",scope=\"global\",thread=\"1\"} 1\n") != NULL,
+                  "%s", prom);
+    free(prom);
     PQfinish(pg);
     for (size_t i = 0; i < n; ++i)
         sse_close(cs + i);
+    /* the clients gone, they are counted out; the path's subscriptions stay with the thread */
+    ck_assert_msg(th_wait_until(no_clients, NULL, 10000), "%ld clients counted after they left", listen_status("clients"));
+    ck_assert_int_eq(listen_status("subscribers"), 4);
 }
 END_TEST
 
@@ -190,6 +246,8 @@ START_TEST(beyond_max_clients_is_503)
     sse_open_http2(cs + 1, server.port, "/events");
     wait_listening(cs, 2);
     ck_assert_int_eq(status_of("GET", "/events"), 503);
+    ck_assert_int_eq(listen_status("refused"), 1); /* (db.status) */
+    ck_assert_int_eq(listen_status("clients"), 2);
     /* a client that leaves frees its place (its hang-up is noticed) */
     sse_close(cs + 0);
     sse_t again;
@@ -265,6 +323,7 @@ START_TEST(a_client_that_stops_reading_is_dropped_and_the_others_keep_everything
     while (!cs[2].closed && th_now_ms() < deadline)
         sse_pump(cs + 2, 1, 20);
     ck_assert_msg(cs[2].closed, "the dropped client's connection stayed open");
+    ck_assert_int_eq(listen_status("dropped"), 2); /* (db.status) */
     PQfinish(pg);
     for (size_t i = 0; i < 4; ++i)
         sse_close(cs + i);
@@ -301,6 +360,8 @@ START_TEST(a_killed_listen_backend_is_replaced_and_clients_hear_reconnected)
     }
     struct backends b = {"kill", before};
     ck_assert(th_wait_until(have_backends, &b, 5000));
+    ck_assert_int_ge(listen_status("losses"), before); /* (db.status) each killed backend at least */
+    ck_assert_int_eq(listen_status("connected"), before);
     char *log = th_server_log(&server);
     ck_assert_msg(strstr(log, "lost the LISTEN connection") != NULL, "%s", log);
     free(log);

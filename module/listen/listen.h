@@ -38,6 +38,30 @@ int h2o_db_listen_channel_valid(const char *name);
 h2o_db_listen_t *h2o_db_listen_bind(h2o_db_thread_t *thread, h2o_db_bind_t *bind, const char *channel, h2o_db_listen_cb cb,
                                     void *data);
 
+/* What one thread's LISTEN connection for one bind has done (db.status). Its thread writes these
+ * with H2O_DB_SET/H2O_DB_INC (listener.c the connection's, sse.c its clients'); other threads
+ * read them with relaxed atomic loads. */
+typedef struct st_h2o_db_listen_stats_t {
+    unsigned connected;     /* the connection is open and set up */
+    size_t channels;        /* channels LISTENed to on it now */
+    size_t subscribers;     /* h2o_db_listen handles: each db.listen path's, one per channel, and C handlers' */
+    uint64_t notifications; /* NOTIFYs received on a channel listened to */
+    uint64_t deliveries;    /* NOTIFYs handed to subscribers */
+    uint64_t losses;        /* times the connection was lost or could not be opened */
+    size_t clients;         /* sse.c: event-stream clients of the thread's db.listen paths on this bind */
+    uint64_t dropped;       /* sse.c: clients disconnected at max-backlog */
+    uint64_t refused;       /* sse.c: clients answered 503 at max-clients */
+} h2o_db_listen_stats_t;
+
+/* The published numbers of the LISTEN connection `sub` is on, for sse.c to count its clients in
+ * (owner thread). */
+h2o_db_listen_stats_t *h2o_db_listen_stats_of(h2o_db_listen_t *sub);
+
+/* Copies what `thread` (not necessarily the caller's) has of its LISTEN connection for `bind`
+ * into *out; returns 0 when it never had one (*out untouched). Any thread, holding
+ * h2o_db_threads_lock, under which no thread disposes its listeners. */
+int h2o_db_listen_stats(h2o_db_thread_t *thread, const h2o_db_bind_t *bind, h2o_db_listen_stats_t *out);
+
 /* The db.listen directive (config/listen.c), registered by h2o_db_register_configurator. */
 void h2o_db_listen_register_directive(h2o_globalconf_t *conf);
 

@@ -63,13 +63,14 @@ struct st_h2o_db_listener_t {
     uv_timer_t retry;
     h2o_db_later_t close_later;
     h2o_db_driver_stats_t stats;
+    h2o_db_listen_stats_t published; /* db.status reads it from other threads */
 };
 
 struct st_h2o_db_listeners_t {
     h2o_db_disposer_t disposer;
     h2o_db_thread_t *thread;
     size_t size;
-    listener_t **by_bind; /* by bind->id */
+    listener_t **by_bind; /* by bind->id, as many as the thread's pools (never moved: db.status reads it) */
 };
 
 static void start_connect(listener_t *l);
@@ -101,6 +102,8 @@ static void deliver(struct channel *ch, h2o_db_listen_event_t ev, const char *pa
         } else if (!s->ready) {
             continue; /* (its READY is still to come) */
         }
+        if (e == H2O_DB_LISTEN_NOTIFY)
+            H2O_DB_INC(s->listener->published.deliveries);
         s->cb(s, e, ch->name, payload, s->data);
     }
     ch->cursor = NULL;
@@ -138,6 +141,7 @@ static void on_connected(h2o_db_pipe_t *pipe)
 {
     listener_t *l = pipe->data;
     l->connected = 1;
+    H2O_DB_SET(l->published.connected, 1);
     for (size_t i = 0; i < l->channels.size; ++i)
         if (!h2o_linklist_is_empty(&l->channels.entries[i]->subs))
             send_listen(l, l->channels.entries[i], 1);
@@ -170,6 +174,9 @@ static void on_failed(h2o_db_pipe_t *pipe, const char *sqlstate, const char *mes
                 l->bind->key, message);
     l->quiet = 1;
     l->pipe = NULL, l->dead = pipe, l->connected = 0, l->sent_count = 0;
+    H2O_DB_SET(l->published.connected, 0);
+    H2O_DB_SET(l->published.channels, 0);
+    H2O_DB_INC(l->published.losses);
     h2o_db_later(l->thread, &l->close_later);
     /* a broken connection is replaced at once; failed attempts back off */
     l->backoff_ms = was_working ? 0 : l->backoff_ms == 0 ? BACKOFF_MIN_MS : l->backoff_ms * 2;
@@ -201,6 +208,7 @@ static int on_result(h2o_db_pipe_t *pipe, h2o_db_result_t *r)
     if (!e.listen || e.seq != ch->last_sent || ch->listening)
         return 0;
     ch->listening = 1;
+    H2O_DB_INC(l->published.channels);
     if (l->quiet)
         fprintf(stderr, "h2o-db: db.listen: LISTEN connection to %s (%s) is back\n", l->bind->url.display, l->bind->key);
     l->quiet = 0, l->backoff_ms = 0;
@@ -223,8 +231,10 @@ static void on_notify(h2o_db_pipe_t *pipe, const char *channel, const char *payl
     for (size_t i = 0; i < l->channels.size; ++i) {
         struct channel *ch = l->channels.entries[i];
         if (strcmp(ch->name, channel) == 0) {
-            if (ch->listening)
+            if (ch->listening) {
+                H2O_DB_INC(l->published.notifications);
                 deliver(ch, H2O_DB_LISTEN_NOTIFY, payload);
+            }
             return;
         }
     }
@@ -282,7 +292,7 @@ static void dispose_listeners(h2o_db_disposer_t *disposer)
     for (size_t i = 0; i < ls->size; ++i)
         if (ls->by_bind[i] != NULL)
             destroy_listener(ls->by_bind[i]);
-    ls->thread->listeners = NULL;
+    H2O_DB_SET(ls->thread->listeners, NULL);
     free(ls->by_bind);
     free(ls);
 }
@@ -291,25 +301,24 @@ static listener_t *listener_of(h2o_db_thread_t *thread, h2o_db_bind_t *bind)
 {
     struct st_h2o_db_listeners_t *ls = thread->listeners;
     if (ls == NULL) {
-        ls = thread->listeners = calloc(1, sizeof(*ls));
+        ls = calloc(1, sizeof(*ls));
         ls->thread = thread;
+        ls->size = thread->num_pools; /* one per bind of the thread's config: bind->id < num_pools */
+        ls->by_bind = calloc(ls->size, sizeof(*ls->by_bind));
         ls->disposer.cb = dispose_listeners;
         h2o_db_on_dispose(thread, &ls->disposer);
-    }
-    if (bind->id >= ls->size) {
-        ls->by_bind = realloc(ls->by_bind, sizeof(*ls->by_bind) * (bind->id + 1));
-        memset(ls->by_bind + ls->size, 0, sizeof(*ls->by_bind) * (bind->id + 1 - ls->size));
-        ls->size = bind->id + 1;
+        H2O_DB_SET(thread->listeners, ls);
     }
     listener_t *l = ls->by_bind[bind->id];
     if (l == NULL) {
-        l = ls->by_bind[bind->id] = calloc(1, sizeof(*l));
+        l = calloc(1, sizeof(*l));
         l->thread = thread;
         l->bind = bind;
         l->close_later.cb = close_dead;
         uv_timer_init(thread->loop, &l->retry);
         l->retry.data = l;
         uv_unref((uv_handle_t *)&l->retry);
+        __atomic_store_n(&ls->by_bind[bind->id], l, __ATOMIC_RELEASE); /* (db.status may read it now) */
     }
     return l;
 }
@@ -356,6 +365,7 @@ h2o_db_listen_t *h2o_db_listen_bind(h2o_db_thread_t *thread, h2o_db_bind_t *bind
     s->ready_later.cb = on_ready_later;
     int first = h2o_linklist_is_empty(&ch->subs);
     h2o_linklist_insert(&ch->subs, &s->link);
+    H2O_DB_INC(l->published.subscribers);
     if (ch->listening) {
         h2o_db_later(thread, &s->ready_later); /* never from inside this call */
     } else if (l->connected && first) {
@@ -395,8 +405,36 @@ void h2o_db_unlisten(h2o_db_listen_t *s)
     h2o_linklist_unlink(&s->link);
     h2o_db_later_cancel(&s->ready_later);
     free(s);
+    H2O_DB_DEC(l->published.subscribers);
     if (!h2o_linklist_is_empty(&ch->subs) || !l->connected)
         return;
     send_listen(l, ch, 0);
+    if (ch->listening)
+        H2O_DB_DEC(l->published.channels);
     ch->listening = 0;
+}
+
+h2o_db_listen_stats_t *h2o_db_listen_stats_of(h2o_db_listen_t *sub)
+{
+    return &sub->listener->published;
+}
+
+int h2o_db_listen_stats(h2o_db_thread_t *thread, const h2o_db_bind_t *bind, h2o_db_listen_stats_t *out)
+{
+    struct st_h2o_db_listeners_t *ls = __atomic_load_n(&thread->listeners, __ATOMIC_ACQUIRE);
+    listener_t *l = ls != NULL && bind->id < ls->size ? __atomic_load_n(&ls->by_bind[bind->id], __ATOMIC_ACQUIRE) : NULL;
+    if (l == NULL)
+        return 0;
+#define COPY(f) out->f = __atomic_load_n(&l->published.f, __ATOMIC_RELAXED)
+    COPY(connected);
+    COPY(channels);
+    COPY(subscribers);
+    COPY(notifications);
+    COPY(deliveries);
+    COPY(losses);
+    COPY(clients);
+    COPY(dropped);
+    COPY(refused);
+#undef COPY
+    return 1;
 }

@@ -92,6 +92,7 @@ static void detach(struct client *c)
     if (h2o_linklist_is_linked(&c->link))
         h2o_linklist_unlink(&c->link);
     --c->pc->num_clients;
+    H2O_DB_DEC(h2o_db_listen_stats_of(c->pc->subs[0])->clients);
     c->pc = NULL;
     free(c->pending.base);
     free(c->inflight.base);
@@ -188,6 +189,7 @@ static void push(struct client *c, const char *s, size_t n)
     if (c->pending.len + c->inflight.len + n > max) {
         fprintf(stderr, "h2o-db: db.listen: a client of %.*s had more than max-backlog (%zu bytes) unsent; disconnected\n",
                 (int)c->req->path_normalized.len, c->req->path_normalized.base, max);
+        H2O_DB_INC(h2o_db_listen_stats_of(c->pc->subs[0])->dropped);
         drop(c);
         return;
     }
@@ -373,6 +375,8 @@ static int on_req(h2o_handler_t *_self, h2o_req_t *req)
         }
     }
     if (pc->stopping || pc->num_clients >= self->args.max_clients) {
+        if (pc->subs != NULL)
+            H2O_DB_INC(h2o_db_listen_stats_of(pc->subs[0])->refused);
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, H2O_STRLIT("5"));
         h2o_send_error_503(req, "Service Unavailable", "too many event-stream clients\n", 0);
         return 0;
@@ -388,6 +392,7 @@ static int on_req(h2o_handler_t *_self, h2o_req_t *req)
     c->channel = channel;
     h2o_linklist_insert(&pc->clients, &c->link);
     ++pc->num_clients;
+    H2O_DB_INC(h2o_db_listen_stats_of(pc->subs[0])->clients);
     if (pc->num_clients == 1)
         uv_prepare_start(&pc->shutdown_check, on_shutdown_check);
     req->res.status = 200;

@@ -3,11 +3,13 @@
  * binary, the suite's PostgreSQL (the primary) and the streaming standby of it that scripts/test
  * starts (H2O_DB_TEST_PG_STANDBY_PORT; this suite stops, starts and pauses it: no other suite uses
  * it). Where a statement ran is asked of the database that answered: pg_is_in_recovery() is true
- * on the standby only. Every wait is on a fact (an answer, the status page), bounded.
+ * on the standby only; a reload moves reads to the new config's replica pools. Every wait is on a
+ * fact (an answer, the status page, pg_stat_activity), bounded.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include "harness.h"
@@ -421,6 +423,77 @@ START_TEST(a_read_only_transaction_on_a_twophase_bind_runs_on_the_primary)
 }
 END_TEST
 
+/* polled: the server's log says `arg` */
+static int log_says(void *arg)
+{
+    char *log = th_server_log(&server);
+    int ok = strstr(log, arg) != NULL;
+    free(log);
+    return ok;
+}
+
+/* backends of the standby opened with application_name `app` */
+static long standby_backends(const char *app)
+{
+    char *sb = standby_url(), *sql = th_fmt("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s'", app),
+         *n = th_pg_on(sb, sql);
+    long count = n != NULL ? strtol(n, NULL, 10) : -1;
+    free(n);
+    free(sql);
+    free(sb);
+    return count;
+}
+
+struct generation {
+    const char *old_app, *new_app;
+};
+
+/* polled: the old threads' replica connections are gone and the new threads' are open */
+static int standby_moved(void *arg)
+{
+    const struct generation *g = arg;
+    return standby_backends(g->old_app) == 0 && standby_backends(g->new_app) >= 1;
+}
+
+static char *replica_binds(const char *app, int max_lag)
+{
+    char *sb = standby_url(),
+         *binds = th_fmt("  url: @PG@\n  replicas: [\"%s?application_name=%s\"]\n  replica: {max-lag: %d, fallback: ON}\n", sb, app,
+                         max_lag);
+    free(sb);
+    return binds;
+}
+
+/* SIGHUP with a changed replica: the new threads read on the standby with the new options, the
+ * old threads' replica pools close with them, and the server stops cleanly (exit 0: under ASan,
+ * nothing of the released config read after its free, nothing leaked) */
+START_TEST(a_reload_moves_reads_to_the_new_configs_replica_pools)
+{
+    char *binds = replica_binds("rt_gen1", 5);
+    start_with(binds, "");
+    free(binds);
+    wait_answer("/ro", 200, "standby", 10000);
+    ck_assert_int_ge(standby_backends("rt_gen1"), 1);
+    binds = replica_binds("rt_gen2", 7);
+    char *text = th_fmt("listen: @PORT@\nnum-threads: 2\ndb.bind:\n%s%s", binds, handlers);
+    free(th_write_file(server.dir, "h2o-db.conf", text, server.port));
+    ck_assert_int_eq(kill(server.pid, SIGHUP), 0);
+    ck_assert_msg(th_wait_until(log_says, "h2o-db: reloaded", 30000), "no reload in the log:\n%s", th_server_log(&server));
+    wait_answer("/ro", 200, "standby", 10000);
+    long status;
+    char *page = get("/status", &status);
+    ck_assert_msg(strstr(page, "\"replica\":{\"max_lag\":7,\"fallback\":true}") != NULL, "%s", page);
+    free(page);
+    struct generation g = {"rt_gen1", "rt_gen2"};
+    ck_assert_msg(th_wait_until(standby_moved, &g, 30000), "standby backends: %ld of the old config, %ld of the new",
+                  standby_backends("rt_gen1"), standby_backends("rt_gen2"));
+    expect("/rw", 200, "primary");
+    stop();
+    free(binds);
+    free(text);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("replicas");
@@ -437,6 +510,7 @@ int main(void)
     tcase_add_test(tc, read_only_on_a_bind_without_replicas_changes_nothing);
     tcase_add_test(tc, the_c_api_marks_a_session_read_only_before_its_first_statement);
     tcase_add_test(tc, a_read_only_transaction_on_a_twophase_bind_runs_on_the_primary);
+    tcase_add_test(tc, a_reload_moves_reads_to_the_new_configs_replica_pools);
     suite_add_tcase(s, tc);
     return th_run_suite(s);
 }

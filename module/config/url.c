@@ -34,6 +34,24 @@ static int fail(char *err, size_t errsz, const char *fmt, ...)
     return -1;
 }
 
+/* What an error may repeat of a URL parameter's name or value s[0..n): itself when it is a plain
+ * word (letters, digits, _ . -, up to 64), as such names and values are; otherwise "…". A URL that
+ * one reader splits differently from another may hold a password there (an unencoded / ? or @ in
+ * it), and an error message must not be where a password shows. */
+static const char *quoted(const char *s, size_t n, char *buf, size_t bufsz)
+{
+    static const char plain[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-";
+    if (n > 64 || n >= bufsz || memchr(s, '\0', n) != NULL)
+        return "…";
+    for (size_t i = 0; i < n; ++i)
+        if (strchr(plain, s[i]) == NULL)
+            return "…";
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    return buf;
+}
+#define QUOTED(s) quoted((s), strlen(s), (char[65]){0}, 65)
+
 /* Whether s[0..n) is the literal lit. */
 static int span_is(const char *s, size_t n, const char *lit)
 {
@@ -454,8 +472,8 @@ static int parse_sqlite(const char *rest, const char *config_dir, const char *ke
             if (span_is(p, n, "mode=ro"))
                 out->sqlite_readonly = 1;
             else if (!span_is(p, n, "mode=rw") && !span_is(p, n, "mode=rwc"))
-                return fail(err, errsz, "unknown SQLite URL parameter `%.*s` (known: mode=ro, mode=rw, mode=rwc)",
-                            (int)strcspn(p, "=&"), p);
+                return fail(err, errsz, "unknown SQLite URL parameter `%s` (known: mode=ro, mode=rw, mode=rwc)",
+                            quoted(p, strcspn(p, "=&"), (char[65]){0}, 65));
             p += n;
             if (*p == '&')
                 ++p;
@@ -580,7 +598,7 @@ static int parse_mysql_param(const char *name, const char *value, const char *co
     }
     if (strcmp(name, "charset") == 0) {
         if (value[0] == '\0' || strlen(value) > 32 || strspn(value, "abcdefghijklmnopqrstuvwxyz0123456789_") != strlen(value))
-            return fail(err, errsz, "charset=%s: expected a MySQL character set name such as utf8mb4", value);
+            return fail(err, errsz, "charset=%s: expected a MySQL character set name such as utf8mb4", QUOTED(value));
         free(out->mysql.charset);
         out->mysql.charset = strdup(value);
     } else if (strcmp(name, "ssl_cipher") == 0) {
@@ -590,17 +608,17 @@ static int parse_mysql_param(const char *name, const char *value, const char *co
         char *end;
         unsigned long v = strtoul(value, &end, 10);
         if (value[0] < '0' || value[0] > '9' || *end != '\0' || v < 1 || v > 3600)
-            return fail(err, errsz, "connect_timeout=%s: expected seconds between 1 and 3600", value);
+            return fail(err, errsz, "connect_timeout=%s: expected seconds between 1 and 3600", QUOTED(value));
         out->mysql.connect_timeout = (unsigned)v;
     } else if (strcmp(name, "ssl") == 0) {
         int v = parse_bool(value);
         if (v < 0)
-            return fail(err, errsz, "ssl=%s: expected true or false", value);
+            return fail(err, errsz, "ssl=%s: expected true or false", QUOTED(value));
         out->mysql.ssl = v;
     } else if (strcmp(name, "ssl_verify_cert") == 0) {
         int v = parse_bool(value);
         if (v < 0)
-            return fail(err, errsz, "ssl_verify_cert=%s: expected true or false", value);
+            return fail(err, errsz, "ssl_verify_cert=%s: expected true or false", QUOTED(value));
         out->mysql.ssl_verify_cert = v;
         *verify_set = 1;
     } else if (strcmp(name, "ssl_mode") == 0) {
@@ -615,13 +633,14 @@ static int parse_mysql_param(const char *name, const char *value, const char *co
             out->mysql.ssl = 1;
             out->mysql.ssl_verify_cert = 1;
         } else {
-            return fail(err, errsz, "ssl_mode=%s: expected DISABLED, PREFERRED, REQUIRED, VERIFY_CA or VERIFY_IDENTITY", value);
+            return fail(err, errsz, "ssl_mode=%s: expected DISABLED, PREFERRED, REQUIRED, VERIFY_CA or VERIFY_IDENTITY",
+                        QUOTED(value));
         }
         *verify_set = 1;
     } else if (strcmp(name, "password") == 0 || strcmp(name, "passwd") == 0) {
         return fail(err, errsz, "put the password in the URL's user part (mysql://USER:PASSWORD@HOST/DB), percent-encoded");
     } else {
-        return fail(err, errsz, "unknown MySQL URL parameter `%s` (known: " MYSQL_PARAMS ")", name);
+        return fail(err, errsz, "unknown MySQL URL parameter `%s` (known: " MYSQL_PARAMS ")", QUOTED(name));
     }
     return 0;
 }

@@ -9,8 +9,9 @@
  *                               with one h2o_db_query_batch
  *   te_fortunes  /fortunes      all Fortune rows plus one added at request time, sorted, as HTML
  *   te_updates   /updates?queries=N   N random rows read as /queries does, then each given a new
- *                               randomNumber by one bulk UPDATE (ids sorted, so that concurrent
- *                               updates lock rows in the same order: no deadlock)
+ *                               randomNumber by one bulk UPDATE whose subquery locks the rows
+ *                               in id order (concurrent updates take locks in the same order:
+ *                               no deadlock)
  *
  * Schema (bench/schema-*.sql): world(id integer primary key, randomnumber integer),
  * fortune(id integer primary key, message text). The session is the path's sa_main.
@@ -189,8 +190,11 @@ static int by_id(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* UPDATE world SET randomnumber = CASE id WHEN $1 THEN $2::int ... END WHERE id IN ($1, ...),
- * with the ids in ascending order */
+/* UPDATE world SET randomnumber = CASE world.id WHEN $1 THEN $2::int ... END FROM (SELECT id FROM
+ * world WHERE id IN ($1, ...) ORDER BY id FOR UPDATE) AS locked WHERE world.id = locked.id: the
+ * subquery takes the row locks in id order (a plain WHERE id IN (...) locks them in the order its
+ * scan meets them, which after many updates is not the ids', and two requests then deadlocked:
+ * 40P01, seen under wrk) */
 static void start_updates(struct many *m)
 {
     h2o_mem_pool_t *pool = &m->req->pool;
@@ -207,19 +211,19 @@ static void start_updates(struct many *m)
         m->bodies[k] = h2o_iovec_init(json, snprintf(json, 48, "{\"id\":%u,\"randomNumber\":%u}", m->ids[k], m->numbers[k]));
     }
     const char **params = h2o_mem_alloc_pool(pool, sizeof(*params) * m->n * 2);
-    size_t cap = 96 + m->n * 40, len = 0;
+    size_t cap = 192 + m->n * 40, len = 0;
     char *sql = h2o_mem_alloc_pool(pool, cap);
-    len += snprintf(sql + len, cap - len, "UPDATE world SET randomnumber = CASE id");
+    len += snprintf(sql + len, cap - len, "UPDATE world SET randomnumber = CASE world.id");
     for (size_t i = 0; i < m->n; ++i) {
         size_t k = order[i] - m->ids; /* its index in the response */
         params[2 * i] = m->idtext[k];
         params[2 * i + 1] = m->numtext[k];
         len += snprintf(sql + len, cap - len, " WHEN $%zu THEN $%zu::int", 2 * i + 1, 2 * i + 2);
     }
-    len += snprintf(sql + len, cap - len, " END WHERE id IN (");
+    len += snprintf(sql + len, cap - len, " END FROM (SELECT id FROM world WHERE id IN (");
     for (size_t i = 0; i < m->n; ++i)
         len += snprintf(sql + len, cap - len, "%s$%zu", i == 0 ? "" : ",", 2 * i + 1);
-    snprintf(sql + len, cap - len, ")");
+    snprintf(sql + len, cap - len, ") ORDER BY id FOR UPDATE) AS locked WHERE world.id = locked.id");
     if (h2o_db_query(m->session, sql, m->n * 2, params, on_update, m) != 0)
         h2o_send_error_500(m->req, "Internal Server Error", "cannot update\n", 0);
 }

@@ -50,7 +50,8 @@ static const char *quoted(const char *s, size_t n, char *buf, size_t bufsz)
     buf[n] = '\0';
     return buf;
 }
-#define QUOTED(s) quoted((s), strlen(s), (char[65]){0}, 65)
+/* (MySQL: `may_quote` in scope says whether the URL reads the same both ways: parse_mysql) */
+#define QUOTED(s) (may_quote ? quoted((s), strlen(s), (char[65]){0}, 65) : "…")
 
 /* Whether s[0..n) is the literal lit. */
 static int span_is(const char *s, size_t n, const char *lit)
@@ -574,8 +575,8 @@ static int parse_bool(const char *v)
     "unix_socket, charset, connect_timeout, ssl, ssl_mode, ssl_ca, ssl_capath, ssl_cert, ssl_key, ssl_cipher, ssl_crl, "           \
     "ssl_crlpath, ssl_verify_cert"
 
-static int parse_mysql_param(const char *name, const char *value, const char *config_dir, h2o_db_url_t *out, int *verify_set,
-                             char *err, size_t errsz)
+static int parse_mysql_param(const char *name, const char *value, int may_quote, const char *config_dir, h2o_db_url_t *out,
+                             int *verify_set, char *err, size_t errsz)
 {
     static const struct {
         const char *name;
@@ -702,8 +703,11 @@ static int parse_mysql(const char *rest, const char *config_dir, h2o_db_url_t *o
             return fail(err, errsz, "the database name in the MySQL URL may not contain /");
         p += n;
     }
-    /* parameters */
-    int verify_set = 0;
+    /* parameters: an error repeats a name or value only when the credentials hold none of / ? #,
+     * so that the URL splits into credentials, host, path and parameters the same way whether it
+     * is read as SQLAlchemy does (the password runs to the @) or as RFC 3986 does (the authority
+     * ends at the first / ? #): otherwise what is a parameter here is a password there */
+    int verify_set = 0, may_quote = at == NULL || strcspn(rest, "/?#") >= (size_t)(at - rest);
     if (*p == '?') {
         ++p;
         while (*p != '\0' && *p != '#') {
@@ -718,7 +722,7 @@ static int parse_mysql(const char *rest, const char *config_dir, h2o_db_url_t *o
             if (name == NULL || value == NULL)
                 ret = fail(err, errsz, "a MySQL URL parameter has a malformed %%-escape");
             else
-                ret = parse_mysql_param(name, value, config_dir, out, &verify_set, err, errsz);
+                ret = parse_mysql_param(name, value, may_quote, config_dir, out, &verify_set, err, errsz);
             free(name);
             if (value != NULL) {
                 memset(value, 0, strlen(value));

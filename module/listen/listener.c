@@ -53,8 +53,7 @@ struct st_h2o_db_listener_t {
     h2o_db_bind_t *bind;
     h2o_db_pipe_t *pipe; /* NULL while none is open */
     h2o_db_pipe_t *dead; /* failed, closed on the next iteration */
-    int connected;
-    int quiet; /* the outage was logged */
+    int quiet;           /* the outage was logged */
     H2O_VECTOR(struct channel *) channels;
     /* the LISTENs and UNLISTENs sent, in order */
     struct sent *sent;
@@ -63,7 +62,8 @@ struct st_h2o_db_listener_t {
     uv_timer_t retry;
     h2o_db_later_t close_later;
     h2o_db_driver_stats_t stats;
-    h2o_db_listen_stats_t published; /* db.status reads it from other threads */
+    h2o_db_listen_stats_t published; /* its numbers (db.status reads them from other threads);
+                                      * published.connected is also what this thread goes by */
 };
 
 struct st_h2o_db_listeners_t {
@@ -140,7 +140,6 @@ static void send_listen(listener_t *l, struct channel *ch, int listen)
 static void on_connected(h2o_db_pipe_t *pipe)
 {
     listener_t *l = pipe->data;
-    l->connected = 1;
     H2O_DB_SET(l->published.connected, 1);
     for (size_t i = 0; i < l->channels.size; ++i)
         if (!h2o_linklist_is_empty(&l->channels.entries[i]->subs))
@@ -167,13 +166,13 @@ static void on_retry(uv_timer_t *timer)
 static void on_failed(h2o_db_pipe_t *pipe, const char *sqlstate, const char *message)
 {
     listener_t *l = pipe->data;
-    int was_working = l->connected;
+    int was_working = l->published.connected;
     if (!l->quiet)
         fprintf(stderr, "h2o-db: db.listen: %s %s (%s): %s; NOTIFYs are lost until it is back\n",
                 was_working ? "lost the LISTEN connection to" : "cannot open the LISTEN connection to", l->bind->url.display,
                 l->bind->key, message);
     l->quiet = 1;
-    l->pipe = NULL, l->dead = pipe, l->connected = 0, l->sent_count = 0;
+    l->pipe = NULL, l->dead = pipe, l->sent_count = 0;
     H2O_DB_SET(l->published.connected, 0);
     H2O_DB_SET(l->published.channels, 0);
     H2O_DB_INC(l->published.losses);
@@ -368,7 +367,7 @@ h2o_db_listen_t *h2o_db_listen_bind(h2o_db_thread_t *thread, h2o_db_bind_t *bind
     H2O_DB_INC(l->published.subscribers);
     if (ch->listening) {
         h2o_db_later(thread, &s->ready_later); /* never from inside this call */
-    } else if (l->connected && first) {
+    } else if (l->published.connected && first) {
         send_listen(l, ch, 1);
     } else if (l->pipe == NULL && l->dead == NULL && !uv_is_active((uv_handle_t *)&l->retry)) {
         start_connect(l);
@@ -406,7 +405,7 @@ void h2o_db_unlisten(h2o_db_listen_t *s)
     h2o_db_later_cancel(&s->ready_later);
     free(s);
     H2O_DB_DEC(l->published.subscribers);
-    if (!h2o_linklist_is_empty(&ch->subs) || !l->connected)
+    if (!h2o_linklist_is_empty(&ch->subs) || !l->published.connected)
         return;
     send_listen(l, ch, 0);
     if (ch->listening)

@@ -50,8 +50,6 @@ static const char *quoted(const char *s, size_t n, char *buf, size_t bufsz)
     buf[n] = '\0';
     return buf;
 }
-/* (MySQL: `may_quote` in scope says whether the URL reads the same both ways: parse_mysql) */
-#define QUOTED(s) (may_quote ? quoted((s), strlen(s), (char[65]){0}, 65) : "…")
 
 /* Whether s[0..n) is the literal lit. */
 static int span_is(const char *s, size_t n, const char *lit)
@@ -470,11 +468,12 @@ static int parse_sqlite(const char *rest, const char *config_dir, const char *ke
     if (path[path_len] == '?') {
         for (const char *p = path + path_len + 1; *p != '\0';) {
             size_t n = strcspn(p, "&");
+            char name[65];
             if (span_is(p, n, "mode=ro"))
                 out->sqlite_readonly = 1;
             else if (!span_is(p, n, "mode=rw") && !span_is(p, n, "mode=rwc"))
                 return fail(err, errsz, "unknown SQLite URL parameter `%s` (known: mode=ro, mode=rw, mode=rwc)",
-                            quoted(p, strcspn(p, "=&"), (char[65]){0}, 65));
+                            quoted(p, strcspn(p, "=&"), name, sizeof(name)));
             p += n;
             if (*p == '&')
                 ++p;
@@ -575,9 +574,13 @@ static int parse_bool(const char *v)
     "unix_socket, charset, connect_timeout, ssl, ssl_mode, ssl_ca, ssl_capath, ssl_cert, ssl_key, ssl_cipher, ssl_crl, "           \
     "ssl_crlpath, ssl_verify_cert"
 
+/* One ?NAME=VALUE; an error repeats name or value only when may_quote (parse_mysql says when). */
 static int parse_mysql_param(const char *name, const char *value, int may_quote, const char *config_dir, h2o_db_url_t *out,
                              int *verify_set, char *err, size_t errsz)
 {
+    char name_buf[65], value_buf[65];
+    const char *shown_name = may_quote ? quoted(name, strlen(name), name_buf, sizeof(name_buf)) : "…",
+               *shown_value = may_quote ? quoted(value, strlen(value), value_buf, sizeof(value_buf)) : "…";
     static const struct {
         const char *name;
         size_t offset;
@@ -599,7 +602,7 @@ static int parse_mysql_param(const char *name, const char *value, int may_quote,
     }
     if (strcmp(name, "charset") == 0) {
         if (value[0] == '\0' || strlen(value) > 32 || strspn(value, "abcdefghijklmnopqrstuvwxyz0123456789_") != strlen(value))
-            return fail(err, errsz, "charset=%s: expected a MySQL character set name such as utf8mb4", QUOTED(value));
+            return fail(err, errsz, "charset=%s: expected a MySQL character set name such as utf8mb4", shown_value);
         free(out->mysql.charset);
         out->mysql.charset = strdup(value);
     } else if (strcmp(name, "ssl_cipher") == 0) {
@@ -609,17 +612,17 @@ static int parse_mysql_param(const char *name, const char *value, int may_quote,
         char *end;
         unsigned long v = strtoul(value, &end, 10);
         if (value[0] < '0' || value[0] > '9' || *end != '\0' || v < 1 || v > 3600)
-            return fail(err, errsz, "connect_timeout=%s: expected seconds between 1 and 3600", QUOTED(value));
+            return fail(err, errsz, "connect_timeout=%s: expected seconds between 1 and 3600", shown_value);
         out->mysql.connect_timeout = (unsigned)v;
     } else if (strcmp(name, "ssl") == 0) {
         int v = parse_bool(value);
         if (v < 0)
-            return fail(err, errsz, "ssl=%s: expected true or false", QUOTED(value));
+            return fail(err, errsz, "ssl=%s: expected true or false", shown_value);
         out->mysql.ssl = v;
     } else if (strcmp(name, "ssl_verify_cert") == 0) {
         int v = parse_bool(value);
         if (v < 0)
-            return fail(err, errsz, "ssl_verify_cert=%s: expected true or false", QUOTED(value));
+            return fail(err, errsz, "ssl_verify_cert=%s: expected true or false", shown_value);
         out->mysql.ssl_verify_cert = v;
         *verify_set = 1;
     } else if (strcmp(name, "ssl_mode") == 0) {
@@ -635,13 +638,13 @@ static int parse_mysql_param(const char *name, const char *value, int may_quote,
             out->mysql.ssl_verify_cert = 1;
         } else {
             return fail(err, errsz, "ssl_mode=%s: expected DISABLED, PREFERRED, REQUIRED, VERIFY_CA or VERIFY_IDENTITY",
-                        QUOTED(value));
+                        shown_value);
         }
         *verify_set = 1;
     } else if (strcmp(name, "password") == 0 || strcmp(name, "passwd") == 0) {
         return fail(err, errsz, "put the password in the URL's user part (mysql://USER:PASSWORD@HOST/DB), percent-encoded");
     } else {
-        return fail(err, errsz, "unknown MySQL URL parameter `%s` (known: " MYSQL_PARAMS ")", QUOTED(name));
+        return fail(err, errsz, "unknown MySQL URL parameter `%s` (known: " MYSQL_PARAMS ")", shown_name);
     }
     return 0;
 }

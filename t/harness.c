@@ -322,6 +322,16 @@ char *th_server_log(th_server_t *s)
     return read_all(s->log_path);
 }
 
+int th_log_count(th_server_t *s, const char *text)
+{
+    char *log = th_server_log(s);
+    int n = 0;
+    for (const char *p = log; (p = strstr(p, text)) != NULL; p += strlen(text))
+        ++n;
+    free(log);
+    return n;
+}
+
 char *th_url(th_server_t *s, const char *path)
 {
     char *url;

@@ -75,6 +75,8 @@ int th_server_start_in(th_server_t *s, const char *dir, const char *conf_templat
 int th_server_stop(th_server_t *s, int timeout_ms);
 /* Everything the server wrote to stderr so far; malloc'd. */
 char *th_server_log(th_server_t *s);
+/* How many times `text` appears in the server's log so far. */
+int th_log_count(th_server_t *s, const char *text);
 /* The URL http://127.0.0.1:PORT/PATH */
 char *th_url(th_server_t *s, const char *path);
 

@@ -50,16 +50,6 @@ static void write_conf(const char *text)
     free(th_write_file(dir, "h2o-db.conf", text, server.port));
 }
 
-static int count_in_log(const char *what)
-{
-    char *log = th_server_log(&server);
-    int n = 0;
-    for (const char *p = log; (p = strstr(p, what)) != NULL; p += strlen(what))
-        ++n;
-    free(log);
-    return n;
-}
-
 struct log_count {
     const char *what;
     int n;
@@ -68,7 +58,7 @@ struct log_count {
 static int log_reaches(void *arg)
 {
     struct log_count *c = arg;
-    return count_in_log(c->what) >= c->n;
+    return th_log_count(&server, c->what) >= c->n;
 }
 
 /* SIGHUP, then waits until the log says `what` for the n-th time */
@@ -125,7 +115,7 @@ START_TEST(a_reload_adds_what_the_new_config_has_and_a_broken_one_changes_nothin
     /* a broken config: the error is logged with file:line, and generation 1 keeps serving */
     write_conf("listen: {host: 127.0.0.1, port: @PORT@}\nhosts:\n  default:\n    paths:\n      /: {file.dir: [oops]}\n");
     hup_and_wait("reload failed", 1);
-    ck_assert_msg(count_in_log("h2o-db.conf:5:") == 1, "%s", th_server_log(&server));
+    ck_assert_msg(th_log_count(&server, "h2o-db.conf:5:") == 1, "%s", th_server_log(&server));
     body = get_body("/gen", &status);
     ck_assert_int_eq(status, 200);
     ck_assert_str_eq(body, "gen 1");

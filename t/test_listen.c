@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "db_util.h"
 #include "harness.h"
 #include "sse_client.h"
 
@@ -112,24 +113,11 @@ static void notify(PGconn *pg, const char *channel, const char *payload)
     PQclear(r);
 }
 
-/* The status page (?format=prometheus when `prom`), malloc'd. */
-static char *status_page(int prom)
-{
-    th_response_t res;
-    char *url = th_url(&server, prom ? "/status?format=prometheus" : "/status");
-    ck_assert_int_eq(th_http(&res, TH_HTTP1, NULL, url, NULL), 0);
-    ck_assert_int_eq(res.status, 200);
-    char *page = strdup(res.body);
-    th_response_free(&res);
-    free(url);
-    return page;
-}
-
 /* The sum over the threads of `field` in the status page's "listen" objects; a boolean counts 1
  * when true. */
 static long listen_status(const char *field)
 {
-    char *page = status_page(0), *name = th_fmt("\"%s\":", field);
+    char *page = db_status_page(&server, NULL, "/status"), *name = th_fmt("\"%s\":", field);
     long sum = 0;
     for (const char *l = strstr(page, "\"listen\":{"); l != NULL; l = strstr(l + 1, "\"listen\":{")) {
         const char *end = strchr(l, '}'), *p = strstr(l, name);
@@ -191,7 +179,7 @@ START_TEST(every_client_gets_every_notify_in_order_over_one_listen_connection_pe
     ck_assert_int_eq(listen_status("losses"), 0);
     ck_assert_int_eq(listen_status("clients"), (long)n);
     ck_assert_int_eq(listen_status("dropped") + listen_status("refused"), 0);
-    char *prom = status_page(1);
+    char *prom = db_status_page(&server, NULL, "/status?format=prometheus");
     ck_assert_msg(strstr(prom, "# TYPE h2o_db_listen_deliveries_total counter\n") != NULL &&
                       strstr(prom, "h2o_db_listen_connected{key=\"sa_main\",scope=\"global\",thread=\"0\"} 1\n") != NULL &&
                       strstr(prom, "h2o_db_listen_connected{key=\"sa_main\",scope=\"global\",thread=\"1\"} 1\n") != NULL,
